@@ -1,0 +1,5 @@
+"""python -m avm"""
+
+from avm.cli import main
+
+raise SystemExit(main())

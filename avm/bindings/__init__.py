@@ -1,0 +1,1 @@
+"""The Python embedding API (async VM facade, sync run_agents)."""

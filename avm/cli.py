@@ -1,0 +1,178 @@
+"""The `avm` launcher.
+
+    avm run [FILES...]     compile and run programs (the examples by default)
+    avm compile FILE       print the content id (errors: line, column, caret; exit 2)
+    avm disasm FILE        print the disassembly (it compiles back to the same id)
+    avm grammar            print the GBNF grammar of the language
+
+Until the runtime lands (issue 4), `avm run` drives each frame itself: it runs
+a program until it ends, faults, runs out of energy or asks for an effect, and
+prints that outcome. Effects are not performed yet; the outcome says which
+effect the program is waiting for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from avm.errors import CompileError
+from avm.lang.code import Code
+from avm.lang.compiler import compile_source
+from avm.lang.disasm import disassemble
+from avm.lang.frame import Frame
+from avm.lang.grammar import gbnf
+from avm.lang.outcomes import BudgetExceeded, Done, Effect, Fault, Stalled
+from avm.lang.values import render
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CliError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CliError(f"{path}: is a directory") from None
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise CliError(f"{path}: {exc.strerror}") from None
+
+
+def _compile_file(path: str) -> Code:
+    source = _read(path)
+    try:
+        code = compile_source(source)
+    except CompileError as exc:
+        raise CliError(f"{path}:{exc.line}:{exc.column}: {exc.message}\n    {exc.source_line}\n    "
+                       f"{' ' * (exc.column - 1)}^") from None
+    for line, message in code.warnings:
+        print(f"{path}:{line}: warning: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    code = _compile_file(args.file)
+    print(code.id)
+    return EXIT_OK
+
+
+def cmd_disasm(args: argparse.Namespace) -> int:
+    code = _compile_file(args.file)
+    sys.stdout.write(disassemble(code, with_lines=args.lines))
+    return EXIT_OK
+
+
+def cmd_grammar(args: argparse.Namespace) -> int:
+    sys.stdout.write(gbnf())
+    return EXIT_OK
+
+
+def _example_files() -> list[Path]:
+    here = Path(__file__).resolve().parent.parent / "examples"
+    return sorted(here.glob("*.avm"))
+
+
+def _parse_inputs(pairs: Sequence[str]) -> dict[str, Any]:
+    inputs: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name:
+            raise CliError(f"--input {pair!r}: expected NAME=VALUE")
+        try:
+            inputs[name] = json.loads(raw)
+        except ValueError:
+            inputs[name] = raw
+    return inputs
+
+
+def _describe(outcome: Any) -> str:
+    if isinstance(outcome, Done):
+        return f"done: {render(outcome.value)[:200]}"
+    if isinstance(outcome, Fault):
+        return f"fault at line {outcome.line}: {outcome.kind}: {outcome.error}"
+    if isinstance(outcome, BudgetExceeded):
+        return f"budget exceeded at line {outcome.line} ({outcome.energy_used:g} of {outcome.budget:g} used)"
+    if isinstance(outcome, Stalled):
+        return f"stalled at line {outcome.line}: {outcome.count} identical {outcome.kind} effects"
+    if isinstance(outcome, Effect):
+        shown = ", ".join(render(a)[:60] for a in outcome.args)
+        return f"waiting for {outcome.kind}({shown}) at line {outcome.line}: effects need the runtime"
+    return repr(outcome)  # pragma: no cover
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    files = [Path(f) for f in args.files] or _example_files()
+    if not files:
+        raise CliError("no programs to run (and no examples/*.avm found)")
+    inputs = _parse_inputs(args.input)
+    results = []
+    for path in files:
+        code = _compile_file(str(path))
+        frame = Frame(code, budget=args.budget, inputs=inputs)
+        outcome = frame.run()
+        results.append({"program": path.name, "id": code.id, "outcome": type(outcome).__name__,
+                        "summary": _describe(outcome), "energy_used": frame.energy_used})
+        if not args.json:
+            print(f"{path.name:<24} {_describe(outcome)}  [energy {frame.energy_used:g}]")
+    if args.json:
+        print(json.dumps({"programs": results}))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avm", description="AVM: a green-thread agent virtual machine.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="compile and run programs (the examples by default)",
+                       description="Compile and run agent programs, printing each outcome.")
+    p.add_argument("files", nargs="*", metavar="FILE", help="program files (default: examples/*.avm)")
+    p.add_argument("--budget", type=float, default=100.0, help="energy budget per program (default 100)")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=VALUE",
+                   help="an input variable (VALUE is JSON, or else text); repeatable")
+    p.add_argument("--json", action="store_true", help="print one JSON summary object")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("compile", help="compile a program and print its content id",
+                       description="Compile FILE and print its content id (blake3 hex).")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(fn=cmd_compile)
+
+    p = sub.add_parser("disasm", help="print the disassembly of a program",
+                       description="Compile FILE and print its disassembly, which compiles back to the same id.")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--lines", action="store_true", help="annotate each instruction with its source line")
+    p.set_defaults(fn=cmd_disasm)
+
+    p = sub.add_parser("grammar", help="print the GBNF grammar of the language",
+                       description="Print a GBNF grammar of the agent language (for constrained LLM sampling).")
+    p.set_defaults(fn=cmd_grammar)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.fn(args))
+    except CliError as exc:
+        if args.debug:
+            raise
+        print(f"avm: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        return EXIT_OK

@@ -1,0 +1,85 @@
+"""The one tree of AVM errors.
+
+    AvmError
+    ├── ProgramError              a fault of an agent's program, not of AVM
+    │   ├── CompileError          source that does not compile (line, column, caret)
+    │   └── SnapshotError         a snapshot that is malformed or for another program
+    ├── StoreError                the content-addressed store
+    │   ├── NotFound              a ref the store does not hold
+    │   ├── CorruptObject         stored bytes whose digest does not match their ref
+    │   └── StoreFormatError      a directory that is not an AVM store, or of another version
+    └── InternalError             a bug in AVM itself
+
+Errors raised by the libraries AVM uses (lmdb, zstandard, httpx) are caught at
+the edge and re-raised as one of these with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class AvmError(Exception):
+    """Base of every error AVM raises on purpose."""
+
+
+class ProgramError(AvmError):
+    """An error in an agent's program (as opposed to a bug in AVM)."""
+
+
+class CompileError(ProgramError):
+    """Source text that does not compile.
+
+    ``line`` and ``column`` are 1-based; ``source_line`` is the offending line
+    of source, rendered under the message with a caret at ``column``.
+    """
+
+    def __init__(self, message: str, line: int, column: int = 1, source_line: str | None = None):
+        self.message = message
+        self.line = line
+        self.column = column
+        self.source_line = source_line
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        head = f"line {self.line}, column {self.column}: {self.message}"
+        if self.source_line is None:
+            return head
+        caret = " " * (self.column - 1) + "^"
+        return f"{head}\n    {self.source_line}\n    {caret}"
+
+
+class SnapshotError(ProgramError):
+    """A frame snapshot that cannot be restored (malformed, or another program's)."""
+
+
+class StoreError(AvmError):
+    """Base of the content-addressed store's errors."""
+
+
+class NotFound(StoreError, KeyError):
+    """The store holds no object with this ref."""
+
+    def __init__(self, ref: object):
+        self.ref = ref
+        hexref = ref.hex() if isinstance(ref, (bytes, bytearray)) else str(ref)
+        super().__init__(f"no object {hexref} in the store")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class CorruptObject(StoreError):
+    """Bytes read from a tier do not hash to the ref they were stored under."""
+
+    def __init__(self, ref: object, tier: str):
+        self.ref = ref
+        self.tier = tier
+        hexref = ref.hex() if isinstance(ref, (bytes, bytearray)) else str(ref)
+        super().__init__(f"object {hexref} is corrupt in the {tier} tier (digest mismatch)")
+
+
+class StoreFormatError(StoreError):
+    """A directory that is not an AVM store, or one of an unknown format version."""
+
+
+class InternalError(AvmError):
+    """A bug in AVM: an invariant that should always hold did not."""

@@ -1,0 +1,1 @@
+"""LLM gateway, tools and the embedded LLM server."""

@@ -1,0 +1,508 @@
+"""Builtins for `call <name> <argc>`: a registry of pure functions.
+
+Each builtin has an arity range and its own energy cost in milli-units, which
+the compiler adds to `call`'s base cost of 1.0 to give the instruction a fixed
+cost. Builtins never do I/O and never mutate their arguments: containers are
+values. Bad arguments raise VMError, which the interpreter turns into a Fault
+naming the line.
+
+Regular expressions run on the host's `re` engine, which has no time limit, so
+patterns are screened: at most 256 characters, no backreferences, and no
+repetition of a group that itself repeats or alternates (the shapes that
+backtrack exponentially). Texts searched are capped at 64 KiB.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from avm.lang.values import (
+    MAX_ITEMS,
+    MAX_TEXT,
+    VMError,
+    check_int,
+    check_items,
+    check_text,
+    equal,
+    is_value,
+    less,
+    measure,
+    render,
+    type_name,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Builtin:
+    name: str
+    fn: Callable[..., Any]
+    min_args: int
+    max_args: int
+    cost: int  # milli-units, on top of call's base cost
+    doc: str
+
+
+REGISTRY: dict[str, Builtin] = {}
+
+
+def builtin(name: str, args: int | tuple[int, int], cost: int, doc: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    lo, hi = (args, args) if isinstance(args, int) else args
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name in REGISTRY:
+            raise ValueError(f"builtin {name!r} registered twice")
+        REGISTRY[name] = Builtin(name, fn, lo, hi, cost, doc)
+        return fn
+
+    return register
+
+
+def lookup(name: str) -> Builtin | None:
+    return REGISTRY.get(name)
+
+
+def _want(value: Any, kind: type, what: str, name: str) -> Any:
+    if type(value) is not kind:
+        raise VMError("TypeError", f"{name}: {what} must be {_KIND_NAMES[kind]}, not {type_name(value)}")
+    return value
+
+
+_KIND_NAMES = {str: "text", list: "a list", dict: "a map", int: "an int", float: "a float"}
+
+
+def _want_int(value: Any, what: str, name: str) -> int:
+    if type(value) is not int:
+        raise VMError("TypeError", f"{name}: {what} must be an int, not {type_name(value)}")
+    return value
+
+
+def _want_number(value: Any, what: str, name: str) -> int | float:
+    if type(value) not in (int, float):
+        raise VMError("TypeError", f"{name}: {what} must be a number, not {type_name(value)}")
+    return value
+
+
+# --- text ---
+
+
+@builtin("upper", 1, 200, "text in upper case")
+def _upper(t: Any) -> str:
+    return _want(t, str, "argument", "upper").upper()
+
+
+@builtin("lower", 1, 200, "text in lower case")
+def _lower(t: Any) -> str:
+    return _want(t, str, "argument", "lower").lower()
+
+
+@builtin("strip", 1, 200, "text without leading and trailing white space")
+def _strip(t: Any) -> str:
+    return _want(t, str, "argument", "strip").strip()
+
+
+@builtin("text", 1, 200, "the text form of any value")
+def _text(v: Any) -> str:
+    return check_text(render(v))
+
+
+@builtin("split", (1, 2), 500, "split text on a separator (white space if omitted) into a list")
+def _split(t: Any, sep: Any = None) -> list[str]:
+    _want(t, str, "text", "split")
+    if sep is not None:
+        _want(sep, str, "separator", "split")
+        if sep == "":
+            raise VMError("ValueError", "split: empty separator")
+    return check_items(t.split(sep))
+
+
+@builtin("join", (1, 2), 500, "join a list of texts with a separator (empty if omitted)")
+def _join(items: Any, sep: Any = "") -> str:
+    _want(items, list, "items", "join")
+    _want(sep, str, "separator", "join")
+    return check_text(sep.join(render(v) for v in items))
+
+
+@builtin("replace", 3, 500, "text with every occurrence of old replaced by new")
+def _replace(t: Any, old: Any, new: Any) -> str:
+    for v, what in ((t, "text"), (old, "old"), (new, "new")):
+        _want(v, str, what, "replace")
+    if old == "":
+        raise VMError("ValueError", "replace: empty pattern")
+    return check_text(t.replace(old, new))
+
+
+@builtin("starts_with", 2, 100, "true if text starts with prefix")
+def _starts_with(t: Any, p: Any) -> bool:
+    return _want(t, str, "text", "starts_with").startswith(_want(p, str, "prefix", "starts_with"))
+
+
+@builtin("ends_with", 2, 100, "true if text ends with suffix")
+def _ends_with(t: Any, p: Any) -> bool:
+    return _want(t, str, "text", "ends_with").endswith(_want(p, str, "suffix", "ends_with"))
+
+
+@builtin("find", 2, 300, "index of the first occurrence of a text in a text, or -1")
+def _find(t: Any, sub: Any) -> int:
+    return _want(t, str, "text", "find").find(_want(sub, str, "needle", "find"))
+
+
+@builtin("repeat", 2, 300, "text or list repeated n times")
+def _repeat(v: Any, n: Any) -> Any:
+    _want_int(n, "count", "repeat")
+    if n < 0:
+        raise VMError("ValueError", "repeat: negative count")
+    if type(v) is str:
+        if len(v) * n > MAX_TEXT:
+            raise VMError("LimitError", f"repeat: text of {len(v) * n} characters exceeds the limit of {MAX_TEXT}")
+        return v * n
+    if type(v) is list:
+        if len(v) * n > MAX_ITEMS:
+            raise VMError("LimitError", f"repeat: list of {len(v) * n} items exceeds the limit of {MAX_ITEMS}")
+        return v * n
+    raise VMError("TypeError", f"repeat: cannot repeat {type_name(v)}")
+
+
+# --- containers ---
+
+
+@builtin("contains", 2, 200, "true if a text contains a text, a list an element, or a map a key")
+def _contains(c: Any, x: Any) -> bool:
+    if type(c) is str:
+        return _want(x, str, "needle", "contains") in c
+    if type(c) is list:
+        return any(equal(v, x) for v in c)
+    if type(c) is dict:
+        return type(x) is str and x in c
+    raise VMError("TypeError", f"contains: cannot search {type_name(c)}")
+
+
+@builtin("has", 2, 100, "true if a map has a key or a list an index")
+def _has(c: Any, k: Any) -> bool:
+    if type(c) is dict:
+        return type(k) is str and k in c
+    if type(c) is list:
+        return type(k) is int and -len(c) <= k < len(c)
+    raise VMError("TypeError", f"has: expected a map or a list, not {type_name(c)}")
+
+
+@builtin("get_default", 3, 100, "container[key], or the default if absent")
+def _get_default(c: Any, k: Any, default: Any) -> Any:
+    return _get(c, k) if _has(c, k) else default
+
+
+@builtin("keys", 1, 300, "the keys of a map, sorted")
+def _keys(m: Any) -> list[str]:
+    return sorted(_want(m, dict, "argument", "keys"))
+
+
+@builtin("values", 1, 300, "the values of a map, in key order")
+def _values(m: Any) -> list[Any]:
+    _want(m, dict, "argument", "values")
+    return [m[k] for k in sorted(m)]
+
+
+@builtin("slice", (2, 3), 300, "items or characters from start up to (not including) end")
+def _slice(v: Any, start: Any, end: Any = None) -> Any:
+    _want_int(start, "start", "slice")
+    if end is not None:
+        _want_int(end, "end", "slice")
+    if type(v) not in (str, list):
+        raise VMError("TypeError", f"slice: cannot slice {type_name(v)}")
+    return v[start:end]
+
+
+@builtin("range", (1, 2), 300, "list of ints from start (0 if omitted) up to end")
+def _range(a: Any, b: Any = None) -> list[int]:
+    start, end = (0, a) if b is None else (a, b)
+    _want_int(start, "start", "range")
+    _want_int(end, "end", "range")
+    if end - start > MAX_ITEMS:
+        raise VMError("LimitError", f"range: {end - start} items exceeds the limit of {MAX_ITEMS}")
+    return list(range(start, end))
+
+
+@builtin("sort", 1, 1000, "a list of numbers or of texts, sorted")
+def _sort(items: Any) -> list[Any]:
+    _want(items, list, "argument", "sort")
+    for x in items[1:]:
+        less(items[0], x)  # raises if the kinds cannot be ordered together
+    return sorted(items)
+
+
+@builtin("reverse", 1, 200, "a list or text reversed")
+def _reverse(v: Any) -> Any:
+    if type(v) in (str, list):
+        return v[::-1]
+    raise VMError("TypeError", f"reverse: cannot reverse {type_name(v)}")
+
+
+@builtin("index_of", 2, 300, "index of the first element equal to x, or -1")
+def _index_of(items: Any, x: Any) -> int:
+    _want(items, list, "list", "index_of")
+    for i, v in enumerate(items):
+        if equal(v, x):
+            return i
+    return -1
+
+
+@builtin("sum", 1, 500, "the sum of a list of numbers")
+def _sum(items: Any) -> int | float:
+    _want(items, list, "argument", "sum")
+    total: int | float = 0
+    for v in items:
+        total += _want_number(v, "element", "sum")
+    return total
+
+
+@builtin("type", 1, 100, "the name of a value's type: null, bool, int, float, text, list, map, ref")
+def _type(v: Any) -> str:
+    return type_name(v)
+
+
+def _get(c: Any, k: Any) -> Any:
+    if type(c) is dict:
+        if type(k) is not str:
+            raise VMError("TypeError", f"map keys are text, not {type_name(k)}")
+        try:
+            return c[k]
+        except KeyError:
+            raise VMError("KeyError", f"no key {k!r} in map") from None
+    if type(c) is list:
+        if type(k) is not int:
+            raise VMError("TypeError", f"list index must be an int, not {type_name(k)}")
+        try:
+            return c[k]
+        except IndexError:
+            raise VMError("IndexError", f"index {k} out of range for a list of {len(c)}") from None
+    if type(c) is str:
+        if type(k) is not int:
+            raise VMError("TypeError", f"text index must be an int, not {type_name(k)}")
+        try:
+            return c[k]
+        except IndexError:
+            raise VMError("IndexError", f"index {k} out of range for a text of {len(c)}") from None
+    raise VMError("TypeError", f"cannot index {type_name(c)}")
+
+
+# --- numbers ---
+
+
+@builtin("abs", 1, 100, "absolute value")
+def _abs(x: Any) -> int | float:
+    return abs(_want_number(x, "argument", "abs"))
+
+
+@builtin("min", (1, 2), 200, "the smaller of two values, or the least element of a list")
+def _min(a: Any, b: Any = None) -> Any:
+    items = _want(a, list, "argument", "min") if b is None else [a, b]
+    if not items:
+        raise VMError("ValueError", "min: empty list")
+    best = items[0]
+    for x in items[1:]:
+        if less(x, best):
+            best = x
+    return best
+
+
+@builtin("max", (1, 2), 200, "the larger of two values, or the greatest element of a list")
+def _max(a: Any, b: Any = None) -> Any:
+    items = _want(a, list, "argument", "max") if b is None else [a, b]
+    if not items:
+        raise VMError("ValueError", "max: empty list")
+    best = items[0]
+    for x in items[1:]:
+        if less(best, x):
+            best = x
+    return best
+
+
+@builtin("floor", 1, 100, "largest int not above x")
+def _floor(x: Any) -> int:
+    return _finite_int(math.floor, x, "floor")
+
+
+@builtin("ceil", 1, 100, "smallest int not below x")
+def _ceil(x: Any) -> int:
+    return _finite_int(math.ceil, x, "ceil")
+
+
+@builtin("round", 1, 100, "nearest int (halves to even)")
+def _round(x: Any) -> int:
+    return _finite_int(round, x, "round")
+
+
+def _finite_int(fn: Callable[[Any], int], x: Any, name: str) -> int:
+    _want_number(x, "argument", name)
+    if type(x) is float and not math.isfinite(x):
+        raise VMError("ValueError", f"{name}: {x} has no integer value")
+    return fn(x)
+
+
+@builtin("sqrt", 1, 200, "square root, a float")
+def _sqrt(x: Any) -> float:
+    if _want_number(x, "argument", "sqrt") < 0:
+        raise VMError("ValueError", "sqrt: negative argument")
+    return math.sqrt(x)
+
+
+@builtin("pow", 2, 300, "x raised to y")
+def _pow(x: Any, y: Any) -> int | float:
+    _want_number(x, "base", "pow")
+    _want_number(y, "exponent", "pow")
+    if type(x) is int and type(y) is int and y >= 0:
+        if x not in (0, 1, -1) and y * max(1, abs(x).bit_length() - 1) > 1024:
+            raise VMError("LimitError", "pow: result exceeds the integer limit")
+        return check_int(x**y)
+    try:
+        result = float(x) ** float(y)
+    except (OverflowError, ZeroDivisionError) as exc:
+        raise VMError("ValueError", f"pow: {exc}") from None
+    if isinstance(result, complex):
+        raise VMError("ValueError", "pow: complex result")
+    return result
+
+
+@builtin("idiv", 2, 150, "floor division of two numbers")
+def _idiv(a: Any, b: Any) -> int | float:
+    _want_number(a, "dividend", "idiv")
+    if _want_number(b, "divisor", "idiv") == 0:
+        raise VMError("ZeroDivision", "division by zero")
+    return a // b
+
+
+@builtin("int", 1, 200, "a number or numeric text as an int (floats truncate)")
+def _int(x: Any) -> int:
+    if type(x) is int:
+        return x
+    if type(x) is float:
+        return _finite_int(int, x, "int")
+    if type(x) is str and len(x) <= 400:
+        try:
+            return int(x.strip())
+        except ValueError:
+            pass
+    raise VMError("ValueError", f"int: cannot convert {render(x)[:60]!r}")
+
+
+@builtin("float", 1, 200, "a number or numeric text as a float")
+def _float(x: Any) -> float:
+    if type(x) in (int, float):
+        try:
+            return float(x)
+        except OverflowError:
+            raise VMError("ValueError", "float: integer too large") from None
+    if type(x) is str and len(x) <= 400:
+        try:
+            return float(x.strip())
+        except ValueError:
+            pass
+    raise VMError("ValueError", f"float: cannot convert {render(x)[:60]!r}")
+
+
+# --- json ---
+
+
+@builtin("json_parse", 1, 2000, "parse JSON text into a value")
+def _json_parse(t: Any) -> Any:
+    _want(t, str, "argument", "json_parse")
+    try:
+        value = json.loads(t)
+    except (ValueError, RecursionError) as exc:
+        raise VMError("ValueError", f"json_parse: {exc}") from None
+    if not is_value(value):
+        raise VMError("ValueError", "json_parse: nested too deeply")
+    return value
+
+
+@builtin("json_dump", 1, 2000, "the JSON text of a value (keys sorted)")
+def _json_dump(v: Any) -> str:
+    measure(v)
+    try:
+        return check_text(json.dumps(v, sort_keys=True, ensure_ascii=False, default=_json_default))
+    except ValueError as exc:
+        raise VMError("ValueError", f"json_dump: {exc}") from None
+
+
+def _json_default(v: Any) -> str:
+    return render(v)  # a ref: its text form
+
+
+# --- regular expressions ---
+
+MAX_PATTERN = 256
+MAX_SEARCHED = 64 * 1024
+_SAFE_PATTERNS: dict[str, re.Pattern[str]] = {}
+
+
+def _compile_pattern(pattern: Any, name: str) -> re.Pattern[str]:
+    _want(pattern, str, "pattern", name)
+    cached = _SAFE_PATTERNS.get(pattern)
+    if cached is not None:
+        return cached
+    if len(pattern) > MAX_PATTERN:
+        raise VMError("ValueError", f"{name}: pattern longer than {MAX_PATTERN} characters")
+    try:
+        import re._parser as sre_parse  # type: ignore[import-not-found]
+    except ImportError:  # pragma: no cover - Python < 3.11
+        import sre_parse  # type: ignore[no-redef]
+    try:
+        parsed = sre_parse.parse(pattern)
+        compiled = re.compile(pattern)
+    except (re.error, RecursionError, OverflowError) as exc:
+        raise VMError("ValueError", f"{name}: bad pattern: {exc}") from None
+    if not _screen(parsed.data if hasattr(parsed, "data") else parsed, inside_repeat=False):
+        raise VMError("ValueError", f"{name}: pattern may backtrack exponentially (nested repetition or backreference)")
+    if len(_SAFE_PATTERNS) < 1024:
+        _SAFE_PATTERNS[pattern] = compiled
+    return compiled
+
+
+def _screen(items: Any, inside_repeat: bool) -> bool:
+    """False for patterns with backreferences, or repetition of a repeating or alternating group."""
+    for op, arg in items:
+        name = str(op)
+        if name in ("GROUPREF", "GROUPREF_EXISTS"):
+            return False
+        if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            lo, hi, sub = arg
+            if inside_repeat and (hi is None or hi > 1 or str(hi) == "MAXREPEAT"):
+                return False
+            if not _screen(sub.data if hasattr(sub, "data") else sub, inside_repeat or hi != 1):
+                return False
+        elif name == "BRANCH":
+            if inside_repeat:
+                return False
+            for alt in arg[1]:
+                if not _screen(alt.data if hasattr(alt, "data") else alt, inside_repeat):
+                    return False
+        elif name in ("SUBPATTERN", "ATOMIC_GROUP", "ASSERT", "ASSERT_NOT"):
+            sub = arg[-1]
+            if not _screen(sub.data if hasattr(sub, "data") else sub, inside_repeat):
+                return False
+    return True
+
+
+def _searched(t: Any, name: str) -> str:
+    _want(t, str, "text", name)
+    if len(t) > MAX_SEARCHED:
+        raise VMError("LimitError", f"{name}: text longer than {MAX_SEARCHED} characters")
+    return t
+
+
+@builtin("regex_match", 2, 2000, "search text for a pattern: the list [whole, group1, ...] or null")
+def _regex_match(pattern: Any, t: Any) -> list[Any] | None:
+    m = _compile_pattern(pattern, "regex_match").search(_searched(t, "regex_match"))
+    if m is None:
+        return None
+    return [m.group(0), *m.groups()]
+
+
+@builtin("regex_find_all", 2, 3000, "every non-overlapping match of a pattern in text, as texts")
+def _regex_find_all(pattern: Any, t: Any) -> list[str]:
+    rx = _compile_pattern(pattern, "regex_find_all")
+    out = [m.group(0) for m in rx.finditer(_searched(t, "regex_find_all"))]
+    return check_items(out)

@@ -1,0 +1,315 @@
+"""`Frame`: one running program, sans-I/O.
+
+A frame holds a pc, an operand stack, variables (the inputs are the initial
+variables) and the energy used. `run()` executes instructions until the
+program needs the outside world (it returns an `Effect`), ends (`Done`),
+faults (`Fault`), runs out of energy (`BudgetExceeded`, the frame intact) or
+repeats itself (`Stalled`). The caller performs an effect and calls
+`resume(result)`, then `run()` again.
+
+Energy is kept in integer milli-units. Each instruction's cost comes from one
+table (avm.lang.opcodes, plus a builtin's own cost for `call`) and is charged
+in one place, before the instruction runs; an instruction that would take
+``energy_used`` past the budget does not run. So ``energy_used <= budget``
+always holds and ``energy_used`` is exactly the sum of the costs of the
+instructions executed (plus whatever the host charged with `charge()`).
+
+Stall detection: when ``stall_limit`` consecutive effects have identical
+requests and identical results, the frame ends as Stalled. `sleep` and a
+`recv` that timed out (null) are exempt by default: polling with a timer is
+legitimate, and energy bounds it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from avm.errors import AvmError
+from avm.lang import opcodes as O
+from avm.lang.code import Code
+from avm.lang.outcomes import BudgetExceeded, Done, Effect, Fault, Outcome, Stalled
+from avm.lang.values import VMError, equal, is_value, truthy, type_name
+from avm.lang import ops as H
+
+READY = "ready"
+WAITING = "waiting"  # an Effect is out; resume() is next
+EXHAUSTED = "exhausted"  # BudgetExceeded; add_budget() then run()
+DONE = "done"
+FAULTED = "faulted"
+STALLED = "stalled"
+TERMINAL = frozenset({DONE, FAULTED, STALLED})
+
+DEFAULT_STALL_LIMIT = 5
+STALL_EXEMPT = ("sleep",)
+
+
+class FrameStateError(AvmError):
+    """The host used a frame out of order (run while an effect is out, resume with nothing out...)."""
+
+
+def to_milli(units: float, what: str = "energy") -> int:
+    if isinstance(units, bool) or not isinstance(units, (int, float)):
+        raise TypeError(f"{what} must be a number, not {type(units).__name__}")
+    if units != units or units < 0 or units > 1e12:
+        raise ValueError(f"{what} must be between 0 and 1e12, got {units}")
+    return int(round(units * 1000))
+
+
+class Frame:
+    """A program in execution. See the module docstring."""
+
+    __slots__ = (
+        "code", "pc", "stack", "variables", "used", "budget", "status", "pending", "effects",
+        "stall_limit", "stall_count", "last_request", "last_result", "outcome",
+    )
+
+    def __init__(self, code: Code, budget: float = 100.0, inputs: Mapping[str, Any] | None = None,
+                 *, stall_limit: int = DEFAULT_STALL_LIMIT):
+        if not isinstance(code, Code):
+            raise TypeError(f"Frame needs a compiled avm.Code, not {type(code).__name__}")
+        self.code = code
+        self.pc = 0
+        self.stack: list[Any] = []
+        self.variables: dict[str, Any] = {}
+        if inputs:
+            for name, value in inputs.items():
+                if type(name) is not str:
+                    raise TypeError(f"input names must be text, not {type(name).__name__}")
+                if not is_value(value):
+                    raise TypeError(f"input {name!r}: {type_name(value)} is not a VM value")
+                self.variables[name] = value
+        self.used = 0
+        self.budget = to_milli(budget, "budget")
+        self.status = READY
+        self.pending: Effect | None = None
+        self.effects = 0
+        self.stall_limit = stall_limit
+        self.stall_count = 0
+        self.last_request: tuple[Any, ...] | None = None
+        self.last_result: Any = None
+        self.outcome: Outcome | None = None
+
+    # --- energy ---
+
+    @property
+    def energy_used(self) -> float:
+        return self.used / 1000
+
+    @property
+    def energy_left(self) -> float:
+        return (self.budget - self.used) / 1000
+
+    def add_budget(self, units: float) -> None:
+        """Raise the budget; a frame that ran out may then run again."""
+        self.budget += to_milli(units, "added budget")
+        if self.status == EXHAUSTED:
+            self.status = READY
+            self.outcome = None
+
+    def charge(self, units: float) -> bool:
+        """Charge host work (LLM tokens, tool time) to the frame.
+
+        Returns False if the budget could not cover it: the frame is then
+        charged up to its budget and the next `run()` reports BudgetExceeded.
+        """
+        milli = to_milli(units, "charge")
+        if self.used + milli <= self.budget:
+            self.used += milli
+            return True
+        self.used = self.budget
+        if self.status == READY:
+            self.status = EXHAUSTED
+            self.outcome = BudgetExceeded(self.used / 1000, self.budget / 1000, milli / 1000, self.pc, self.line_at(self.pc))
+        return False
+
+    def line_at(self, pc: int) -> int:
+        lines = self.code.lines
+        return lines[pc] if 0 <= pc < len(lines) else 0
+
+    # --- effects ---
+
+    def resume(self, result: Any = None) -> None:
+        """Deliver the result of the pending effect; `run()` continues after it."""
+        if self.status != WAITING or self.pending is None:
+            raise FrameStateError(f"resume() with no effect outstanding (frame is {self.status})")
+        if not is_value(result):
+            raise TypeError(f"effect result must be a VM value, not {type_name(result)}")
+        effect = self.pending
+        self.pending = None
+        self.stack.append(result)
+        self.effects += 1
+        self.status = READY
+        if self.stall_limit and effect.kind not in STALL_EXEMPT and not (effect.kind == "recv" and result is None):
+            request = (effect.kind, effect.args)
+            if self.last_request is not None and equal(request, self.last_request) and equal(result, self.last_result):
+                self.stall_count += 1
+            else:
+                self.stall_count = 1
+            self.last_request = request
+            self.last_result = result
+            if self.stall_count >= self.stall_limit:
+                self.status = STALLED
+                self.outcome = Stalled(effect.kind, self.stall_count, effect.pc, effect.line)
+        else:
+            self.stall_count = 0
+            self.last_request = None
+            self.last_result = None
+
+    # --- the interpreter ---
+
+    def run(self) -> Outcome:
+        """Run until an effect, the end, a fault, budget exhaustion or a stall."""
+        status = self.status
+        if status != READY:
+            if status == WAITING:
+                raise FrameStateError("run() while an effect is outstanding: resume(result) first")
+            assert self.outcome is not None
+            return self.outcome
+        ops, args, costs = self.code.decoded()
+        stack = self.stack
+        push = stack.append
+        pop = stack.pop
+        variables = self.variables
+        pc = self.pc
+        used = self.used
+        budget = self.budget
+        table = H.TABLE
+        LOAD, STORE, PUSH, ADD, SUB, LT, JUMP_IF, JUMP, JUMP_UNLESS, EQ, POP, DUP = (
+            O.LOAD, O.STORE, O.PUSH, O.ADD, O.SUB, O.LT, O.JUMP_IF, O.JUMP, O.JUMP_UNLESS, O.EQ, O.POP, O.DUP)
+        ENERGY_CHECK, OBSERVE = O.ENERGY_CHECK, O.OBSERVE
+        op = -1
+        try:
+            while True:
+                used += costs[pc]
+                if used > budget:
+                    used -= costs[pc]
+                    self.pc = pc
+                    self.used = used
+                    self.status = EXHAUSTED
+                    out: Outcome = BudgetExceeded(used / 1000, budget / 1000, costs[pc] / 1000, pc, self.line_at(pc))
+                    self.outcome = out
+                    return out
+                op = ops[pc]
+                a = args[pc]
+                pc += 1
+                if op == LOAD:
+                    push(variables[a])
+                elif op == PUSH:
+                    push(a)
+                elif op == STORE:
+                    variables[a] = pop()
+                elif op == ADD:
+                    b = pop()
+                    x = stack[-1]
+                    if type(x) is int and type(b) is int:
+                        stack[-1] = x + b
+                    else:
+                        stack[-1] = H.add(x, b)
+                elif op == JUMP_IF:
+                    x = pop()
+                    if x is True or (x is not False and truthy(x)):
+                        pc = a
+                elif op == LT:
+                    b = pop()
+                    x = stack[-1]
+                    if type(x) is int and type(b) is int:
+                        stack[-1] = x < b
+                    else:
+                        stack[-1] = H.less(x, b)
+                elif op == JUMP:
+                    pc = a
+                elif op == JUMP_UNLESS:
+                    x = pop()
+                    if x is False or (x is not True and not truthy(x)):
+                        pc = a
+                elif op == SUB:
+                    b = pop()
+                    x = stack[-1]
+                    if type(x) is int and type(b) is int:
+                        stack[-1] = x - b
+                    else:
+                        stack[-1] = H.sub(x, b)
+                elif op == EQ:
+                    b = pop()
+                    stack[-1] = equal(stack[-1], b)
+                elif op == POP:
+                    pop()
+                elif op == DUP:
+                    push(stack[-1])
+                else:
+                    handler = table[op]
+                    if handler is not None:
+                        handler(self, stack, a)
+                        continue
+                    if op == ENERGY_CHECK:
+                        push(budget - used >= a)
+                        continue
+                    if op == OBSERVE:
+                        self.used = used
+                        push(H.observe(self, a, pc - 1))
+                        continue
+                    # Control that ends the run or leaves the VM.
+                    self.pc = pc
+                    self.used = used
+                    return self._leave(op, a, pc - 1)
+        except VMError as exc:
+            return self._fault(pc - 1, used, exc.kind, exc.message)
+        except KeyError as exc:
+            if op == LOAD:
+                return self._fault(pc - 1, used, "NameError", f"undefined variable {exc.args[0]!r}")
+            raise
+        except RecursionError:
+            return self._fault(pc - 1, used, "LimitError", "value nested too deeply")
+
+    def _fault(self, pc: int, used: int, kind: str, message: str) -> Fault:
+        self.pc = pc
+        self.used = used
+        self.status = FAULTED
+        out = Fault(message, pc, self.line_at(pc), kind)
+        self.outcome = out
+        return out
+
+    def _leave(self, op: int, a: Any, pc: int) -> Outcome:
+        """return / halt / an effect instruction at ``pc`` (already charged)."""
+        stack = self.stack
+        if op == O.RETURN:
+            out: Outcome = Done(stack.pop())
+            self.status = DONE
+            self.outcome = out
+            return out
+        if op == O.HALT:
+            out = Done(None)
+            self.status = DONE
+            self.outcome = out
+            return out
+        try:
+            effect_args = H.effect_args(op, a, stack)
+        except VMError as exc:
+            return self._fault(pc, self.used, exc.kind, exc.message)
+        effect = Effect(O.OPS[op].name, effect_args, pc, self.line_at(pc))
+        self.pending = effect
+        self.status = WAITING
+        return effect
+
+    # --- snapshots ---
+
+    def snapshot(self) -> bytes:
+        """The frame's whole state as bytes; `Frame.restore(code, data)` brings it back."""
+        from avm.lang.snapshot import encode_frame
+
+        return encode_frame(self)
+
+    @classmethod
+    def restore(cls, code: Code, data: bytes) -> Frame:
+        """A frame from `snapshot()` bytes, for the same code (raises SnapshotError)."""
+        from avm.lang.snapshot import decode_frame
+
+        return decode_frame(cls, code, data)
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+    def __repr__(self) -> str:
+        return (f"<avm.Frame {self.code.id[:12]} pc={self.pc} {self.status} "
+                f"energy={self.energy_used:g}/{self.budget / 1000:g}>")

@@ -1,0 +1,317 @@
+"""What each instruction does, for the ones the interpreter loop does not inline.
+
+`TABLE[opcode]` is a handler ``(frame, stack, operand) -> None`` that works on
+the stack, or None for the instructions the loop handles itself (the hot
+ones, control flow, energy_check, observe) and for those that leave the VM
+(return, halt, effects; see `effect_args`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from avm.lang import opcodes as O
+from avm.lang.values import (
+    VMError,
+    add,
+    check_items,
+    check_text,
+    div,
+    equal,
+    is_number,
+    less,
+    mod,
+    mul,
+    neg,
+    render,
+    sub,
+    truthy,
+    type_name,
+)
+
+__all__ = ["TABLE", "add", "sub", "less", "effect_args", "observe", "format_text"]
+
+Handler = Callable[[Any, list, Any], None]
+
+
+def _swap(frame: Any, stack: list, a: Any) -> None:
+    stack[-1], stack[-2] = stack[-2], stack[-1]
+
+
+def _binary(fn: Callable[[Any, Any], Any]) -> Handler:
+    def handler(frame: Any, stack: list, a: Any) -> None:
+        b = stack.pop()
+        stack[-1] = fn(stack[-1], b)
+
+    return handler
+
+
+def _neg(frame: Any, stack: list, a: Any) -> None:
+    stack[-1] = neg(stack[-1])
+
+
+def _not(frame: Any, stack: list, a: Any) -> None:
+    stack[-1] = not truthy(stack[-1])
+
+
+def _and(frame: Any, stack: list, a: Any) -> None:
+    b = stack.pop()
+    stack[-1] = truthy(stack[-1]) and truthy(b)
+
+
+def _or(frame: Any, stack: list, a: Any) -> None:
+    b = stack.pop()
+    stack[-1] = truthy(stack[-1]) or truthy(b)
+
+
+def _ne(x: Any, y: Any) -> bool:
+    return not equal(x, y)
+
+
+def _le(x: Any, y: Any) -> bool:
+    return not less(y, x)
+
+
+def _gt(x: Any, y: Any) -> bool:
+    return less(y, x)
+
+
+def _ge(x: Any, y: Any) -> bool:
+    return not less(x, y)
+
+
+def _call(frame: Any, stack: list, a: Any) -> None:
+    builtin, name, argc = a
+    if builtin is None:
+        raise VMError("NameError", f"unknown builtin {name!r}")
+    if argc:
+        argv = stack[-argc:]
+        del stack[-argc:]
+    else:
+        argv = []
+    stack.append(builtin.fn(*argv))
+
+
+def _assert(frame: Any, stack: list, a: Any) -> None:
+    if not truthy(stack.pop()):
+        raise VMError("AssertionFailed", a or "assertion failed")
+
+
+def _concat(frame: Any, stack: list, a: Any) -> None:
+    b = stack.pop()
+    x = stack[-1]
+    if type(x) is list and type(b) is list:
+        stack[-1] = check_items(x + b)
+    else:
+        stack[-1] = check_text(render(x) + render(b))
+
+
+def format_text(template: Any, variables: dict[str, Any]) -> str:
+    """Fill {name} placeholders from variables; {{ and }} are literal braces."""
+    if type(template) is not str:
+        raise VMError("TypeError", f"format needs a text template, not {type_name(template)}")
+    out: list[str] = []
+    i = 0
+    n = len(template)
+    while i < n:
+        ch = template[i]
+        if ch == "{":
+            if i + 1 < n and template[i + 1] == "{":
+                out.append("{")
+                i += 2
+                continue
+            end = template.find("}", i + 1)
+            if end < 0:
+                raise VMError("FormatError", f"unclosed placeholder at position {i} in format template")
+            name = template[i + 1 : end]
+            if name not in variables:
+                raise VMError("FormatError", f"format: no variable {name!r}")
+            out.append(render(variables[name]))
+            i = end + 1
+        elif ch == "}":
+            if i + 1 < n and template[i + 1] == "}":
+                out.append("}")
+                i += 2
+                continue
+            raise VMError("FormatError", f"unmatched '}}' at position {i} in format template")
+        else:
+            j = i
+            while j < n and template[j] not in "{}":
+                j += 1
+            out.append(template[i:j])
+            i = j
+    return check_text("".join(out))
+
+
+def _format(frame: Any, stack: list, a: Any) -> None:
+    stack[-1] = format_text(stack[-1], frame.variables)
+
+
+def _list(frame: Any, stack: list, n: int) -> None:
+    if n:
+        items = stack[-n:]
+        del stack[-n:]
+    else:
+        items = []
+    stack.append(items)
+
+
+def _map(frame: Any, stack: list, n: int) -> None:
+    m: dict[str, Any] = {}
+    if n:
+        flat = stack[-2 * n :]
+        del stack[-2 * n :]
+        for i in range(0, 2 * n, 2):
+            key = flat[i]
+            if type(key) is not str:
+                raise VMError("TypeError", f"map keys are text, not {type_name(key)}")
+            m[key] = flat[i + 1]
+    stack.append(m)
+
+
+def get_item(c: Any, k: Any) -> Any:
+    from avm.lang.builtins import _get
+
+    return _get(c, k)
+
+
+def _get_op(frame: Any, stack: list, a: Any) -> None:
+    k = stack.pop()
+    stack[-1] = get_item(stack[-1], k)
+
+
+def _set(frame: Any, stack: list, a: Any) -> None:
+    value = stack.pop()
+    key = stack.pop()
+    c = stack[-1]
+    if type(c) is dict:
+        if type(key) is not str:
+            raise VMError("TypeError", f"map keys are text, not {type_name(key)}")
+        new: Any = dict(c)
+        new[key] = value
+        stack[-1] = check_items(new)
+    elif type(c) is list:
+        if type(key) is not int:
+            raise VMError("TypeError", f"list index must be an int, not {type_name(key)}")
+        if not -len(c) <= key < len(c):
+            raise VMError("IndexError", f"index {key} out of range for a list of {len(c)}")
+        new = list(c)
+        new[key] = value
+        stack[-1] = new
+    else:
+        raise VMError("TypeError", f"cannot set an item in {type_name(c)}")
+
+
+def _len(frame: Any, stack: list, a: Any) -> None:
+    c = stack[-1]
+    if type(c) in (str, list, dict):
+        stack[-1] = len(c)
+    else:
+        raise VMError("TypeError", f"{type_name(c)} has no length")
+
+
+def _append(frame: Any, stack: list, a: Any) -> None:
+    value = stack.pop()
+    c = stack[-1]
+    if type(c) is not list:
+        raise VMError("TypeError", f"cannot append to {type_name(c)}")
+    stack[-1] = check_items(c + [value])
+
+
+def observe(frame: Any, field: str, pc: int) -> Any:
+    if field == "energy_used":
+        return frame.used / 1000
+    if field == "energy_left":
+        return (frame.budget - frame.used) / 1000
+    if field == "budget":
+        return frame.budget / 1000
+    if field == "pc":
+        return pc
+    if field == "depth":
+        return len(frame.stack)
+    if field == "effects":
+        return frame.effects
+    raise VMError("ValueError", f"unknown observe field {field!r}")
+
+
+def _number_at_least(value: Any, what: str, kind: str, low: float = 0) -> None:
+    if not is_number(value) or value < low or value != value:
+        raise VMError("TypeError" if not is_number(value) else "ValueError",
+                      f"{kind}: {what} must be a number >= {low:g}, not {render(value)[:40]}")
+
+
+def effect_args(op: int, a: Any, stack: list) -> tuple[Any, ...]:
+    """Pop an effect instruction's operands and check their types."""
+    if op == O.LLM:
+        message = stack.pop()
+        if type(message) not in (str, dict, list):
+            raise VMError("TypeError", f"llm: the message must be text, a map or a list, not {type_name(message)}")
+        return (message,)
+    if op == O.TOOL_:
+        name, argc = a
+        if argc:
+            argv = stack[-argc:]
+            del stack[-argc:]
+        else:
+            argv = []
+        return (name, argv)
+    if op == O.SEND:
+        message = stack.pop()
+        target = stack.pop()
+        if type(target) not in (str, int):
+            raise VMError("TypeError", f"send: the target must be an agent id or name, not {type_name(target)}")
+        return (target, message)
+    if op == O.RECV:
+        timeout = stack.pop()
+        if timeout is not None:
+            _number_at_least(timeout, "the timeout", "recv")
+        return (timeout,)
+    if op == O.SPAWN or op == O.DELEGATE:
+        budget = stack.pop()
+        inputs = stack.pop()
+        program = stack.pop()
+        kind = O.OPS[op].name
+        if type(program) is not str and type_name(program) != "ref":
+            raise VMError("TypeError", f"{kind}: the program must be source text or a code ref, not {type_name(program)}")
+        if inputs is not None and type(inputs) is not dict:
+            raise VMError("TypeError", f"{kind}: inputs must be a map or null, not {type_name(inputs)}")
+        _number_at_least(budget, "the budget", kind)
+        return (program, inputs, budget)
+    if op == O.SLEEP:
+        seconds = stack.pop()
+        _number_at_least(seconds, "seconds", "sleep")
+        return (seconds,)
+    raise VMError("InternalError", f"opcode {op} is not an effect")  # pragma: no cover
+
+
+TABLE: list[Handler | None] = [None] * len(O.OPS)
+for _code, _fn in {
+    O.SWAP: _swap,
+    O.CALL: _call,
+    O.ASSERT: _assert,
+    O.MUL: _binary(mul),
+    O.DIV: _binary(div),
+    O.MOD: _binary(mod),
+    O.NEG: _neg,
+    O.NE: _binary(_ne),
+    O.LE: _binary(_le),
+    O.GT: _binary(_gt),
+    O.GE: _binary(_ge),
+    O.NOT: _not,
+    O.AND: _and,
+    O.OR: _or,
+    O.CONCAT: _concat,
+    O.FORMAT: _format,
+    O.LIST: _list,
+    O.MAP: _map,
+    O.GET: _get_op,
+    O.SET: _set,
+    O.LEN: _len,
+    O.APPEND: _append,
+    # The loop inlines these; handlers here serve the block compiler and keep the table whole.
+    O.ADD: _binary(add),
+    O.SUB: _binary(sub),
+    O.LT: _binary(less),
+    O.EQ: _binary(equal),
+}.items():
+    TABLE[_code] = _fn

@@ -1,0 +1,171 @@
+"""Frame snapshots: a frame's whole state as bytes, and back.
+
+Layout: ``b"AVMF"``, a version byte, the 32-byte digest of the frame's Code,
+then the state as one canonical value (avm.memory.values), so the same program
+fed the same effect results gives byte-identical snapshots.
+
+Restoring checks everything: the magic, the version, that the snapshot is for
+this code, every field's type and range, and that the stack depth is the one
+the validator proved for the pc. A malformed snapshot raises SnapshotError and
+can never make the interpreter misbehave.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from avm.errors import SnapshotError
+from avm.lang import frame as F
+from avm.lang.code import Code
+from avm.lang.outcomes import BudgetExceeded, Done, Effect, Fault, Stalled
+from avm.lang.values import VMError, is_value, measure
+from avm.memory.values import decode_value, encode_value
+
+MAGIC = b"AVMF"
+VERSION = 1
+_STATUSES = (F.READY, F.WAITING, F.EXHAUSTED, F.DONE, F.FAULTED, F.STALLED)
+
+
+def _outcome_to_value(out: Any) -> Any:
+    if out is None:
+        return None
+    if isinstance(out, Done):
+        return ["done", out.value]
+    if isinstance(out, Fault):
+        return ["fault", out.error, out.pc, out.line, out.kind]
+    if isinstance(out, Stalled):
+        return ["stalled", out.kind, out.count, out.pc, out.line]
+    if isinstance(out, BudgetExceeded):
+        return ["budget", out.energy_used, out.budget, out.needed, out.pc, out.line]
+    raise SnapshotError(f"cannot snapshot outcome {out!r}")
+
+
+def encode_frame(frame: F.Frame) -> bytes:
+    pending = None
+    if frame.pending is not None:
+        p = frame.pending
+        pending = [p.kind, list(p.args), p.pc, p.line]
+    last_request = None
+    if frame.last_request is not None:
+        last_request = [frame.last_request[0], list(frame.last_request[1])]
+    state = [
+        frame.pc, frame.stack, frame.variables, frame.used, frame.budget, frame.status, pending,
+        frame.effects, frame.stall_limit, frame.stall_count, last_request, frame.last_result,
+        _outcome_to_value(frame.outcome),
+    ]
+    try:
+        measure(state, limit=4 * (1 << 20))
+        body = encode_value(state)
+    except (VMError, TypeError, ValueError) as exc:
+        raise SnapshotError(f"cannot snapshot this frame: {exc}") from exc
+    return MAGIC + bytes((VERSION,)) + frame.code.digest + body
+
+
+def _want(cond: bool, what: str) -> None:
+    if not cond:
+        raise SnapshotError(f"malformed snapshot: {what}")
+
+
+def _int(v: Any, what: str, lo: int = 0, hi: int | None = None) -> int:
+    _want(type(v) is int and v >= lo and (hi is None or v <= hi), f"{what} out of range")
+    return v
+
+
+def decode_frame(cls: type[F.Frame], code: Code, data: bytes) -> F.Frame:
+    if not isinstance(code, Code):
+        raise TypeError(f"restore needs a compiled avm.Code, not {type(code).__name__}")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise SnapshotError(f"a snapshot is bytes, not {type(data).__name__}")
+    data = bytes(data)
+    _want(data[:4] == MAGIC, "not a frame snapshot (bad magic)")
+    _want(len(data) > 5 + 32, "truncated")
+    if data[4] != VERSION:
+        raise SnapshotError(f"unknown snapshot version {data[4]}")
+    digest = data[5:37]
+    if digest != code.digest:
+        raise SnapshotError(f"snapshot is for code {digest.hex()[:16]}, not {code.id[:16]}")
+    try:
+        state = decode_value(data[37:])
+    except Exception as exc:  # ValueFormatError, and anything a hostile body provokes
+        raise SnapshotError(f"malformed snapshot: {exc}") from None
+    _want(type(state) is list and len(state) == 13, "wrong shape")
+    (pc, stack, variables, used, budget, status, pending, effects, stall_limit, stall_count,
+     last_request, last_result, outcome) = state
+    n = code.ninstrs
+    _int(pc, "pc", 0, n - 1)
+    _want(type(stack) is list and all(is_value(v) for v in stack), "stack")
+    _want(type(variables) is dict and all(is_value(v) for v in variables.values()), "variables")
+    _int(budget, "budget")
+    _int(used, "energy used", 0, budget)
+    _want(status in _STATUSES, f"unknown status {status!r}")
+    _int(effects, "effects")
+    _int(stall_limit, "stall limit")
+    _int(stall_count, "stall count")
+    _want(is_value(last_result), "last result")
+
+    f = cls.__new__(cls)
+    f.code = code
+    f.pc = pc
+    f.stack = stack
+    f.variables = variables
+    f.used = used
+    f.budget = budget
+    f.status = status
+    f.effects = effects
+    f.stall_limit = stall_limit
+    f.stall_count = stall_count
+    f.last_result = last_result
+    f.pending = None
+    f.last_request = None
+    f.outcome = None
+
+    if last_request is not None:
+        _want(type(last_request) is list and len(last_request) == 2 and type(last_request[0]) is str
+              and type(last_request[1]) is list, "last request")
+        f.last_request = (last_request[0], tuple(last_request[1]))
+
+    expected = code.depths[pc] if pc < len(code.depths) else -1
+    if status == F.WAITING:
+        _want(type(pending) is list and len(pending) == 4, "pending effect")
+        kind, args, epc, line = pending
+        _int(epc, "effect pc", 0, n - 1)
+        from avm.lang import opcodes as O
+
+        info = O.OPS[code.decoded()[0][epc]]
+        _want(info.effect and info.name == kind and epc + 1 == pc, "pending effect does not match the code")
+        _want(type(args) is list and all(is_value(v) for v in args), "effect arguments")
+        _want(type(line) is int, "effect line")
+        f.pending = Effect(kind, tuple(args), epc, line)
+        expected -= 1  # the result is not on the stack yet
+    else:
+        _want(pending is None, "pending effect on a frame that waits for none")
+    if status in (F.READY, F.WAITING, F.EXHAUSTED):
+        _want(expected >= 0 and len(stack) == expected, "stack depth does not match the code at pc")
+    if status in F.TERMINAL or status == F.EXHAUSTED:
+        f.outcome = _outcome_from_value(outcome)
+    else:
+        _want(outcome is None, "outcome on a running frame")
+    return f
+
+
+def _outcome_from_value(v: Any) -> Any:
+    _want(type(v) is list and v and type(v[0]) is str, "outcome")
+    tag, *rest = v
+    try:
+        if tag == "done" and len(rest) == 1:
+            return Done(rest[0])
+        if tag == "fault" and len(rest) == 4:
+            error, pc, line, kind = rest
+            _want(type(error) is str and type(kind) is str, "fault")
+            return Fault(error, _int(pc, "fault pc"), _int(line, "fault line"), kind)
+        if tag == "stalled" and len(rest) == 4:
+            kind, count, pc, line = rest
+            _want(type(kind) is str, "stalled")
+            return Stalled(kind, _int(count, "count"), _int(pc, "pc"), _int(line, "line"))
+        if tag == "budget" and len(rest) == 5:
+            used, budget, needed, pc, line = rest
+            _want(all(type(x) in (int, float) for x in (used, budget, needed)), "budget outcome")
+            return BudgetExceeded(used, budget, needed, _int(pc, "pc"), _int(line, "line"))
+    except TypeError:
+        pass
+    raise SnapshotError(f"malformed snapshot: outcome {tag!r}")

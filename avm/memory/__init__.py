@@ -1,0 +1,1 @@
+"""The content-addressed store: hot (dict), warm (zstd), cold (LMDB)."""

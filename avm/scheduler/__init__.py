@@ -1,0 +1,1 @@
+"""Run queue, priorities, mailboxes, supervision, hibernation."""
