@@ -72,14 +72,19 @@ class WarmTier:
         return True
 
     def put(self, ref: Ref, data: bytes) -> None:
-        """Encode and hold ``data``, then evict past the budget."""
+        """Encode and hold ``data``, then evict past the budget.
+
+        With a budget, an object whose blob exceeds the whole budget is not
+        held: the store only sets a budget when the cold tier holds it.
+        """
         if ref in self._blobs:
             self._blobs.move_to_end(ref)
             return
+        if self.budget == 0:
+            return  # warm disabled: the cold tier below holds the object
         blob = self._codec.encode(ref, data)
         if self.budget is not None and len(blob) > self.budget:
-            self._on_evict(ref)  # cannot hold it at all: straight down to cold
-            return
+            return  # larger than the whole budget: left to the cold tier
         self._blobs[ref] = blob
         self.bytes += len(blob)
         self.raw_bytes += len(data)

@@ -1,0 +1,347 @@
+"""The cold tier: blobs in an LMDB environment on disk.
+
+Layout of the environment (three named databases):
+
+- ``meta``: ``format`` -> ``b"avm-content-store/<version>"`` (the marker that
+  makes a directory an AVM store), ``counters`` -> objects, blob bytes and
+  decoded bytes (3 x uint64), and keys the store sets (its dictionary list).
+- ``objects``: ref (32 bytes) -> blob (see `avm.memory.codec`).
+- ``pins``: ref -> pin count (uint64); absent means 0.
+
+Writes go through one writer: `put`, `set_pin` and `set_meta` fill a buffer
+that `flush` commits in a single transaction (automatically past
+``write_batch_count`` / ``write_batch_bytes``). Objects are encoded at flush
+time, with the dictionary current then. When the map is full the
+transaction is aborted, the map doubled and the transaction replayed, so no
+``MapFullError`` reaches the caller. py-lmdb always opens with MDB_NOTLS, so
+read transactions may be started from any thread (trio worker threads
+included); the tier itself is not thread-safe and the store serialises calls
+with its lock, which also guarantees no transaction is open while the map
+is resized.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import Any, Callable, Iterator, Mapping
+
+import lmdb
+
+from avm.errors import StoreError, StoreFormatError
+from avm.memory.codec import CODEC_RAW, CODEC_ZSTD_DICT, DICT_ID_SIZE, Codec, blob_info
+from avm.memory.ref import Ref
+from avm.memory.stats import TierStatistics
+
+__all__ = ["FORMAT_VERSION", "ColdTier"]
+
+FORMAT_NAME = b"avm-content-store/"
+FORMAT_VERSION = 1
+_DB_META, _DB_OBJECTS, _DB_PINS = b"meta", b"objects", b"pins"
+_KEY_FORMAT, _KEY_COUNTERS = b"format", b"counters"
+_LMDB_FILES = frozenset({"data.mdb", "lock.mdb"})
+_COUNTERS = struct.Struct(">QQQ")
+_PIN = struct.Struct(">Q")
+_MAX_GROWTHS = 48
+
+
+def _check_directory(path: str) -> bool:
+    """Refuse what is not an AVM store; True if ``path`` is new (or empty)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise StoreFormatError(f"{path} is a file, not an AVM store directory; refusing to use it")
+    if not os.path.exists(path):
+        os.makedirs(path)
+        return True
+    entries = sorted(os.listdir(path))
+    if not entries:
+        return True
+    if set(entries) - _LMDB_FILES or "data.mdb" not in entries:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise StoreFormatError(
+            f"{path} is not an AVM store (it holds {shown}); refusing to use it. "
+            "Give ContentStore an empty or new directory.")
+    _probe(path)
+    return False
+
+
+def _probe(path: str) -> None:
+    """Read the format marker without writing anything to ``path``."""
+    map_size = max(os.path.getsize(os.path.join(path, "data.mdb")), 1 << 20)
+    try:
+        env = lmdb.open(path, readonly=True, lock=False, max_dbs=4, map_size=map_size)
+    except lmdb.Error as exc:
+        raise StoreFormatError(f"{path} is not an AVM store (not an LMDB environment: {exc})") from exc
+    try:
+        try:
+            meta = env.open_db(_DB_META, create=False)
+            with env.begin(db=meta) as txn:
+                marker = txn.get(_KEY_FORMAT)
+        except lmdb.Error as exc:
+            raise StoreFormatError(f"{path} is an LMDB environment but not an AVM store (no format marker)") from exc
+    finally:
+        env.close()
+    if marker is None or not marker.startswith(FORMAT_NAME):
+        raise StoreFormatError(f"{path} is an LMDB environment but not an AVM store (no format marker)")
+    version = marker[len(FORMAT_NAME):].decode("ascii", "replace")
+    if version != str(FORMAT_VERSION):
+        raise StoreFormatError(
+            f"{path} is an AVM store of format version {version!r}; this AVM reads version {FORMAT_VERSION}")
+
+
+class ColdTier:
+    """Blobs in LMDB under ``path``, with a batched single writer."""
+
+    name = "cold"
+
+    def __init__(self, path: str | os.PathLike[str], codec: Codec, settings: Mapping[str, Any]):
+        self.path = os.fspath(path)
+        self._codec = codec
+        self._batch_count: int = settings["write_batch_count"]
+        self._batch_bytes: int = settings["write_batch_bytes"]
+        self._sync: bool = settings["sync"]
+        self.commits = 0
+        self.growths = 0
+        fresh = _check_directory(self.path)
+        data_file = os.path.join(self.path, "data.mdb")
+        existing = os.path.getsize(data_file) if os.path.exists(data_file) else 0
+        try:
+            self._env = lmdb.open(
+                self.path, map_size=max(settings["map_size_bytes"], 2 * existing), max_dbs=4,
+                max_readers=settings["max_readers"], sync=self._sync, metasync=self._sync,
+                readahead=False, meminit=False)
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot open the cold tier at {self.path}: {exc}") from exc
+        try:
+            self._meta = self._env.open_db(_DB_META)
+            self._objects = self._env.open_db(_DB_OBJECTS)
+            self._pins = self._env.open_db(_DB_PINS)
+            if fresh:
+                self._write(self._initialise)
+            with self._env.begin(db=self._meta) as txn:
+                counters = txn.get(_KEY_COUNTERS)
+        except lmdb.Error as exc:
+            self._env.close()
+            raise StoreError(f"cannot open the cold tier at {self.path}: {exc}") from exc
+        self.objects, self.bytes, self.raw_bytes = _COUNTERS.unpack(counters)
+        self._pending: dict[Ref, bytes] = {}  # ref -> decoded bytes, not yet committed
+        self.pending_bytes = 0
+        self._pending_pins: dict[Ref, int] = {}
+        self._pending_meta: dict[bytes, bytes] = {}
+        self.hits = 0
+        self.misses = 0
+        self._closed = False
+
+    def _initialise(self, txn: lmdb.Transaction) -> None:
+        txn.put(_KEY_FORMAT, FORMAT_NAME + str(FORMAT_VERSION).encode(), db=self._meta)
+        txn.put(_KEY_COUNTERS, _COUNTERS.pack(0, 0, 0), db=self._meta)
+
+    # --- reads ------------------------------------------------------------------
+
+    def _blob(self, ref: Ref) -> bytes | None:
+        try:
+            with self._env.begin(db=self._objects) as txn:
+                return txn.get(ref)  # type: ignore[no-any-return]
+        except lmdb.Error as exc:
+            raise StoreError(f"cold tier read failed: {exc}") from exc
+
+    def get(self, ref: Ref) -> bytes | None:
+        """The object's verified bytes (pending writes included), or None."""
+        data = self.peek(ref)
+        if data is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return data
+
+    def peek(self, ref: Ref) -> bytes | None:
+        """Like `get` without counting a hit or miss."""
+        data = self._pending.get(ref)
+        if data is not None:
+            return data
+        blob = self._blob(ref)
+        return None if blob is None else self._codec.decode(ref, blob, "cold")
+
+    def __contains__(self, ref: object) -> bool:
+        if ref in self._pending:
+            return True
+        return self._blob(ref) is not None  # type: ignore[arg-type]
+
+    def refs(self) -> Iterator[Ref]:
+        """Every committed and pending ref (a snapshot)."""
+        try:
+            with self._env.begin(db=self._objects) as txn:
+                keys = [Ref._trusted(key) for key in txn.cursor().iternext(keys=True, values=False)]
+        except lmdb.Error as exc:
+            raise StoreError(f"cold tier read failed: {exc}") from exc
+        committed = set(keys)
+        return iter(keys + [ref for ref in self._pending if ref not in committed])
+
+    def load_pins(self) -> dict[Ref, int]:
+        """Every committed pin count."""
+        with self._env.begin(db=self._pins) as txn:
+            pins = {Ref._trusted(k): _PIN.unpack(v)[0] for k, v in txn.cursor().iternext()}
+        pins.update(self._pending_pins)
+        return {ref: n for ref, n in pins.items() if n}
+
+    def get_meta(self, key: bytes) -> bytes | None:
+        """A value the store keeps in the meta database."""
+        if key in self._pending_meta:
+            return self._pending_meta[key]
+        with self._env.begin(db=self._meta) as txn:
+            return txn.get(key)  # type: ignore[no-any-return]
+
+    # --- buffered writes ----------------------------------------------------------
+
+    def put(self, ref: Ref, data: bytes) -> None:
+        """Queue ``data`` for the next commit (the caller checked it is new)."""
+        if ref in self._pending:
+            return
+        self._pending[ref] = data
+        self.pending_bytes += len(data)
+        self._maybe_flush()
+
+    def set_pin(self, ref: Ref, count: int) -> None:
+        """Queue a pin count (0 removes the pin)."""
+        self._pending_pins[ref] = count
+        self._maybe_flush()
+
+    def set_meta(self, key: bytes, value: bytes) -> None:
+        """Queue a meta value."""
+        if key in (_KEY_FORMAT, _KEY_COUNTERS):
+            raise ValueError(f"meta key {key!r} is reserved")
+        self._pending_meta[key] = value
+
+    @property
+    def pending_writes(self) -> int:
+        """Writes waiting for the next commit."""
+        return len(self._pending) + len(self._pending_pins) + len(self._pending_meta)
+
+    def _maybe_flush(self) -> None:
+        if len(self._pending) + len(self._pending_pins) >= self._batch_count or self.pending_bytes >= self._batch_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit every queued write in one transaction."""
+        if not (self._pending or self._pending_pins or self._pending_meta):
+            return
+        encode = self._codec.encode
+        encoded = [(ref, encode(ref, data), len(data)) for ref, data in self._pending.items()]
+        pins, meta = self._pending_pins, self._pending_meta
+
+        def commit(txn: lmdb.Transaction) -> tuple[int, int, int]:
+            objects, size, raw = _COUNTERS.unpack(txn.get(_KEY_COUNTERS, db=self._meta))
+            for ref, blob, n in encoded:
+                if txn.put(ref, blob, db=self._objects, overwrite=False):
+                    objects, size, raw = objects + 1, size + len(blob), raw + n
+            for ref, count in pins.items():
+                if count:
+                    txn.put(ref, _PIN.pack(count), db=self._pins)
+                else:
+                    txn.delete(ref, db=self._pins)
+            for key, value in meta.items():
+                txn.put(key, value, db=self._meta)
+            txn.put(_KEY_COUNTERS, _COUNTERS.pack(objects, size, raw), db=self._meta)
+            return objects, size, raw
+
+        self.objects, self.bytes, self.raw_bytes = self._write(commit)
+        self._pending, self._pending_pins, self._pending_meta = {}, {}, {}
+        self.pending_bytes = 0
+
+    def delete(self, ref: Ref) -> bool:
+        """Remove ``ref`` now (pending writes are committed first)."""
+        return self.delete_many([ref]) == 1
+
+    def delete_many(self, refs: list[Ref]) -> int:
+        """Remove these refs in one transaction; the number removed."""
+        self.flush()
+        return self._remove(lambda txn: [ref for ref in refs])
+
+    def collect(self, keep: Callable[[Ref], bool]) -> tuple[int, set[bytes]]:
+        """Remove every object ``keep`` rejects, in one transaction.
+
+        Returns how many were removed and the dictionary ids that surviving
+        blobs use. Pending writes are committed first.
+        """
+        self.flush()
+        used: set[bytes] = set()
+
+        def doomed(txn: lmdb.Transaction) -> list[bytes]:
+            used.clear()
+            found = []
+            for key, blob in txn.cursor(db=self._objects).iternext():
+                if not keep(Ref._trusted(bytes(key))):
+                    found.append(bytes(key))
+                elif blob[0] == CODEC_ZSTD_DICT:
+                    used.add(bytes(blob[1 : 1 + DICT_ID_SIZE]))
+            return found
+
+        return self._remove(doomed), used
+
+    def _remove(self, select: Callable[[lmdb.Transaction], list[bytes]]) -> int:
+        def work(txn: lmdb.Transaction) -> tuple[int, tuple[int, int, int]]:
+            objects, size, raw = _COUNTERS.unpack(txn.get(_KEY_COUNTERS, db=self._meta))
+            removed = 0
+            for key in select(txn):
+                blob = txn.pop(key, db=self._objects)
+                if blob is None:
+                    continue
+                removed += 1
+                head = bytes(blob[:1 + DICT_ID_SIZE + 10])
+                n = len(blob) - 1 if head[0] == CODEC_RAW else _safe_raw_size(head)
+                objects, size, raw = objects - 1, size - len(blob), raw - n
+            txn.put(_KEY_COUNTERS, _COUNTERS.pack(objects, size, raw), db=self._meta)
+            return removed, (objects, size, raw)
+
+        removed, (self.objects, self.bytes, self.raw_bytes) = self._write(work)
+        return removed
+
+    def _write(self, work: Callable[[lmdb.Transaction], Any]) -> Any:
+        """Run ``work`` in a write transaction, growing the map until it fits."""
+        for _ in range(_MAX_GROWTHS):
+            try:
+                with self._env.begin(write=True, buffers=True) as txn:
+                    result = work(txn)
+                self.commits += 1
+                return result
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.Error as exc:
+                raise StoreError(f"cold tier write failed at {self.path}: {exc}") from exc
+        raise StoreError(f"cold tier at {self.path} is still full after {_MAX_GROWTHS} map growths")
+
+    def _grow(self) -> None:
+        try:
+            size = self._env.info()["map_size"]
+            self._env.set_mapsize(size * 2)
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot grow the cold tier map at {self.path}: {exc}") from exc
+        self.growths += 1
+
+    @property
+    def map_size(self) -> int:
+        """The current LMDB map size in bytes."""
+        return int(self._env.info()["map_size"])
+
+    def close(self) -> None:
+        """Commit pending writes and close the environment (idempotent)."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+            if not self._sync:
+                self._env.sync(True)
+        finally:
+            self._closed = True
+            self._env.close()
+
+    def statistics(self) -> TierStatistics:
+        """Committed objects and blob bytes, hits and misses now."""
+        return TierStatistics("cold", self.objects, self.bytes, self.raw_bytes, self.hits, self.misses)
+
+
+def _safe_raw_size(head: bytes) -> int:
+    try:
+        return blob_info(head).raw_size
+    except ValueError:
+        return 0
+

@@ -1,0 +1,74 @@
+"""Energy invariants over random programs (hypothesis)."""
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import avm
+from avm.lang.frame import Frame
+from avm.lang.outcomes import BudgetExceeded, Effect
+
+from tests.lang.drive import drive
+from tests.lang.programs import effect_results, inputs, programs
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(programs(), inputs, st.lists(effect_results, min_size=1, max_size=4), st.integers(0, 40_000))
+def test_energy_never_exceeds_budget(source, inp, results, budget_milli):
+    frame = Frame(avm.compile(source), budget=budget_milli / 1000, inputs=inp)
+    trace = []
+    out = drive(frame, results, trace)
+    for step in trace:
+        assert frame.used <= frame.budget
+    assert frame.used <= frame.budget
+    if isinstance(out, BudgetExceeded):
+        assert frame.used + round(out.needed * 1000) > frame.budget
+        assert out.energy_used * 1000 == frame.used
+
+
+@SETTINGS
+@given(programs(), inputs, st.lists(effect_results, min_size=1, max_size=4))
+def test_energy_is_the_sum_of_the_costs_of_the_instructions_executed(source, inp, results):
+    """Single-step the real interpreter (a budget of exactly one instruction at a
+    time) and check the charge after every step against the cost table."""
+    code = avm.compile(source)
+    costs = code.decoded()[2]
+    frame = Frame(code, budget=0, inputs=inp)
+    expected = 0
+    executed = 0
+    effects = 0
+    while True:
+        out = frame.run()
+        if isinstance(out, BudgetExceeded):
+            assert out.pc == frame.pc and round(out.needed * 1000) == costs[frame.pc]
+            if executed >= 3000:
+                break
+            pc = frame.pc
+            frame.add_budget(costs[pc] / 1000)
+            expected += costs[pc]
+            executed += 1
+            continue
+        assert frame.used == expected
+        if isinstance(out, Effect):
+            effects += 1
+            if effects > 30:
+                break
+            frame.resume(results[effects % len(results)])
+            continue
+        break  # Done, Fault or Stalled
+    assert frame.used == expected
+
+    # The same program run in one go with a large budget charges the same.
+    whole = Frame(code, budget=expected / 1000 + 1000, inputs=inp)
+    effects = 0
+    while True:
+        out2 = whole.run()
+        if isinstance(out2, Effect) and effects < 30:
+            effects += 1
+            whole.resume(results[effects % len(results)])
+            continue
+        break
+    if executed < 3000 and effects <= 30:
+        assert type(out2) is type(out)
+        assert whole.used == frame.used

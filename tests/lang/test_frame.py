@@ -1,0 +1,238 @@
+import math
+
+import pytest
+
+import avm
+from avm.lang.frame import Frame
+
+
+def run(source: str, budget: float = 100.0, **inputs):
+    frame = Frame(avm.compile(source), budget=budget, inputs=inputs)
+    return frame.run(), frame
+
+
+def value(source: str, **inputs):
+    out, _ = run(source, **inputs)
+    assert isinstance(out, avm.Done), out
+    return out.value
+
+
+def fault(source: str, **inputs) -> avm.Fault:
+    out, _ = run(source, **inputs)
+    assert isinstance(out, avm.Fault), out
+    return out
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("push 2\npush 3\nadd\nreturn", 5),
+        ("push 2\npush 0.5\nmul\nreturn", 1.0),
+        ("push 7\npush 2\ndiv\nreturn", 3.5),
+        ("push -7\npush 3\nmod\nreturn", 2),
+        ("push 5\nneg\nreturn", -5),
+        ("push 1\npush 2\nsub\nreturn", -1),
+        ('push "ab"\npush "cd"\nadd\nreturn', "abcd"),
+        ("push 1\npush 1.0\neq\nreturn", True),
+        ("push 1\npush true\neq\nreturn", False),
+        ("push null\npush 0\nne\nreturn", True),
+        ("push 1\npush 2\nlt\nreturn", True),
+        ("push 2\npush 2\nle\nreturn", True),
+        ('push "b"\npush "a"\ngt\nreturn', True),
+        ("push 1\npush 2\nge\nreturn", False),
+        ("push 0\nnot\nreturn", True),
+        ('push 1\npush ""\nand\nreturn', False),
+        ("push 0\npush x\nor\nreturn", True),
+        ("push 1\npush 2\nswap\nsub\nreturn", 1),
+        ("push 4\ndup\nmul\nreturn", 16),
+        ("push n\npush 1\nconcat\nreturn", "n1"),
+        ("push null\npush true\nconcat\nreturn", "nulltrue"),
+        ("push 1\npush 2\nlist 2\npush 3\nlist 1\nconcat\nreturn", [1, 2, 3]),
+        ("push 1\npush 2\npush 3\nlist 3\nreturn", [1, 2, 3]),
+        ("list 0\nreturn", []),
+        ("push k\npush 1\npush j\npush 2\nmap 2\nreturn", {"k": 1, "j": 2}),
+        ("push 1\npush 2\nlist 2\npush 1\nget\nreturn", 2),
+        ("push 1\npush 2\nlist 2\npush -1\nget\nreturn", 2),
+        ("push k\npush 1\nmap 1\npush k\nget\nreturn", 1),
+        ("push k\npush 1\nmap 1\npush k\npush 2\nset\nreturn", {"k": 2}),
+        ("push 1\nlist 1\npush 0\npush 9\nset\nreturn", [9]),
+        ("push 1\nlist 1\npush 2\nappend\nlen\nreturn", 2),
+        ('push "héllo"\nlen\nreturn', 5),
+        ("halt", None),
+        ("", None),
+        ("push 3\nstore x\nload x\nload x\nmul\nreturn", 9),
+        ('push 3\nstore n\npush "n={n} {{literal}}"\nformat\nreturn', "n=3 {literal}"),
+        ('push "Hi"\ncall upper 1\nreturn', "HI"),
+        ('push "a,b"\npush ","\ncall split 2\nreturn', ["a", "b"]),
+        ('push "{\\"a\\": [1, 2.5, null]}"\ncall json_parse 1\nreturn', {"a": [1, 2.5, None]}),
+        ('push "(\\\\d+)-(\\\\d+)"\npush "call 555-1234 now"\ncall regex_match 2\nreturn', ["555-1234", "555", "1234"]),
+        ("push 2\npush 10\ncall pow 2\nreturn", 1024),
+        ("push 9\ncall sqrt 1\nreturn", 3.0),
+        ("energy_check 1\nreturn", True),
+        ("energy_check 1000\nreturn", False),
+        ("push 1\npop\nobserve pc\nreturn", 2),
+        ("push 1\nobserve depth\nlist 2\nreturn", [1, 1]),
+    ],
+)
+def test_instruction_semantics(source, expected):
+    result = value(source)
+    assert result == expected and type(result) is type(expected)
+
+
+def test_inputs_are_the_initial_variables():
+    assert value("load task\ncall upper 1\nreturn", task="sum") == "SUM"
+
+
+def test_loop_counts_and_energy_is_exact():
+    src = "push 0\nstore i\nloop:\nload i\npush 1\nadd\nstore i\nload i\npush 10\nlt\njump_if loop\nload i\nreturn"
+    out, frame = run(src)
+    assert out == avm.Done(10)
+    # push+store, 10 x (load push add store load push lt jump_if), load+return
+    per_iter = 100 + 100 + 100 + 100 + 100 + 100 + 100 + 50
+    assert frame.energy_used == pytest.approx((200 + 10 * per_iter + 150) / 1000)
+    assert frame.used == 200 + 10 * per_iter + 150
+
+
+@pytest.mark.parametrize(
+    "source, kind, line, text",
+    [
+        ("push 1\npush 0\ndiv\nreturn", "ZeroDivision", 3, "division by zero"),
+        ("push 1\npush 0\nmod\nreturn", "ZeroDivision", 3, "modulo by zero"),
+        ('push "a"\nmap 0\nadd\nreturn', "TypeError", 3, "cannot add text and map"),
+        ("push true\npush 1\nadd\nreturn", "TypeError", 3, "cannot add bool and int"),
+        ('push 1\npush "a"\nlt\nreturn', "TypeError", 3, "cannot order int and text"),
+        ("load missing\nreturn", "NameError", 1, "undefined variable 'missing'"),
+        ("list 0\npush 0\nget\nreturn", "IndexError", 3, "out of range"),
+        ("map 0\npush k\nget\nreturn", "KeyError", 3, "no key 'k'"),
+        ("push 1\npush 2\nmap 1\nreturn", "TypeError", 3, "map keys are text"),
+        ("push 1\nlen\nreturn", "TypeError", 2, "int has no length"),
+        ("push false\nassert total must be positive\nhalt", "AssertionFailed", 2, "total must be positive"),
+        ('push "{nope}"\nformat\nreturn', "FormatError", 2, "no variable 'nope'"),
+        ('push "x"\ncall int 1\nreturn', "ValueError", 2, "cannot convert"),
+        ('push "(a+)+b"\npush "aaaa"\ncall regex_match 2\nreturn', "ValueError", 3, "backtrack"),
+        ("push -1\nsleep\nreturn", "ValueError", 2, "seconds must be a number >= 0"),
+        ("push 1.5\npush x\nsend\nreturn", "TypeError", 3, "target"),
+    ],
+)
+def test_program_errors_become_faults_with_the_line(source, kind, line, text):
+    f = fault(source)
+    assert (f.kind, f.line) == (kind, line)
+    assert text in f.error
+
+
+def test_runaway_values_are_limited_not_host_crashes():
+    # doubling a text 30 times would be a gigabyte
+    f = fault('push "ab"\nstore s\nloop:\nload s\nload s\nconcat\nstore s\njump loop')
+    assert f.kind == "LimitError"
+    # a list that contains itself twice, 40 times over: a DAG with a 2^40 tree
+    f = fault("push 1\nstore x\nloop:\nload x\nload x\nlist 2\nstore x\nload x\ncall text 1\npop\njump loop")
+    assert f.kind == "LimitError"
+    f = fault("push 3\nstore x\nloop:\nload x\nload x\nmul\nstore x\njump loop")
+    assert f.kind == "LimitError"
+
+
+def test_budget_exceeded_keeps_the_frame_intact_and_resumable():
+    src = "push 0\nstore i\nloop:\nload i\npush 1\nadd\nstore i\nload i\npush 100\nlt\njump_if loop\nload i\nreturn"
+    frame = Frame(avm.compile(src), budget=5.0)
+    out = frame.run()
+    assert isinstance(out, avm.BudgetExceeded)
+    assert frame.used <= frame.budget and frame.used + round(out.needed * 1000) > frame.budget
+    assert out.energy_used == frame.energy_used and out.pc == frame.pc
+    assert frame.run() is out  # stays exhausted until more budget arrives
+    frame.add_budget(1000)
+    assert frame.run() == avm.Done(100)
+
+
+def test_effects_leave_the_vm_and_resume_pushes_the_result():
+    src = ('push "q"\nllm\nstore r\nload r\npush 2\ntool search 2\nstore t\npush bob\npush hi\nsend\npop\n'
+           'push 1.5\nrecv\npush 0.1\nsleep\npop\nstore m\npush prog\nmap 0\npush 3\nspawn\npush prog\nnull_in:\n'
+           'push null\npush 2\ndelegate\nlist 2\nreturn')
+    frame = Frame(avm.compile(src), budget=100)
+    seen = []
+    answers = {"llm": "reply", "tool": {"ok": 1}, "send": True, "recv": "msg", "sleep": None, "spawn": 7,
+               "delegate": "child result"}
+    while True:
+        out = frame.run()
+        if not isinstance(out, avm.Effect):
+            break
+        seen.append((out.kind, out.args))
+        frame.resume(answers[out.kind])
+    assert seen == [("llm", ("q",)), ("tool", ("search", ["reply", 2])), ("send", ("bob", "hi")),
+                    ("recv", (1.5,)), ("sleep", (0.1,)), ("spawn", ("prog", {}, 3)),
+                    ("delegate", ("prog", None, 2))]
+    assert out == avm.Done([7, "child result"])
+    assert frame.effects == 7
+
+
+def test_run_while_waiting_and_resume_without_effect_are_host_errors():
+    frame = Frame(avm.compile('push "q"\nllm\nreturn'))
+    with pytest.raises(avm.FrameStateError):
+        frame.resume("x")
+    assert isinstance(frame.run(), avm.Effect)
+    with pytest.raises(avm.FrameStateError):
+        frame.run()
+    with pytest.raises(TypeError):
+        frame.resume(object())
+    frame.resume("answer")
+    assert frame.run() == avm.Done("answer")
+    assert frame.run() == avm.Done("answer")  # a finished frame keeps its outcome
+
+
+def test_stalled_after_n_identical_effects_with_identical_results():
+    src = 'loop:\npush "same question"\nllm\npop\njump loop'
+    frame = Frame(avm.compile(src), budget=1000, stall_limit=4)
+    n = 0
+    while True:
+        out = frame.run()
+        if not isinstance(out, avm.Effect):
+            break
+        n += 1
+        frame.resume("same answer")
+    assert isinstance(out, avm.Stalled) and out.count == 4 and out.kind == "llm" and n == 4
+
+
+def test_changing_results_do_not_stall_and_sleep_is_exempt():
+    frame = Frame(avm.compile('loop:\npush "q"\nllm\npop\njump loop'), budget=60, stall_limit=3)
+    for i in range(8):
+        assert isinstance(frame.run(), avm.Effect)
+        frame.resume(f"answer {i}")
+    frame = Frame(avm.compile("loop:\npush 1\nsleep\npop\njump loop"), budget=60, stall_limit=3)
+    for _ in range(8):
+        assert isinstance(frame.run(), avm.Effect)
+        frame.resume(None)
+
+
+def test_charge_never_exceeds_budget():
+    frame = Frame(avm.compile('push "q"\nllm\nreturn'), budget=10)
+    frame.run()
+    assert frame.charge(2.0)
+    assert frame.energy_used == pytest.approx(7.1)
+    frame.resume("r")
+    assert not frame.charge(5.0)
+    assert frame.used == frame.budget
+    out = frame.run()
+    assert isinstance(out, avm.BudgetExceeded)
+    frame.add_budget(1)
+    assert frame.run() == avm.Done("r")
+
+
+def test_bad_construction_is_refused_clearly():
+    code = avm.compile("halt")
+    with pytest.raises(TypeError):
+        Frame("halt")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Frame(code, budget=-1)
+    with pytest.raises(ValueError):
+        Frame(code, budget=math.nan)
+    with pytest.raises(TypeError):
+        Frame(code, inputs={"x": object()})
+    with pytest.raises(TypeError):
+        Frame(code, inputs={1: 2})  # type: ignore[dict-item]
+
+
+def test_refs_are_values():
+    from avm.memory.ref import hash_bytes
+
+    ref = hash_bytes(b"prompt")
+    out, _ = run("load r\ncall type 1\nload r\nlist 2\nreturn", r=ref)
+    assert out == avm.Done(["ref", ref])
