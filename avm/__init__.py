@@ -20,6 +20,7 @@ from avm.lang.disasm import disassemble
 from avm.lang.frame import Frame, FrameStateError
 from avm.lang.grammar import gbnf
 from avm.lang.outcomes import BudgetExceeded, Done, Effect, Fault, Outcome, Stalled
+from avm.memory import ContentStore, Ref, StoreStatistics, TierStatistics, ValueFormatError
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,7 @@ __all__ = [
     "Code",
     "CodeFormatError",
     "CompileError",
+    "ContentStore",
     "CorruptObject",
     "Done",
     "Effect",
@@ -39,10 +41,14 @@ __all__ = [
     "NotFound",
     "Outcome",
     "ProgramError",
+    "Ref",
     "SnapshotError",
     "Stalled",
     "StoreError",
     "StoreFormatError",
+    "StoreStatistics",
+    "TierStatistics",
+    "ValueFormatError",
     "compile",
     "disassemble",
     "gbnf",

@@ -7,7 +7,8 @@
     ├── StoreError                the content-addressed store
     │   ├── NotFound              a ref the store does not hold
     │   ├── CorruptObject         stored bytes whose digest does not match their ref
-    │   └── StoreFormatError      a directory that is not an AVM store, or of another version
+    │   ├── StoreFormatError      a directory that is not an AVM store, or of another version
+    │   └── ValueFormatError      bytes that are not a canonical encoded value (avm.memory.values)
     └── InternalError             a bug in AVM itself
 
 Errors raised by the libraries AVM uses (lmdb, zstandard, httpx) are caught at

@@ -25,7 +25,8 @@ check: it raises `CorruptObject`, it never returns wrong bytes.
 
 from __future__ import annotations
 
-from typing import Callable, Final, NamedTuple
+from collections.abc import Callable
+from typing import Final, NamedTuple
 
 import zstandard
 

@@ -11,7 +11,8 @@ Layout of the environment (three named databases):
 Writes go through one writer: `put`, `set_pin` and `set_meta` fill a buffer
 that `flush` commits in a single transaction (automatically past
 ``write_batch_count`` / ``write_batch_bytes``). Objects are encoded at flush
-time, with the dictionary current then. When the map is full the
+time (by the ``encode`` callback: the store reuses the warm tier's blob when
+it has one), with the dictionary current then. When the map is full the
 transaction is aborted, the map doubled and the transaction replayed, so no
 ``MapFullError`` reaches the caller. py-lmdb always opens with MDB_NOTLS, so
 read transactions may be started from any thread (trio worker threads
@@ -24,7 +25,10 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Any, Callable, Iterator, Mapping
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import lmdb
 
@@ -43,6 +47,22 @@ _LMDB_FILES = frozenset({"data.mdb", "lock.mdb"})
 _COUNTERS = struct.Struct(">QQQ")
 _PIN = struct.Struct(">Q")
 _MAX_GROWTHS = 48
+_open_paths: set[str] = set()  # LMDB forbids opening one environment twice in a process
+_open_paths_lock = threading.Lock()
+
+
+def _claim(path: str) -> str:
+    real = os.path.realpath(path)
+    with _open_paths_lock:
+        if real in _open_paths:
+            raise StoreError(f"the store at {path} is already open in this process")
+        _open_paths.add(real)
+    return real
+
+
+def _release(real: str) -> None:
+    with _open_paths_lock:
+        _open_paths.discard(real)
 
 
 def _check_directory(path: str) -> bool:
@@ -93,14 +113,34 @@ class ColdTier:
 
     name = "cold"
 
-    def __init__(self, path: str | os.PathLike[str], codec: Codec, settings: Mapping[str, Any]):
+    def __init__(self, path: str | os.PathLike[str], codec: Codec, settings: Mapping[str, Any],
+                 encode: Callable[[Ref, bytes], bytes] | None = None):
         self.path = os.fspath(path)
         self._codec = codec
+        self._encode = encode or codec.encode
         self._batch_count: int = settings["write_batch_count"]
         self._batch_bytes: int = settings["write_batch_bytes"]
         self._sync: bool = settings["sync"]
         self.commits = 0
         self.growths = 0
+        claimed = _claim(self.path)
+        try:
+            self._open(settings)
+        except BaseException:
+            _release(claimed)
+            raise
+        # Released by close(), or when a store that was never closed is collected
+        # (its unflushed writes are then lost: close it, or use it as a context manager).
+        self._release_claim = weakref.finalize(self, _release, claimed)
+        self._pending: dict[Ref, bytes] = {}  # ref -> decoded bytes, not yet committed
+        self.pending_bytes = 0
+        self._pending_pins: dict[Ref, int] = {}
+        self._pending_meta: dict[bytes, bytes] = {}
+        self.hits = 0
+        self.misses = 0
+        self._closed = False
+
+    def _open(self, settings: Mapping[str, Any]) -> None:
         fresh = _check_directory(self.path)
         data_file = os.path.join(self.path, "data.mdb")
         existing = os.path.getsize(data_file) if os.path.exists(data_file) else 0
@@ -122,14 +162,10 @@ class ColdTier:
         except lmdb.Error as exc:
             self._env.close()
             raise StoreError(f"cannot open the cold tier at {self.path}: {exc}") from exc
+        if counters is None:
+            self._env.close()
+            raise StoreFormatError(f"{self.path} is an AVM store without its counters (damaged)")
         self.objects, self.bytes, self.raw_bytes = _COUNTERS.unpack(counters)
-        self._pending: dict[Ref, bytes] = {}  # ref -> decoded bytes, not yet committed
-        self.pending_bytes = 0
-        self._pending_pins: dict[Ref, int] = {}
-        self._pending_meta: dict[bytes, bytes] = {}
-        self.hits = 0
-        self.misses = 0
-        self._closed = False
 
     def _initialise(self, txn: lmdb.Transaction) -> None:
         txn.put(_KEY_FORMAT, FORMAT_NAME + str(FORMAT_VERSION).encode(), db=self._meta)
@@ -224,12 +260,12 @@ class ColdTier:
         """Commit every queued write in one transaction."""
         if not (self._pending or self._pending_pins or self._pending_meta):
             return
-        encode = self._codec.encode
+        encode = self._encode
         encoded = [(ref, encode(ref, data), len(data)) for ref, data in self._pending.items()]
         pins, meta = self._pending_pins, self._pending_meta
 
         def commit(txn: lmdb.Transaction) -> tuple[int, int, int]:
-            objects, size, raw = _COUNTERS.unpack(txn.get(_KEY_COUNTERS, db=self._meta))
+            objects, size, raw = self._counters(txn)
             for ref, blob, n in encoded:
                 if txn.put(ref, blob, db=self._objects, overwrite=False):
                     objects, size, raw = objects + 1, size + len(blob), raw + n
@@ -279,7 +315,7 @@ class ColdTier:
 
     def _remove(self, select: Callable[[lmdb.Transaction], list[bytes]]) -> int:
         def work(txn: lmdb.Transaction) -> tuple[int, tuple[int, int, int]]:
-            objects, size, raw = _COUNTERS.unpack(txn.get(_KEY_COUNTERS, db=self._meta))
+            objects, size, raw = self._counters(txn)
             removed = 0
             for key in select(txn):
                 blob = txn.pop(key, db=self._objects)
@@ -294,6 +330,12 @@ class ColdTier:
 
         removed, (self.objects, self.bytes, self.raw_bytes) = self._write(work)
         return removed
+
+    def _counters(self, txn: lmdb.Transaction) -> tuple[int, int, int]:
+        raw = txn.get(_KEY_COUNTERS, db=self._meta)
+        if raw is None:
+            raise StoreFormatError(f"{self.path} is an AVM store without its counters (damaged)")
+        return _COUNTERS.unpack(raw)  # type: ignore[no-any-return]
 
     def _write(self, work: Callable[[lmdb.Transaction], Any]) -> Any:
         """Run ``work`` in a write transaction, growing the map until it fits."""
@@ -333,6 +375,7 @@ class ColdTier:
         finally:
             self._closed = True
             self._env.close()
+            self._release_claim()
 
     def statistics(self) -> TierStatistics:
         """Committed objects and blob bytes, hits and misses now."""

@@ -11,7 +11,8 @@ seen, and again every ``dict_retrain_samples`` new samples.
 from __future__ import annotations
 
 import random
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import zstandard
 
@@ -39,7 +40,7 @@ class DictionaryTrainer:
         self._cap_bytes: int = settings["dict_sample_buffer_bytes"]
         self._level: int = settings["compress_level"]
         self._rng = random.Random(0x5EED)
-        self._samples: list[bytes] = []
+        self._samples: list[bytes | bytearray | memoryview] = []
         self._sample_bytes = 0
         self._seen = 0  # samples offered since the last training
         self._seen_bytes = 0

@@ -9,7 +9,7 @@ to ``on_evict`` (the store demotes them to the warm tier).
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from cachetools import LRUCache
 

@@ -8,8 +8,9 @@ raises ``ValueError``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["DEFAULT_SETTINGS", "resolve_settings"]
 
@@ -24,7 +25,8 @@ _DEFAULTS: dict[str, Any] = {
     #                           everything, so the budget is not enforced
     # --- compression ----------------------------------------------------------
     "compress_min_bytes": 64,  # bytes: smaller objects are stored raw
-    "compress_level": 3,  # zstd level, 1 (fast) .. 22 (small)
+    "compress_level": 6,  # zstd level, 1 (fast) .. 22 (small); compression runs on demotion
+    #                       and at flush, off the read path; decompression speed does not depend on it
     "dict_enabled": True,  # bool: train zstd dictionaries from small objects
     "dict_size_bytes": 112 * KiB,  # bytes: target size of a trained dictionary
     "dict_sample_max_bytes": 16 * KiB,  # bytes: larger objects are not training samples
@@ -33,6 +35,8 @@ _DEFAULTS: dict[str, Any] = {
     "dict_retrain_samples": 20000,  # objects: new samples before retraining; 0 = never
     "dict_sample_buffer_bytes": 8 * MiB,  # bytes: cap on samples kept for training
     "dict_use_max_bytes": 256 * KiB,  # bytes: larger objects compress without a dictionary
+    "dict_reencode_bytes": 16 * MiB,  # bytes: warm objects (decoded size) re-encoded with a newly
+    #                                   trained dictionary; 0 = leave existing blobs as they are
     # --- cold tier (LMDB) -------------------------------------------------------
     "write_batch_count": 2000,  # writes: pending puts + pin changes before an automatic flush
     "write_batch_bytes": 16 * MiB,  # bytes: pending object bytes before an automatic flush
@@ -56,6 +60,7 @@ _MINIMUMS = {
     "dict_retrain_samples": 0,
     "dict_sample_buffer_bytes": 1,
     "dict_use_max_bytes": 0,
+    "dict_reencode_bytes": 0,
     "write_batch_count": 1,
     "write_batch_bytes": 1,
     "map_size_bytes": 4 * KiB,

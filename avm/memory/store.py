@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Mapping
+from typing import Any
 
 from blake3 import blake3
 from cachetools import Cache
@@ -90,7 +91,7 @@ class ContentStore:
         self._codec = Codec(level=s["compress_level"], compress_min_bytes=s["compress_min_bytes"],
                             dict_use_max_bytes=s["dict_use_max_bytes"], load_dictionary=self._load_dictionary)
         self._trainer = DictionaryTrainer(s)
-        self._cold = ColdTier(path, self._codec, s) if path is not None else None
+        self._cold = ColdTier(path, self._codec, s, encode=self._encode_for_cold) if path is not None else None
         self._warm = WarmTier(self._codec, s["warm_bytes"] if self._cold else None, self._on_warm_evict)
         self._hot = HotTier(s["hot_bytes"], self._on_hot_evict)
         self._hot_cache = self._hot.cache
@@ -144,6 +145,11 @@ class ContentStore:
         self._demotions += 1
         self._warm.put(ref, data)
 
+    def _encode_for_cold(self, ref: Ref, data: bytes) -> bytes:
+        """The blob to commit: the warm tier's if it has one, else a fresh one."""
+        blob = self._warm.blob(ref)
+        return blob if blob is not None else self._codec.encode(ref, data)
+
     def _on_warm_evict(self, ref: Ref) -> None:
         self._demotions += 1  # the cold tier already holds it
 
@@ -184,7 +190,7 @@ class ContentStore:
         with self._lock:
             try:
                 data = self._hot_cache[ref]
-            except KeyError:
+            except (KeyError, TypeError):  # TypeError: an unhashable ref, reported below
                 return self._get_below(ref)
             self._hot.hits += 1
             return data  # type: ignore[no-any-return]
@@ -193,6 +199,9 @@ class ContentStore:
         if self._closed:
             raise StoreError("the store is closed")
         ref = _as_ref(ref)
+        if ref in self._hot_cache:  # asked with an unhashable spelling (a bytearray)
+            self._hot.hits += 1
+            return self._hot_cache[ref]  # type: ignore[no-any-return]
         self._hot.misses += 1
         data = self._warm.get(ref)
         if data is not None:
@@ -315,6 +324,7 @@ class ContentStore:
         except ValueError:
             return  # its 8-byte id collides with another dictionary's: keep the old one
         self._dicts.append(ref)
+        self._warm.reencode(self._settings["dict_reencode_bytes"])
         if not (ref in self._hot_cache or ref in self._warm or (self._cold is not None and ref in self._cold)):
             if self._cold is not None:
                 self._cold.put(ref, data)

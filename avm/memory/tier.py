@@ -8,7 +8,8 @@ them (raw, zstd, LMDB) is its own business.
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
 
 from avm.memory.ref import Ref
 from avm.memory.stats import TierStatistics
@@ -16,6 +17,7 @@ from avm.memory.stats import TierStatistics
 __all__ = ["Tier"]
 
 
+@runtime_checkable
 class Tier(Protocol):
     """One level of the store: hot, warm or cold."""
 

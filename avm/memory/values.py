@@ -45,8 +45,11 @@ __all__ = ["MAX_DEPTH", "ValueFormatError", "decode_value", "encode_value"]
 FORMAT_MARKER: Final = 0xA1
 """First byte of every encoded value (format 1)."""
 
-MAX_DEPTH: Final = 500
-"""Deepest nesting of lists and dicts accepted when encoding or decoding."""
+MAX_DEPTH: Final = 200
+"""Deepest nesting of lists and dicts accepted when encoding or decoding.
+
+Each level costs two Python frames; 200 keeps well inside the default
+recursion limit even when called from a deep stack."""
 
 _SMALL_MIN: Final = -(1 << 63)
 _SMALL_MAX: Final = (1 << 63) - 1
@@ -76,7 +79,10 @@ def encode_value(value: object) -> bytes:
     and ``ValueError`` for nesting deeper than `MAX_DEPTH` (or a cycle).
     """
     out = bytearray((FORMAT_MARKER,))
-    _encode(value, out, 0, "value")
+    try:
+        _encode(value, out, 0, "value")
+    except RecursionError:  # only when the caller's own stack is already deep
+        raise ValueError("value nested too deeply to encode from this stack depth") from None
     return bytes(out)
 
 
@@ -291,7 +297,7 @@ class _Decoder:
         return value, pos
 
     def list_body(self, pos: int, count: int, depth: int) -> tuple[list[Any], int]:
-        items = []
+        items: list[Any] = []
         append = items.append
         for _ in range(count):
             item, pos = self.value(pos, depth)

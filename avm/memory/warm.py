@@ -12,9 +12,9 @@ object, so dropping is a demotion, never a loss.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
-from avm.memory.codec import Codec, blob_info
+from avm.memory.codec import CODEC_ZSTD_DICT, Codec, blob_info
 from avm.memory.ref import Ref
 from avm.memory.stats import TierStatistics
 
@@ -71,6 +71,10 @@ class WarmTier:
             return False
         return True
 
+    def blob(self, ref: Ref) -> bytes | None:
+        """The encoded blob held for ``ref`` (no decoding), or None."""
+        return self._blobs.get(ref)
+
     def put(self, ref: Ref, data: bytes) -> None:
         """Encode and hold ``data``, then evict past the budget.
 
@@ -114,6 +118,29 @@ class WarmTier:
     def refs(self) -> Iterator[Ref]:
         """A snapshot of the refs held."""
         return iter(list(self._blobs))
+
+    def reencode(self, max_raw_bytes: int) -> int:
+        """Re-encode blobs made without a dictionary, now that there is one.
+
+        Called when the first (or a new) dictionary is trained, so that the
+        objects seen before training get the dictionary's ratio too. At most
+        ``max_raw_bytes`` of objects are redone; returns how many blobs
+        changed.
+        """
+        codec, changed, budget = self._codec, 0, max_raw_bytes
+        for ref, blob in list(self._blobs.items()):
+            if budget <= 0:
+                break
+            if blob[0] == CODEC_ZSTD_DICT:
+                continue
+            data = codec.decode(ref, blob, "warm")
+            new = codec.encode(ref, data)
+            budget -= len(data)
+            if len(new) < len(blob):
+                self._blobs[ref] = new
+                self.bytes += len(new) - len(blob)
+                changed += 1
+        return changed
 
     def dictionaries_in_use(self) -> set[Ref]:
         """The dictionaries some held blob needs."""

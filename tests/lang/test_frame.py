@@ -236,3 +236,22 @@ def test_refs_are_values():
     ref = hash_bytes(b"prompt")
     out, _ = run("load r\ncall type 1\nload r\nlist 2\nreturn", r=ref)
     assert out == avm.Done(["ref", ref])
+
+
+def test_unknown_builtin_known_only_at_run_time_is_a_fault():
+    from avm.lang import opcodes as O
+
+    # Bytecode loaded from elsewhere may name a builtin this VM does not have.
+    made = avm.Code(bytes([O.PUSH, 0, O.CALL, 1, 1, O.RETURN]), (1, "from_the_future"), (1, 2, 3), 3)
+    code = avm.Code.from_bytes(made.to_bytes())
+    out = Frame(code).run()
+    assert isinstance(out, avm.Fault) and out.kind == "NameError" and out.line == 2
+    assert "unknown builtin 'from_the_future'" in out.error
+
+
+def test_finished_frames_snapshot_and_restore_with_their_outcome():
+    code = avm.compile("push 1\npush 0\ndiv\nreturn")
+    frame = Frame(code)
+    out = frame.run()
+    again = Frame.restore(code, frame.snapshot())
+    assert again.run() == out and again.used == frame.used
