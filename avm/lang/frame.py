@@ -83,6 +83,8 @@ class Frame:
         self.status = READY
         self.pending: Effect | None = None
         self.effects = 0
+        if isinstance(stall_limit, bool) or not isinstance(stall_limit, int) or stall_limit < 0:
+            raise ValueError(f"stall_limit must be an int >= 0 (0 disables), not {stall_limit!r}")
         self.stall_limit = stall_limit
         self.stall_count = 0
         self.last_request: tuple[Any, ...] | None = None
@@ -260,6 +262,8 @@ class Frame:
             raise
         except RecursionError:
             return self._fault(pc - 1, used, "LimitError", "value nested too deeply")
+        except ArithmeticError as exc:  # OverflowError: an int too large for a float, ...
+            return self._fault(pc - 1, used, "ArithmeticError", str(exc))
 
     def _fault(self, pc: int, used: int, kind: str, message: str) -> Fault:
         self.pc = pc

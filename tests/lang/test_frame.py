@@ -255,3 +255,11 @@ def test_finished_frames_snapshot_and_restore_with_their_outcome():
     out = frame.run()
     again = Frame.restore(code, frame.snapshot())
     assert again.run() == out and again.used == frame.used
+
+
+def test_arithmetic_overflow_is_a_fault_not_a_host_error():
+    # 2**1100 is a legal int (grown by additions), too large to mix with a float
+    src = ("push 1\nstore x\npush 0\nstore i\nloop:\nload x\nload x\nadd\nstore x\nload i\npush 1\nadd\nstore i\n"
+           "load i\npush 1100\nlt\njump_if loop\nload x\npush 0.5\nadd\nreturn")
+    out, _ = run(src, budget=10_000)
+    assert isinstance(out, avm.Fault) and out.kind == "ArithmeticError" and out.line == 20
