@@ -14,6 +14,7 @@ from avm.errors import (
     StoreError,
     StoreFormatError,
 )
+from avm.io.tools import Tool, ToolDenied, ToolError, ToolRegistry, tool
 from avm.lang.code import Code, CodeFormatError
 from avm.lang.compiler import compile_source as compile
 from avm.lang.disasm import disassemble
@@ -48,8 +49,13 @@ __all__ = [
     "StoreFormatError",
     "StoreStatistics",
     "TierStatistics",
+    "Tool",
+    "ToolDenied",
+    "ToolError",
+    "ToolRegistry",
     "ValueFormatError",
     "compile",
     "disassemble",
     "gbnf",
+    "tool",
 ]

@@ -3,12 +3,16 @@
     AvmError
     ├── ProgramError              a fault of an agent's program, not of AVM
     │   ├── CompileError          source that does not compile (line, column, caret)
-    │   └── SnapshotError         a snapshot that is malformed or for another program
+    │   ├── SnapshotError         a snapshot that is malformed or for another program
+    │   └── ToolDenied            a call of a tool the agent was not granted (avm.io.tools)
     ├── StoreError                the content-addressed store
     │   ├── NotFound              a ref the store does not hold
     │   ├── CorruptObject         stored bytes whose digest does not match their ref
     │   ├── StoreFormatError      a directory that is not an AVM store, or of another version
     │   └── ValueFormatError      bytes that are not a canonical encoded value (avm.memory.values)
+    ├── ToolError                 raised inside a tool; reaches the program as an error value (avm.io.tools)
+    ├── ToolDefinitionError       a function that cannot be a tool (avm.io.tools)
+    ├── FrameStateError           a frame driven out of order by its host (avm.lang.frame)
     └── InternalError             a bug in AVM itself
 
 Errors raised by the libraries AVM uses (lmdb, zstandard, httpx) are caught at

@@ -1,0 +1,382 @@
+"""Tools: Python functions that agents may call, behind capability grants.
+
+A tool has a name, a description and an argument schema (a JSON-schema
+subset: object with typed properties, required, enum, array items, nested
+objects; unknown properties are refused). `@avm.tool` turns a function, async
+or sync (run in a worker thread), into a `Tool`, deriving the schema from its
+signature and the description from its docstring.
+
+`ToolRegistry.invoke(name, arguments, granted=...)`:
+
+- a tool that was not granted (or does not exist) is denied before anything
+  runs: `ToolDenied` is raised, which the runtime turns into a fault of the
+  agent naming the tool, and the denial is counted;
+- arguments (a list, matched to parameters in order, or a map by name) are
+  validated against the schema before the call;
+- each tool has a timeout and a concurrency limit;
+- whatever goes wrong inside the tool (an exception, a timeout, a result that
+  is not a VM value) comes back as a ToolError *value* the program can test:
+  ``{"error": {"tool": name, "type": ..., "message": ...}}``. It never crashes
+  the VM.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Union, get_args, get_origin
+
+import trio
+
+from avm.errors import AvmError, ProgramError
+
+JSON_TYPES = ("string", "integer", "number", "boolean", "array", "object", "null")
+DEFAULT_TIMEOUT = 30.0  # seconds per call
+DEFAULT_CONCURRENCY = 16  # calls of one tool in flight at once
+
+
+class ToolDefinitionError(AvmError):
+    """A function that cannot be a tool (an unsupported parameter type, a bad name...)."""
+
+
+class ToolDenied(ProgramError):
+    """An agent called a tool it was not granted (or one that does not exist)."""
+
+    def __init__(self, name: str, granted: frozenset[str] | set[str] | tuple[str, ...]):
+        self.name = name
+        allowed = ", ".join(sorted(granted)) or "none"
+        super().__init__(f"tool {name!r} was not granted to this agent (granted: {allowed})")
+
+
+class ToolError(AvmError):
+    """Raise inside a tool to return a clean error value to the program."""
+
+    def __init__(self, message: str, kind: str = "ToolError"):
+        super().__init__(message)
+        self.kind = kind
+
+
+def error_value(tool: str, kind: str, message: str) -> dict[str, Any]:
+    """The ToolError value a program sees: test it with `call has 2` on key "error"."""
+    return {"error": {"tool": tool, "type": kind, "message": message}}
+
+
+def is_error_value(value: Any) -> bool:
+    return type(value) is dict and set(value) == {"error"} and type(value["error"]) is dict
+
+
+# --- schemas ---
+
+
+def _schema_for(annotation: Any, where: str) -> dict[str, Any]:
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return {}
+    if annotation is str:
+        return {"type": "string"}
+    if annotation is bool:
+        return {"type": "boolean"}
+    if annotation is int:
+        return {"type": "integer"}
+    if annotation is float:
+        return {"type": "number"}
+    if annotation is type(None):
+        return {"type": "null"}
+    origin = get_origin(annotation)
+    if annotation is list or origin is list:
+        args = get_args(annotation)
+        return {"type": "array", **({"items": _schema_for(args[0], where)} if args else {})}
+    if annotation is dict or origin is dict:
+        args = get_args(annotation)
+        if args and args[0] is not str:
+            raise ToolDefinitionError(f"{where}: map keys must be str")
+        return {"type": "object"}
+    if origin is Literal:
+        values = list(get_args(annotation))
+        return {"enum": values}
+    if origin in (Union, types.UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        if len(members) == 1:
+            return _schema_for(members[0], where)
+        return {"anyOf": [_schema_for(m, where) for m in members]}
+    raise ToolDefinitionError(f"{where}: unsupported parameter type {annotation!r}")
+
+
+def schema_from_signature(fn: Callable[..., Any]) -> tuple[dict[str, Any], list[str]]:
+    """(JSON schema of the arguments, parameter names in order)."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception as exc:  # unresolvable forward references
+        raise ToolDefinitionError(f"{fn.__name__}: cannot read type hints: {exc}") from exc
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    order: list[str] = []
+    for name, param in inspect.signature(fn).parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise ToolDefinitionError(f"{fn.__name__}: *args and **kwargs cannot be described to an agent")
+        properties[name] = _schema_for(hints.get(name, param.annotation), f"{fn.__name__}({name})")
+        if param.default is inspect.Parameter.empty:
+            required.append(name)
+        order.append(name)
+    schema = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+    return schema, order
+
+
+def validate(value: Any, schema: dict[str, Any], where: str = "arguments") -> str | None:
+    """The first way ``value`` breaks ``schema``, or None."""
+    if "enum" in schema and not any(value == v and type(value) is type(v) for v in schema["enum"]):
+        return f"{where} must be one of {schema['enum']!r}"
+    if "anyOf" in schema:
+        if all(validate(value, s, where) for s in schema["anyOf"]):
+            return f"{where} matches none of the allowed types"
+        return None
+    kind = schema.get("type")
+    if kind is None:
+        return None
+    t = type(value)
+    ok = {
+        "string": t is str,
+        "integer": t is int,
+        "number": t is int or t is float,
+        "boolean": t is bool,
+        "array": t is list,
+        "object": t is dict,
+        "null": value is None,
+    }.get(kind, False)
+    if not ok:
+        return f"{where} must be {kind}, not {_json_type(value)}"
+    if kind == "array" and "items" in schema:
+        for i, item in enumerate(value):
+            problem = validate(item, schema["items"], f"{where}[{i}]")
+            if problem:
+                return problem
+    if kind == "object" and "properties" in schema:
+        props = schema["properties"]
+        for name in schema.get("required", ()):
+            if name not in value:
+                return f"{where}: missing required argument {name!r}"
+        for name, item in value.items():
+            if name not in props:
+                if schema.get("additionalProperties", True) is False:
+                    return f"{where}: unknown argument {name!r}"
+                continue
+            problem = validate(item, props[name], f"{where}.{name}" if where != "arguments" else name)
+            if problem:
+                return problem
+    return None
+
+
+def _json_type(value: Any) -> str:
+    return {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}.get(
+        type(value), "null" if value is None else type(value).__name__)
+
+
+def _to_value(obj: Any, depth: int = 0) -> Any:
+    """A tool's return value as a VM value (tuples become lists); TypeError if impossible."""
+    if depth > 100:
+        raise TypeError("result nested too deeply")
+    t = type(obj)
+    if obj is None or t in (bool, int, float, str):
+        return obj
+    if t in (list, tuple):
+        return [_to_value(v, depth + 1) for v in obj]
+    if t is dict:
+        out = {}
+        for k, v in obj.items():
+            if type(k) is not str:
+                raise TypeError(f"result map keys must be text, not {type(k).__name__}")
+            out[k] = _to_value(v, depth + 1)
+        return out
+    from avm.memory.ref import Ref
+
+    if t is Ref:
+        return obj
+    raise TypeError(f"a tool result must be null, bool, number, text, list or map, not {t.__name__}")
+
+
+# --- tools ---
+
+
+@dataclass(eq=False)
+class Tool:
+    """A callable an agent may be granted. Build one with `@avm.tool`."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    fn: Callable[..., Any]
+    order: list[str]
+    is_async: bool
+    timeout: float = DEFAULT_TIMEOUT
+    concurrency: int = DEFAULT_CONCURRENCY
+    limiter: trio.CapacityLimiter | None = field(default=None, repr=False)
+
+    def spec(self) -> dict[str, Any]:
+        """The OpenAI function-tool spec for this tool."""
+        return {"type": "function", "function": {"name": self.name, "description": self.description,
+                                                 "parameters": self.parameters}}
+
+    def bind(self, arguments: Any) -> dict[str, Any]:
+        """Arguments from the program (a list in parameter order, or a map) as a map; ToolError if invalid."""
+        if arguments is None:
+            arguments = {}
+        if type(arguments) in (list, tuple):
+            if len(arguments) > len(self.order):
+                raise ToolError(f"{self.name} takes at most {len(self.order)} arguments, got {len(arguments)}",
+                                "ArgumentError")
+            arguments = dict(zip(self.order, arguments))
+        if type(arguments) is not dict:
+            raise ToolError(f"{self.name}: arguments must be a list or a map", "ArgumentError")
+        problem = validate(arguments, self.parameters)
+        if problem:
+            raise ToolError(f"{self.name}: {problem}", "ArgumentError")
+        return arguments
+
+    async def call(self, arguments: dict[str, Any]) -> Any:
+        if self.limiter is None:
+            self.limiter = trio.CapacityLimiter(self.concurrency)
+        async with self.limiter:
+            if self.is_async:
+                return await self.fn(**arguments)
+            return await trio.to_thread.run_sync(lambda: self.fn(**arguments), abandon_on_cancel=True)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Calling a tool directly calls the function (handy in tests)."""
+        return self.fn(*args, **kwargs)
+
+
+def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, description: str | None = None,
+         timeout: float = DEFAULT_TIMEOUT, concurrency: int = DEFAULT_CONCURRENCY) -> Any:
+    """Make a function a tool: ``@avm.tool`` or ``@avm.tool(name=..., timeout=..., concurrency=...)``."""
+
+    def make(f: Callable[..., Any]) -> Tool:
+        tool_name = name or f.__name__
+        from avm.lang.compiler import TOOL_NAME
+
+        if not TOOL_NAME.match(tool_name):
+            raise ToolDefinitionError(f"tool name {tool_name!r} is not a valid name in the agent language")
+        if not (timeout > 0) or concurrency < 1:
+            raise ToolDefinitionError(f"{tool_name}: timeout must be > 0 and concurrency >= 1")
+        parameters, order = schema_from_signature(f)
+        doc = description if description is not None else inspect.getdoc(f) or ""
+        return Tool(tool_name, doc.strip().split("\n\n")[0], parameters, f, order,
+                    inspect.iscoroutinefunction(f), float(timeout), int(concurrency))
+
+    return make(fn) if fn is not None else make
+
+
+# --- the registry ---
+
+
+@dataclass(frozen=True, slots=True)
+class ToolStatistics:
+    calls: int
+    ok: int
+    errors: int
+    timeouts: int
+    denied: int
+    invalid_arguments: int
+    by_tool: dict[str, int]
+    seconds: float  # total wall time inside tools
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    value: Any  # the VM value handed to the program (a ToolError value on failure)
+    ok: bool
+    seconds: float
+
+
+class ToolRegistry:
+    """The tools of one VM, by name."""
+
+    def __init__(self, tools: Any = ()):
+        self._tools: dict[str, Tool] = {}
+        self._calls = self._ok = self._errors = self._timeouts = self._denied = self._invalid = 0
+        self._by_tool: dict[str, int] = {}
+        self._seconds = 0.0
+        for t in tools:
+            self.register(t)
+
+    def register(self, t: Tool | Callable[..., Any]) -> Tool:
+        if not isinstance(t, Tool):
+            t = tool(t)
+        if t.name in self._tools and self._tools[t.name] is not t:
+            raise ToolDefinitionError(f"two tools are named {t.name!r}")
+        self._tools[t.name] = t
+        return t
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def names(self) -> list[str]:
+        return sorted(self._tools)
+
+    def get(self, name: str) -> Tool:
+        try:
+            return self._tools[name]
+        except KeyError:
+            raise ToolDefinitionError(f"no tool named {name!r}") from None
+
+    def specs(self, names: Any = None) -> list[dict[str, Any]]:
+        chosen = self.names() if names is None else sorted(names)
+        return [self.get(n).spec() for n in chosen]
+
+    def check_grant(self, names: Any) -> frozenset[str]:
+        """Grants are checked at spawn: granting a tool that does not exist is an error then, not later."""
+        grant = frozenset(names)
+        missing = sorted(n for n in grant if n not in self._tools)
+        if missing:
+            raise ToolDefinitionError(f"cannot grant unknown tool{'s' if len(missing) > 1 else ''}: "
+                                      f"{', '.join(missing)} (registered: {', '.join(self.names()) or 'none'})")
+        return grant
+
+    async def invoke(self, name: str, arguments: Any, granted: frozenset[str] | set[str]) -> ToolResult:
+        """Call a granted tool; ToolDenied if not granted; failures come back as ToolError values."""
+        self._calls += 1
+        if name not in granted or name not in self._tools:
+            self._denied += 1
+            raise ToolDenied(name, granted)
+        t = self._tools[name]
+        self._by_tool[name] = self._by_tool.get(name, 0) + 1
+        start = time.perf_counter()
+        try:
+            bound = t.bind(arguments)
+            with trio.fail_after(t.timeout):
+                raw = await t.call(bound)
+            value = _to_value(raw)
+        except ToolError as exc:
+            if exc.kind == "ArgumentError":
+                self._invalid += 1
+            return self._failed(t, exc.kind, str(exc), start)
+        except trio.TooSlowError:
+            self._timeouts += 1
+            return self._failed(t, "Timeout", f"{name} did not finish within {t.timeout:g} s", start)
+        except TypeError as exc:
+            return self._failed(t, "TypeError", f"{name}: {exc}", start)
+        except Exception as exc:  # the tool's own bug: a value for the program, not a crash of the VM
+            return self._failed(t, type(exc).__name__, f"{name} raised {type(exc).__name__}: {exc}", start)
+        elapsed = time.perf_counter() - start
+        self._seconds += elapsed
+        self._ok += 1
+        return ToolResult(value, True, elapsed)
+
+    def _failed(self, t: Tool, kind: str, message: str, start: float) -> ToolResult:
+        elapsed = time.perf_counter() - start
+        self._seconds += elapsed
+        self._errors += 1
+        return ToolResult(error_value(t.name, kind, message), False, elapsed)
+
+    def statistics(self) -> ToolStatistics:
+        return ToolStatistics(self._calls, self._ok, self._errors, self._timeouts, self._denied, self._invalid,
+                              dict(self._by_tool), self._seconds)
+
+
+__all__ = ["Tool", "ToolDefinitionError", "ToolDenied", "ToolError", "ToolRegistry", "ToolResult",
+           "ToolStatistics", "error_value", "is_error_value", "schema_from_signature", "tool", "validate"]
+
