@@ -4,6 +4,7 @@
     avm compile FILE       print the content id (errors: line, column, caret; exit 2)
     avm disasm FILE        print the disassembly (it compiles back to the same id)
     avm grammar            print the GBNF grammar of the language
+    avm serve-llm          run the embedded OpenAI-compatible LLM server (Ctrl+C stops it)
 
 Until the runtime lands (issue 4), `avm run` drives each frame itself: it runs
 a program until it ends, faults, runs out of energy or asks for an effect, and
@@ -130,6 +131,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve_llm(args: argparse.Namespace) -> int:
+    """Run the embedded LLM server in the foreground until SIGINT or SIGTERM."""
+    from avm.io.faults import LLMServerError, ServerSettings
+    from avm.io.server import LLMServer, run_server
+
+    try:
+        settings = ServerSettings(
+            port=args.port, seed=args.seed, latency_ms=args.latency_ms, per_token_ms=args.per_token_ms,
+            jitter_ms=args.jitter_ms, jitter=args.jitter, rate_429=args.rate_429, rate_500=args.rate_500,
+            rate_timeout=args.rate_timeout, rate_malformed=args.rate_malformed, rate_drop=args.rate_drop,
+            retry_after_s=args.retry_after_s, timeout_hold_s=args.timeout_hold_s, final_after=args.final_after,
+            models=tuple(args.model) if args.model else ServerSettings().models)
+    except LLMServerError as exc:
+        raise CliError(str(exc)) from None
+
+    def ready(server: LLMServer) -> None:
+        print(f"avm serve-llm: listening on {server.url} (Ctrl+C to stop)", flush=True)
+        print(f"OPENAI_BASE_URL={server.url}", flush=True)
+
+    try:
+        stats = run_server(settings, on_ready=ready)
+    except LLMServerError as exc:
+        raise CliError(str(exc)) from None
+    except KeyboardInterrupt:  # a Ctrl+C before the signal handlers were in place
+        return EXIT_OK
+    print(f"avm serve-llm: stopped after {stats.requests} requests on {stats.connections_opened} connections",
+          file=sys.stderr)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avm", description="AVM: a green-thread agent virtual machine.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -158,6 +189,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("grammar", help="print the GBNF grammar of the language",
                        description="Print a GBNF grammar of the agent language (for constrained LLM sampling).")
     p.set_defaults(fn=cmd_grammar)
+
+    p = sub.add_parser("serve-llm", help="run the embedded OpenAI-compatible LLM server",
+                       description="Serve deterministic replies on 127.0.0.1 (OpenAI-compatible: /v1/models, "
+                                   "/v1/chat/completions, /v1/chat/completions/batch, /v1/completions) until "
+                                   "Ctrl+C or SIGTERM, with a seeded latency model and fault injection.")
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default 0: a free port, printed)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the latency jitter and fault draws (default 0)")
+    p.add_argument("--latency-ms", type=float, default=0.0, metavar="MS", help="fixed latency per request")
+    p.add_argument("--per-token-ms", type=float, default=0.0, metavar="MS", help="latency per output token")
+    p.add_argument("--jitter-ms", type=float, default=0.0, metavar="MS",
+                   help="jitter: uniform in [0, MS], or the lognormal median")
+    p.add_argument("--jitter", choices=("uniform", "lognormal"), default="uniform", help="jitter distribution")
+    for kind, what in (("429", "answered 429 with Retry-After"), ("500", "answered 500"),
+                       ("timeout", "held without an answer, then closed"),
+                       ("malformed", "answered 200 with a body that is not JSON"),
+                       ("drop", "closed without a response")):
+        p.add_argument(f"--rate-{kind}", type=float, default=0.0, metavar="R",
+                       help=f"fraction of completion requests {what} (0..1)")
+    p.add_argument("--retry-after-s", type=float, default=1.0, metavar="S", help="Retry-After of a 429 (default 1)")
+    p.add_argument("--timeout-hold-s", type=float, default=60.0, metavar="S",
+                   help="how long a timeout fault holds a request (default 60)")
+    p.add_argument("--final-after", type=int, default=3, metavar="N",
+                   help="assistant/tool messages after which replies are final answers (default 3)")
+    p.add_argument("--model", action="append", default=[], metavar="NAME",
+                   help="a model name to list (repeatable; default avm-embedded)")
+    p.set_defaults(fn=cmd_serve_llm)
     return parser
 
 

@@ -13,6 +13,7 @@
     ├── ToolError                 raised inside a tool; reaches the program as an error value (avm.io.tools)
     ├── ToolDefinitionError       a function that cannot be a tool (avm.io.tools)
     ├── FrameStateError           a frame driven out of order by its host (avm.lang.frame)
+    ├── LLMServerError            the embedded LLM server cannot start or serve (avm.io.faults)
     └── InternalError             a bug in AVM itself
 
 Errors raised by the libraries AVM uses (lmdb, zstandard, httpx) are caught at
