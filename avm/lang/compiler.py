@@ -44,6 +44,7 @@ INT = re.compile(r"-?[0-9]+\Z")
 FLOAT = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?\Z")
 COUNT_RE = re.compile(r"[0-9]+\Z")
 MAX_COUNT = 1 << 16
+MAX_INT_DIGITS = 300  # integer literals stay well inside the VM's 1024-bit integers
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}
 
 
@@ -131,6 +132,8 @@ def parse_literal(tok: Token, line: _Line) -> Any:
     if word == "null":
         return None
     if INT.match(word):
+        if len(word.lstrip("-")) > MAX_INT_DIGITS:
+            raise line.error(f"number {word[:20]}... is out of range (at most {MAX_INT_DIGITS} digits)", tok.column)
         return int(word)
     if FLOAT.match(word):
         value = float(word)

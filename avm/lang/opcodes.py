@@ -127,7 +127,6 @@ OBSERVE_FIELDS: tuple[str, ...] = (
     "budget",  # the budget, in units
     "pc",  # index of this instruction
     "depth",  # operand stack depth before this instruction
-    "steps",  # instructions executed so far (this one excluded)
     "effects",  # effects performed so far
 )
 

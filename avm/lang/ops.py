@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from avm.lang import opcodes as O
+from avm.lang.builtins import _get
 from avm.lang.values import (
     VMError,
     add,
@@ -106,40 +107,56 @@ def _concat(frame: Any, stack: list, a: Any) -> None:
         stack[-1] = check_text(render(x) + render(b))
 
 
+_TEMPLATES: dict[str, tuple[tuple[str, bool], ...]] = {}
+_MAX_CACHED_TEMPLATES = 4096
+
+
+def _parse_template(template: str) -> tuple[tuple[str, bool], ...]:
+    """Split a template into (text, is_placeholder) parts; cached, as templates are nearly always constants."""
+    parts = _TEMPLATES.get(template)
+    if parts is not None:
+        return parts
+    out: list[tuple[str, bool]] = []
+    i = 0
+    n = len(template)
+    while i < n:
+        j = min((p for p in (template.find("{", i), template.find("}", i)) if p >= 0), default=n)
+        if j > i:
+            out.append((template[i:j], False))
+        if j == n:
+            break
+        ch = template[j]
+        if j + 1 < n and template[j + 1] == ch:  # {{ or }}
+            out.append((ch, False))
+            i = j + 2
+        elif ch == "{":
+            end = template.find("}", j + 1)
+            if end < 0:
+                raise VMError("FormatError", f"unclosed placeholder at position {j} in format template")
+            out.append((template[j + 1 : end], True))
+            i = end + 1
+        else:
+            raise VMError("FormatError", f"unmatched '}}' at position {j} in format template")
+    parts = tuple(out)
+    if len(template) <= 4096:
+        if len(_TEMPLATES) >= _MAX_CACHED_TEMPLATES:
+            _TEMPLATES.clear()
+        _TEMPLATES[template] = parts
+    return parts
+
+
 def format_text(template: Any, variables: dict[str, Any]) -> str:
     """Fill {name} placeholders from variables; {{ and }} are literal braces."""
     if type(template) is not str:
         raise VMError("TypeError", f"format needs a text template, not {type_name(template)}")
     out: list[str] = []
-    i = 0
-    n = len(template)
-    while i < n:
-        ch = template[i]
-        if ch == "{":
-            if i + 1 < n and template[i + 1] == "{":
-                out.append("{")
-                i += 2
-                continue
-            end = template.find("}", i + 1)
-            if end < 0:
-                raise VMError("FormatError", f"unclosed placeholder at position {i} in format template")
-            name = template[i + 1 : end]
-            if name not in variables:
-                raise VMError("FormatError", f"format: no variable {name!r}")
-            out.append(render(variables[name]))
-            i = end + 1
-        elif ch == "}":
-            if i + 1 < n and template[i + 1] == "}":
-                out.append("}")
-                i += 2
-                continue
-            raise VMError("FormatError", f"unmatched '}}' at position {i} in format template")
+    for text, is_name in _parse_template(template):
+        if is_name:
+            if text not in variables:
+                raise VMError("FormatError", f"format: no variable {text!r}")
+            out.append(render(variables[text]))
         else:
-            j = i
-            while j < n and template[j] not in "{}":
-                j += 1
-            out.append(template[i:j])
-            i = j
+            out.append(text)
     return check_text("".join(out))
 
 
@@ -169,10 +186,7 @@ def _map(frame: Any, stack: list, n: int) -> None:
     stack.append(m)
 
 
-def get_item(c: Any, k: Any) -> Any:
-    from avm.lang.builtins import _get
-
-    return _get(c, k)
+get_item = _get
 
 
 def _get_op(frame: Any, stack: list, a: Any) -> None:

@@ -140,3 +140,10 @@ def test_assert_message_is_the_rest_of_the_line():
 def test_compile_rejects_non_text():
     with pytest.raises(TypeError):
         avm.compile(b"push 1")  # type: ignore[arg-type]
+
+
+def test_integer_literals_are_bounded_so_code_always_reloads():
+    err = compile_error("push " + "1" * 5000)
+    assert "out of range" in err.message
+    code = avm.compile("push " + "9" * 300 + "\nreturn")
+    assert avm.Code.from_bytes(code.to_bytes()).id == code.id
