@@ -93,16 +93,11 @@ def measure(value: Any, limit: int = MAX_NODES) -> int:
 
 def equal(a: Any, b: Any) -> bool:
     """Structural equality where true is not 1 and numbers compare by value."""
-    ta, tb = type(a), type(b)
-    if ta is not tb:
-        if (ta is int and tb is float) or (ta is float and tb is int):
-            return a == b
-        return False
-    if ta is list or ta is tuple or ta is dict:
-        measure(a)
+    ta = type(a)
+    if (ta is list or ta is dict or ta is tuple) and type(b) is ta:
+        measure(a)  # bound the walk: a shared-child value can be exponentially large
         measure(b)
-        return _equal(a, b)
-    return a == b
+    return _equal(a, b)
 
 
 def _equal(a: Any, b: Any) -> bool:
