@@ -32,6 +32,8 @@ from typing import Any, Callable, Literal, Union, get_args, get_origin
 import trio
 
 from avm.errors import AvmError, ProgramError
+from avm.lang.compiler import TOOL_NAME
+from avm.memory.ref import Ref
 
 JSON_TYPES = ("string", "integer", "number", "boolean", "array", "object", "null")
 DEFAULT_TIMEOUT = 30.0  # seconds per call
@@ -189,8 +191,6 @@ def _to_value(obj: Any, depth: int = 0) -> Any:
                 raise TypeError(f"result map keys must be text, not {type(k).__name__}")
             out[k] = _to_value(v, depth + 1)
         return out
-    from avm.memory.ref import Ref
-
     if t is Ref:
         return obj
     raise TypeError(f"a tool result must be null, bool, number, text, list or map, not {t.__name__}")
@@ -253,8 +253,6 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, descr
 
     def make(f: Callable[..., Any]) -> Tool:
         tool_name = name or f.__name__
-        from avm.lang.compiler import TOOL_NAME
-
         if not TOOL_NAME.match(tool_name):
             raise ToolDefinitionError(f"tool name {tool_name!r} is not a valid name in the agent language")
         if not (timeout > 0) or concurrency < 1:

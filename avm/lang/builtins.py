@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import re._parser as sre_parse  # type: ignore[import-not-found]  # Python >= 3.11, as the package requires
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -445,10 +446,6 @@ def _compile_pattern(pattern: Any, name: str) -> re.Pattern[str]:
         return cached
     if len(pattern) > MAX_PATTERN:
         raise VMError("ValueError", f"{name}: pattern longer than {MAX_PATTERN} characters")
-    try:
-        import re._parser as sre_parse  # type: ignore[import-not-found]
-    except ImportError:  # pragma: no cover - Python < 3.11
-        import sre_parse  # type: ignore[no-redef]
     try:
         parsed = sre_parse.parse(pattern)
         compiled = re.compile(pattern)

@@ -24,6 +24,7 @@ import blake3
 
 from avm.lang import opcodes as O
 from avm.lang.builtins import lookup as lookup_builtin
+from avm.lang.validate import validate
 
 MAGIC = b"AVMC"
 VERSION = 1
@@ -177,8 +178,6 @@ class Code:
     @classmethod
     def from_bytes(cls, data: bytes) -> Code:
         """Decode and fully check an encoded Code (raises CodeFormatError)."""
-        from avm.lang.validate import validate
-
         data = bytes(data)
         if data[:4] != MAGIC:
             raise CodeFormatError("not AVM bytecode (bad magic)")

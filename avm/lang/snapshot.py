@@ -16,6 +16,7 @@ from typing import Any
 
 from avm.errors import SnapshotError
 from avm.lang import frame as F
+from avm.lang import opcodes as O
 from avm.lang.code import Code
 from avm.lang.outcomes import BudgetExceeded, Done, Effect, Fault, Stalled
 from avm.lang.values import VMError, is_value, measure
@@ -129,8 +130,6 @@ def decode_frame(cls: type[F.Frame], code: Code, data: bytes) -> F.Frame:
         _want(type(pending) is list and len(pending) == 4, "pending effect")
         kind, args, epc, line = pending
         _int(epc, "effect pc", 0, n - 1)
-        from avm.lang import opcodes as O
-
         info = O.OPS[code.decoded()[0][epc]]
         _want(info.effect and info.name == kind and epc + 1 == pc, "pending effect does not match the code")
         _want(type(args) is list and all(is_value(v) for v in args), "effect arguments")
