@@ -8,20 +8,11 @@ import avm
 from avm.lang.frame import Frame
 from avm.lang.outcomes import BudgetExceeded, Effect
 
-from tests.lang.drive import drive
+from tests.lang.drive import MAX_EFFECTS, drive
 from tests.lang.programs import effect_results, inputs, programs
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 BUDGET = 30_000  # milli
-
-
-def finish(frame, results):
-    """Drive to the end, answering effects by count so a restored frame gets the same answers."""
-    while True:
-        out = frame.run()
-        if not isinstance(out, Effect) or frame.effects >= 40:
-            return out
-        frame.resume(results[frame.effects % len(results)])
 
 
 @SETTINGS
@@ -29,17 +20,17 @@ def finish(frame, results):
 def test_restore_at_any_point_gives_the_identical_outcome_and_energy(source, inp, results, cut):
     code = avm.compile(source)
     straight = Frame(code, budget=BUDGET / 1000, inputs=inp)
-    expected = finish(straight, results)
+    expected = drive(straight, results)
 
     # Stop anywhere by giving a smaller budget, snapshot, restore, top up, continue.
     frame = Frame(code, budget=cut / 1000, inputs=inp)
-    out = finish(frame, results)
+    out = drive(frame, results)
     if isinstance(out, BudgetExceeded) and frame.budget < BUDGET:
         data = frame.snapshot()
         restored = Frame.restore(code, data)
         assert restored.snapshot() == data
         restored.add_budget((BUDGET - restored.budget) / 1000)
-        out = finish(restored, results)
+        out = drive(restored, results)
         frame = restored
     assert out == expected
     assert frame.used == straight.used
@@ -52,11 +43,11 @@ def test_restore_at_any_point_gives_the_identical_outcome_and_energy(source, inp
 def test_restore_while_an_effect_is_outstanding(source, inp, results, at_effect):
     code = avm.compile(source)
     straight = Frame(code, budget=BUDGET / 1000, inputs=inp)
-    expected = finish(straight, results)
+    expected = drive(straight, results)
     frame = Frame(code, budget=BUDGET / 1000, inputs=inp)
     while True:
         out = frame.run()
-        if not isinstance(out, Effect) or frame.effects >= 40:
+        if not isinstance(out, Effect) or frame.effects >= MAX_EFFECTS:
             break
         if frame.effects == at_effect:
             frame = Frame.restore(code, frame.snapshot())
