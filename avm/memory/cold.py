@@ -1,14 +1,15 @@
 """The cold tier: blobs in an LMDB environment on disk.
 
-Layout of the environment (three named databases):
+Layout of the environment (four named databases):
 
 - ``meta``: ``format`` -> ``b"avm-content-store/<version>"`` (the marker that
   makes a directory an AVM store), ``counters`` -> objects, blob bytes and
   decoded bytes (3 x uint64), and keys the store sets (its dictionary list).
 - ``objects``: ref (32 bytes) -> blob (see `avm.memory.codec`).
 - ``pins``: ref -> pin count (uint64); absent means 0.
+- ``names``: a name the caller chose (bytes) -> ref (see `ContentStore.bind`).
 
-Writes go through one writer: `put`, `set_pin` and `set_meta` fill a buffer
+Writes go through one writer: `put`, `set_pin`, `set_name` and `set_meta` fill a buffer
 that `flush` commits in a single transaction (automatically past
 ``write_batch_count`` / ``write_batch_bytes``). Objects are encoded at flush
 time (by the ``encode`` callback: the store reuses the warm tier's blob when
@@ -41,7 +42,7 @@ __all__ = ["FORMAT_VERSION", "ColdTier"]
 
 FORMAT_NAME = b"avm-content-store/"
 FORMAT_VERSION = 1
-_DB_META, _DB_OBJECTS, _DB_PINS = b"meta", b"objects", b"pins"
+_DB_META, _DB_OBJECTS, _DB_PINS, _DB_NAMES = b"meta", b"objects", b"pins", b"names"
 _KEY_FORMAT, _KEY_COUNTERS = b"format", b"counters"
 _LMDB_FILES = frozenset({"data.mdb", "lock.mdb"})
 _COUNTERS = struct.Struct(">QQQ")
@@ -136,6 +137,7 @@ class ColdTier:
         self.pending_bytes = 0
         self._pending_pins: dict[Ref, int] = {}
         self._pending_meta: dict[bytes, bytes] = {}
+        self._pending_names: dict[bytes, Ref | None] = {}  # None: unbound
         self.hits = 0
         self.misses = 0
         self._closed = False
@@ -146,15 +148,16 @@ class ColdTier:
         existing = os.path.getsize(data_file) if os.path.exists(data_file) else 0
         try:
             self._env = lmdb.open(
-                self.path, map_size=max(settings["map_size_bytes"], 2 * existing), max_dbs=4,
+                self.path, map_size=max(settings["map_size_bytes"], 2 * existing),
                 max_readers=settings["max_readers"], sync=self._sync, metasync=self._sync,
-                readahead=False, meminit=False)
+                readahead=False, meminit=False, max_dbs=8)
         except lmdb.Error as exc:
             raise StoreError(f"cannot open the cold tier at {self.path}: {exc}") from exc
         try:
             self._meta = self._env.open_db(_DB_META)
             self._objects = self._env.open_db(_DB_OBJECTS)
             self._pins = self._env.open_db(_DB_PINS)
+            self._names = self._env.open_db(_DB_NAMES)  # created on first open by this version
             if fresh:
                 self._write(self._initialise)
             with self._env.begin(db=self._meta) as txn:
@@ -226,6 +229,38 @@ class ColdTier:
         with self._env.begin(db=self._meta) as txn:
             return txn.get(key)  # type: ignore[no-any-return]
 
+    def get_name(self, name: bytes) -> Ref | None:
+        """The ref bound to ``name`` (pending writes included), or None."""
+        if name in self._pending_names:
+            return self._pending_names[name]
+        try:
+            with self._env.begin(db=self._names) as txn:
+                raw = txn.get(name)
+        except lmdb.Error as exc:
+            raise StoreError(f"cold tier read failed: {exc}") from exc
+        return None if raw is None else Ref._trusted(raw)
+
+    def names(self, prefix: bytes = b"") -> dict[bytes, Ref]:
+        """Every binding whose name starts with ``prefix`` (pending writes included)."""
+        found: dict[bytes, Ref] = {}
+        try:
+            with self._env.begin(db=self._names) as txn:
+                cursor = txn.cursor()
+                if cursor.set_range(prefix):
+                    for key, value in cursor:
+                        if not key.startswith(prefix):
+                            break
+                        found[key] = Ref._trusted(value)
+        except lmdb.Error as exc:
+            raise StoreError(f"cold tier read failed: {exc}") from exc
+        for name, ref in self._pending_names.items():
+            if name.startswith(prefix):
+                if ref is None:
+                    found.pop(name, None)
+                else:
+                    found[name] = ref
+        return found
+
     # --- buffered writes ----------------------------------------------------------
 
     def put(self, ref: Ref, data: bytes) -> None:
@@ -241,6 +276,11 @@ class ColdTier:
         self._pending_pins[ref] = count
         self._maybe_flush()
 
+    def set_name(self, name: bytes, ref: Ref | None) -> None:
+        """Queue a binding of ``name`` to ``ref`` (None removes it)."""
+        self._pending_names[name] = ref
+        self._maybe_flush()
+
     def set_meta(self, key: bytes, value: bytes) -> None:
         """Queue a meta value."""
         if key in (_KEY_FORMAT, _KEY_COUNTERS):
@@ -250,19 +290,19 @@ class ColdTier:
     @property
     def pending_writes(self) -> int:
         """Writes waiting for the next commit."""
-        return len(self._pending) + len(self._pending_pins) + len(self._pending_meta)
+        return len(self._pending) + len(self._pending_pins) + len(self._pending_meta) + len(self._pending_names)
 
     def _maybe_flush(self) -> None:
-        if len(self._pending) + len(self._pending_pins) >= self._batch_count or self.pending_bytes >= self._batch_bytes:
+        if len(self._pending) + len(self._pending_pins) + len(self._pending_names) >= self._batch_count or self.pending_bytes >= self._batch_bytes:
             self.flush()
 
     def flush(self) -> None:
         """Commit every queued write in one transaction."""
-        if not (self._pending or self._pending_pins or self._pending_meta):
+        if not (self._pending or self._pending_pins or self._pending_meta or self._pending_names):
             return
         encode = self._encode
         encoded = [(ref, encode(ref, data), len(data)) for ref, data in self._pending.items()]
-        pins, meta = self._pending_pins, self._pending_meta
+        pins, meta, names = self._pending_pins, self._pending_meta, self._pending_names
 
         def commit(txn: lmdb.Transaction) -> tuple[int, int, int]:
             objects, size, raw = self._counters(txn)
@@ -276,11 +316,16 @@ class ColdTier:
                     txn.delete(ref, db=self._pins)
             for key, value in meta.items():
                 txn.put(key, value, db=self._meta)
+            for name, bound in names.items():
+                if bound is None:
+                    txn.delete(name, db=self._names)
+                else:
+                    txn.put(name, bound, db=self._names)
             txn.put(_KEY_COUNTERS, _COUNTERS.pack(objects, size, raw), db=self._meta)
             return objects, size, raw
 
         self.objects, self.bytes, self.raw_bytes = self._write(commit)
-        self._pending, self._pending_pins, self._pending_meta = {}, {}, {}
+        self._pending, self._pending_pins, self._pending_meta, self._pending_names = {}, {}, {}, {}
         self.pending_bytes = 0
 
     def delete(self, ref: Ref) -> bool:

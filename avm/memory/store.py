@@ -20,6 +20,13 @@ cold tier with the next flush, so a pin survives a restart once flushed
 the zstd dictionaries that stored blobs still need; it does not look inside
 objects for refs, so callers pin every ref they must keep.
 
+**Names** bind a caller's key (bytes, up to 500) to a ref: `bind`,
+`lookup`, `unbind`, `names`. A bound ref is a root for `gc` like a pinned
+one, and bindings persist in the cold tier with the next flush. They are how
+a content-addressed store also answers "what is the response for this cache
+key" or "which snapshot is agent 7's": the value is content-addressed, the
+name is not.
+
 **Dictionaries** are trained from small objects once enough have been seen
 (see `avm.memory.dictionary`); each is itself an object of the store, listed
 in a registry that the cold tier persists.
@@ -55,6 +62,21 @@ __all__ = ["ContentStore"]
 
 _DICTS_KEY = b"dictionaries"
 _peek_hot = Cache.__getitem__  # a hot lookup that leaves the LRU order alone
+
+
+MAX_NAME_BYTES = 500  # LMDB keys are at most 511 bytes
+
+
+def _name(name: object) -> bytes:
+    if isinstance(name, str):
+        key = name.encode("utf-8")
+    elif isinstance(name, (bytes, bytearray, memoryview)):
+        key = bytes(name)
+    else:
+        raise TypeError(f"a name is bytes or text, not {type(name).__name__}")
+    if not 0 < len(key) <= MAX_NAME_BYTES:
+        raise ValueError(f"a name must be 1 to {MAX_NAME_BYTES} bytes, not {len(key)}")
+    return key
 
 
 def _as_bytes(data: object) -> bytes:
@@ -96,6 +118,7 @@ class ContentStore:
         self._hot = HotTier(s["hot_bytes"], self._on_hot_evict)
         self._hot_cache = self._hot.cache
         self._pins: dict[Ref, int] = {}
+        self._names: dict[bytes, Ref] = {}  # the bindings of an in-memory store (the cold tier keeps its own)
         self._dicts: list[Ref] = []  # registry, oldest first; the last one is current
         self._puts = self._dedup_hits = self._logical = 0
         self._promotions = self._demotions = 0
@@ -266,6 +289,53 @@ class ContentStore:
         with self._lock:
             return self._pins.get(_as_ref(ref), 0)
 
+    # --- names ----------------------------------------------------------------------
+
+    def bind(self, name: bytes | str, ref: Ref) -> None:
+        """Bind ``name`` to ``ref`` (replacing any earlier binding); the ref must be stored."""
+        key = _name(name)
+        with self._lock:
+            ref = _as_ref(ref)
+            if not self._contains(ref):
+                raise NotFound(ref)
+            if self._cold is not None:
+                self._cold.set_name(key, ref)
+            else:
+                self._names[key] = ref
+
+    def lookup(self, name: bytes | str) -> Ref | None:
+        """The ref bound to ``name``, or None."""
+        key = _name(name)
+        with self._lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            if self._cold is not None:
+                return self._cold.get_name(key)
+            return self._names.get(key)
+
+    def unbind(self, name: bytes | str) -> bool:
+        """Remove the binding of ``name``; True if there was one."""
+        key = _name(name)
+        with self._lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            if self._cold is not None:
+                if self._cold.get_name(key) is None:
+                    return False
+                self._cold.set_name(key, None)
+                return True
+            return self._names.pop(key, None) is not None
+
+    def names(self, prefix: bytes | str = b"") -> dict[bytes, Ref]:
+        """Every binding whose name starts with ``prefix``."""
+        key = prefix.encode("utf-8") if isinstance(prefix, str) else bytes(prefix)
+        with self._lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            if self._cold is not None:
+                return self._cold.names(key)
+            return {k: v for k, v in self._names.items() if k.startswith(key)}
+
     def gc(self) -> int:
         """Remove every unpinned object from every tier; the number removed.
 
@@ -276,9 +346,10 @@ class ContentStore:
             if self._closed:
                 raise StoreError("the store is closed")
             pins, is_dict = self._pins, self._codec.is_dictionary
+            bound = set((self._cold.names() if self._cold is not None else self._names).values())
 
             def keep(ref: Ref) -> bool:
-                return ref in pins or is_dict(ref)
+                return ref in pins or ref in bound or is_dict(ref)
 
             removed = 0
             for tier in (self._hot, self._warm):
