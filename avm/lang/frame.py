@@ -27,7 +27,7 @@ from typing import Any, Mapping
 from avm.errors import AvmError
 from avm.lang import opcodes as O
 from avm.lang.code import Code
-from avm.lang.outcomes import BudgetExceeded, Done, Effect, Fault, Outcome, Stalled
+from avm.lang.outcomes import BudgetExceeded, Done, Effect, Fault, Outcome, Preempted, Stalled
 from avm.lang.values import VMError, equal, is_value, truthy, type_name
 from avm.lang import ops as H
 
@@ -159,8 +159,15 @@ class Frame:
 
     # --- the interpreter ---
 
-    def run(self) -> Outcome:
-        """Run until an effect, the end, a fault, budget exhaustion or a stall."""
+    def run(self, quantum: int = 0) -> Outcome:
+        """Run until an effect, the end, a fault, budget exhaustion or a stall.
+
+        With ``quantum`` > 0 (milli-units), also stop with `Preempted` before
+        the instruction that would take this run's energy past ``quantum``;
+        the frame stays READY and the next `run()` continues exactly there.
+        The quantum is not the budget: `energy_check` and `observe` still see
+        the real budget, so preemption never changes what a program does.
+        """
         status = self.status
         if status != READY:
             if status == WAITING:
@@ -175,6 +182,8 @@ class Frame:
         pc = self.pc
         used = self.used
         budget = self.budget
+        # A quantum below the next instruction's cost still runs that instruction: progress is guaranteed.
+        stop = budget if quantum <= 0 else min(budget, used + max(quantum, self.code.decoded()[2][pc] if pc < len(ops) else 0))
         table = H.TABLE
         LOAD, STORE, PUSH, ADD, SUB, LT, JUMP_IF, JUMP, JUMP_UNLESS, EQ, POP, DUP = (
             O.LOAD, O.STORE, O.PUSH, O.ADD, O.SUB, O.LT, O.JUMP_IF, O.JUMP, O.JUMP_UNLESS, O.EQ, O.POP, O.DUP)
@@ -183,10 +192,12 @@ class Frame:
         try:
             while True:
                 used += costs[pc]
-                if used > budget:
+                if used > stop:
                     used -= costs[pc]
                     self.pc = pc
                     self.used = used
+                    if used + costs[pc] <= budget:
+                        return Preempted(pc)
                     self.status = EXHAUSTED
                     out: Outcome = BudgetExceeded(used / 1000, budget / 1000, costs[pc] / 1000, pc, self.line_at(pc))
                     self.outcome = out

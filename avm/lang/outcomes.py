@@ -75,4 +75,16 @@ class Stalled:
     line: int
 
 
-Outcome = Effect | Done | Fault | BudgetExceeded | Stalled
+@dataclass(frozen=True, slots=True)
+class Preempted:
+    """`run(quantum=...)` spent its quantum: the frame is READY; call `run()` again.
+
+    Only a host that passes a quantum sees this; it is how the runtime makes a
+    long stretch of instructions yield to other agents (as BEAM's reduction
+    count does) without touching the budget that the program can observe.
+    """
+
+    pc: int
+
+
+Outcome = Effect | Done | Fault | BudgetExceeded | Stalled | Preempted

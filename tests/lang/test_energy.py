@@ -72,3 +72,49 @@ def test_energy_is_the_sum_of_the_costs_of_the_instructions_executed(source, inp
     if executed < 3000 and effects <= 30:
         assert type(out2) is type(out)
         assert whole.used == frame.used
+
+
+def _drive_in_quanta(frame: Frame, results: list, quantum: int) -> tuple[object, int]:
+    """Like drive(), but each run() is cut into quanta; returns the outcome and how many preemptions."""
+    from avm.lang.outcomes import Preempted
+
+    preemptions = 0
+    while True:
+        out = frame.run(quantum)
+        if isinstance(out, Preempted):
+            assert frame.status == "ready"
+            assert out.pc == frame.pc
+            preemptions += 1
+            continue
+        if not isinstance(out, Effect) or frame.effects >= 50:
+            return out, preemptions
+        frame.resume(results[frame.effects % len(results)] if results else None)
+
+
+@SETTINGS
+@given(programs(), inputs, st.lists(effect_results, min_size=1, max_size=4), st.integers(0, 40_000),
+       st.integers(0, 3_000))
+def test_preemption_by_quantum_changes_nothing_the_program_can_see(source, inp, results, budget_milli, quantum):
+    """A run cut into quanta reaches the same outcome, energy and snapshot as one
+    uninterrupted run: the quantum never shows through energy_check or observe."""
+    code = avm.compile(source)
+    whole = Frame(code, budget=budget_milli / 1000, inputs=inp)
+    expected = drive(whole, results)
+    cut = Frame(code, budget=budget_milli / 1000, inputs=inp)
+    out, preemptions = _drive_in_quanta(cut, results, quantum)
+    assert out == expected
+    assert cut.used == whole.used
+    assert cut.snapshot() == whole.snapshot()
+    if quantum == 0:
+        assert preemptions == 0
+
+
+def test_a_long_loop_is_preempted_every_quantum_and_still_counts_right():
+    source = "push 0\nstore i\nloop:\nload i\npush 1\nadd\nstore i\nload i\npush 1000\nlt\njump_if loop\nload i\nreturn\n"
+    frame = Frame(avm.compile(source), budget=10_000)
+    out, preemptions = _drive_in_quanta(frame, [], 50)  # 50 milli: about one loop iteration per run
+    assert out == avm.Done(1000)
+    assert preemptions >= 900
+    tiny = Frame(avm.compile(source), budget=10_000)
+    out, _ = _drive_in_quanta(tiny, [], 1)  # below every instruction's cost: one instruction per run
+    assert out == avm.Done(1000) and tiny.used == frame.used
