@@ -222,6 +222,10 @@ class Tool:
         """Arguments from the program (a list in parameter order, or a map) as a map; ToolError if invalid."""
         if arguments is None:
             arguments = {}
+        if (type(arguments) in (list, tuple) and len(arguments) == 1 and type(arguments[0]) is dict
+                and not (self.order and self.parameters["properties"][self.order[0]].get("type") == "object")):
+            # One map for a tool whose first parameter is not a map: the arguments by name, as in an LLM's tool call.
+            arguments = arguments[0]
         if type(arguments) in (list, tuple):
             if len(arguments) > len(self.order):
                 raise ToolError(f"{self.name} takes at most {len(self.order)} arguments, got {len(arguments)}",

@@ -166,3 +166,20 @@ def test_validate_nested():
               "required": ["xs"]}
     assert validate({"xs": [1, 2.5]}, schema) is None
     assert "xs[1] must be number" in validate({"xs": [1, "a"]}, schema)
+
+
+async def test_one_map_argument_is_the_arguments_by_name_unless_the_tool_takes_a_map():
+    @avm.tool
+    def lookup(query: str, limit: int = 3) -> str:
+        return f"{query}:{limit}"
+
+    @avm.tool
+    def keys_of(record: dict) -> list:
+        return sorted(record)
+
+    registry = ToolRegistry([lookup, keys_of])
+    granted = frozenset({"lookup", "keys_of"})
+    by_name = await registry.invoke("lookup", [{"query": "tides", "limit": 5}], granted)
+    assert by_name.ok and by_name.value == "tides:5"
+    a_map = await registry.invoke("keys_of", [{"b": 1, "a": 2}], granted)
+    assert a_map.ok and a_map.value == ["a", "b"]
