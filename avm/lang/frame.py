@@ -124,6 +124,17 @@ class Frame:
             self.outcome = BudgetExceeded(self.used / 1000, self.budget / 1000, milli / 1000, self.pc, self.line_at(self.pc))
         return False
 
+    def refund(self, units: float) -> None:
+        """Give back energy charged earlier with `charge()` (a child's unspent budget).
+
+        Never takes ``energy_used`` below zero; a frame that ran out may run again.
+        """
+        self.used = max(0, self.used - to_milli(units, "refund"))
+        if self.status == EXHAUSTED and isinstance(self.outcome, BudgetExceeded) and self.used + round(
+                self.outcome.needed * 1000) <= self.budget:
+            self.status = READY
+            self.outcome = None
+
     def line_at(self, pc: int) -> int:
         lines = self.code.lines
         return lines[pc] if 0 <= pc < len(lines) else 0
@@ -156,6 +167,16 @@ class Frame:
             self.stall_count = 0
             self.last_request = None
             self.last_result = None
+
+    def fail(self, kind: str, message: str) -> Fault:
+        """The host's verdict that the outstanding effect is a fault of the program
+        (a tool it was not granted, an LLM message it cannot send): the frame ends
+        FAULTED at the effect's instruction, as if that instruction had faulted."""
+        if self.status != WAITING or self.pending is None:
+            raise FrameStateError(f"fail() with no effect outstanding (frame is {self.status})")
+        pc = self.pending.pc
+        self.pending = None
+        return self._fault(pc, self.used, kind, message)
 
     # --- the interpreter ---
 

@@ -1,0 +1,154 @@
+"""What the `llm` instruction sends and what it gives back.
+
+**The instruction.** ``llm`` pops one operand, the message, and pushes one
+result, the reply. The message is
+
+- a text: one user message;
+- a map: one message, ``{"content": ..., "role": "user"}`` where ``role`` is
+  user (the default), assistant, system or tool; a tool message names the
+  call it answers with ``"tool_call_id"``; a content that is not text is sent
+  as its JSON;
+- a list of texts and maps: several messages, in order.
+
+The runtime appends the message(s) to the agent's conversation and sends the
+model the agent's system prompt, the specs of the tools granted to it and the
+whole conversation, then appends the model's reply to the conversation and
+pushes
+
+- the reply's text, when the model answered in text;
+- a map ``{"text": text or null, "tool_calls": [{"id", "name",
+  "arguments"}...]}`` when it called tools (``arguments`` a map), so a
+  program can test ``call type 1`` for "map", take ``tool_calls`` and run
+  ``tool NAME 1`` with the arguments map, then answer with a tool message;
+- an error value ``{"error": {"tool": "llm", "type": kind, "message": ...}}``
+  when the gateway gave up on the request (after its retries). The program
+  may test it; a program that retries the same failing request forever is
+  ended as STALLED.
+
+**What is stored.** Every message of a conversation is a `Message` whose
+content is a `Ref` into the store, so 1,000 agents holding the same text hold
+1,000 refs to one object. The system prompt is a template stored once: when
+it has ``{name}`` placeholders they are filled from the agent's inputs while
+the request is built, and the rendered text lives only as long as the
+request. A template without placeholders is sent as its ref.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from avm.io.request import Message, RequestError
+from avm.io.tools import error_value
+from avm.lang.values import render
+from avm.memory.ref import Ref
+from avm.memory.store import ContentStore
+
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ROLES = ("user", "assistant", "system", "tool")
+
+
+class MessageError(ValueError):
+    """An llm operand that is not a message (the program faults with it)."""
+
+
+def placeholders(template: str) -> tuple[str, ...]:
+    """The distinct {name} placeholders of a system prompt template, in order."""
+    return tuple(dict.fromkeys(PLACEHOLDER.findall(template)))
+
+
+def fill(template: str, inputs: dict[str, Any]) -> str:
+    """The template with each {name} that names an input replaced by it (texts as is,
+    other values as their JSON); a placeholder with no input stays as written."""
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in inputs:
+            return match.group(0)
+        value = inputs[name]
+        return value if type(value) is str else render(value)
+    return PLACEHOLDER.sub(one, template)
+
+
+def _content_text(content: Any) -> str:
+    if type(content) is str:
+        return content
+    try:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":"), default=_ref_text)
+    except (TypeError, ValueError) as exc:
+        raise MessageError(f"llm: this message content cannot be sent: {exc}") from None
+
+
+def _ref_text(value: Any) -> str:
+    if isinstance(value, Ref):
+        return value.hex()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def to_messages(operand: Any, store: ContentStore) -> list[Message]:
+    """The message(s) an llm operand stands for, contents put in the store."""
+    items = operand if type(operand) is list else [operand]
+    if not items:
+        raise MessageError("llm: an empty list of messages")
+    out = []
+    for item in items:
+        if type(item) is str:
+            out.append(Message("user", store.put(item.encode("utf-8", "surrogatepass"))))
+            continue
+        if type(item) is not dict:
+            raise MessageError(f"llm: a message is a text or a map, not {type(item).__name__}")
+        unknown = set(item) - {"role", "content", "tool_call_id", "name"}
+        if unknown:
+            raise MessageError(f"llm: unknown message field{'s' if len(unknown) > 1 else ''} "
+                               f"{', '.join(sorted(map(str, unknown)))} (role, content, tool_call_id, name)")
+        role = item.get("role", "user")
+        if role not in _ROLES:
+            raise MessageError(f"llm: a message role is one of {', '.join(_ROLES)}, not {role!r}")
+        if "content" not in item:
+            raise MessageError("llm: a message map needs a content")
+        call_id = item.get("tool_call_id")
+        if role == "tool" and type(call_id) is not str:
+            raise MessageError("llm: a tool message needs the tool_call_id (text) it answers")
+        name = item.get("name")
+        if name is not None and type(name) is not str:
+            raise MessageError("llm: a message name is text")
+        text = _content_text(item["content"])
+        try:
+            out.append(Message(role, store.put(text.encode("utf-8", "surrogatepass")), name=name,
+                               tool_call_id=call_id if role == "tool" else None))
+        except RequestError as exc:  # pragma: no cover - roles are checked above
+            raise MessageError(f"llm: {exc}") from None
+    return out
+
+
+def _arguments(raw: Any) -> Any:
+    if isinstance(raw, str):
+        try:
+            value = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            return raw  # the model wrote arguments that are not JSON: the program sees the text
+        return value
+    return raw
+
+
+def reply_value(text: str | None, tool_calls: tuple[Any, ...]) -> Any:
+    """What `llm` pushes for a reply (see the module docstring)."""
+    if not tool_calls:
+        return text if text is not None else ""
+    calls = []
+    for call in tool_calls:
+        function = call.get("function", {}) if isinstance(call, dict) else {}
+        calls.append({"id": str(call.get("id", "")) if isinstance(call, dict) else "",
+                      "name": str(function.get("name", "")),
+                      "arguments": _arguments(function.get("arguments", ""))})
+    return {"text": text or None, "tool_calls": calls}
+
+
+def reply_message(text: str | None, tool_calls: tuple[Any, ...], store: ContentStore) -> Message:
+    """The assistant message appended to the conversation."""
+    content = store.put(text.encode("utf-8", "surrogatepass")) if text else None
+    return Message("assistant", content, tool_calls=tuple(tool_calls))
+
+
+def llm_error_value(kind: str, message: str) -> dict[str, Any]:
+    return error_value("llm", kind, message)

@@ -1,0 +1,491 @@
+"""`VM`: thousands of agents as trio tasks in one process.
+
+    async with avm.VM(store=store, llm=None, tools=[search]) as vm:
+        h = await vm.spawn(code, system="You are {name}.", inputs={"name": "a1"}, budget=50.0, tools=["search"])
+        value = await h.result()
+
+The VM owns a trio nursery (one task per live agent, plus the run-queue
+dispatcher and the hibernation timers), the `ContentStore` (an in-memory one
+unless given), the LLM gateway and the tool registry. ``llm=None`` starts the
+embedded OpenAI-compatible server on a free loopback port and talks to it;
+``llm="http://host:port/v1"`` uses that endpoint (key from
+``OPENAI_API_KEY``); a `Gateway` is used as given (its owner closes it).
+
+Leaving the ``async with`` cancels every agent still alive (``on_exit="wait"``
+first waits for all of them to end): no agent task outlives the VM. The store
+is flushed, and closed if the VM opened it.
+
+Everything shareable is a ref in the store: each program (once per distinct
+code), each system prompt template (once per distinct text), each set of tool
+specs (once per distinct grant) and each conversation message.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import deque
+from dataclasses import dataclass, field, fields, replace
+from types import TracebackType
+from typing import Any
+
+import trio
+
+from avm.agent import AgentError, AgentHandle, child_result
+from avm.conversation import fill, placeholders
+from avm.errors import AvmError, CompileError, NotFound, StoreError
+from avm.io.request import LLMRequest, Message
+from avm.io.tools import ToolRegistry, error_value
+from avm.lang.code import Code, CodeFormatError
+from avm.lang.compiler import compile_source
+from avm.lang.frame import to_milli
+from avm.lang.outcomes import Effect, Fault
+from avm.memory.ref import Ref
+from avm.memory.store import ContentStore
+from avm.scheduler.runqueue import RunQueue
+from avm.scheduler.states import TERMINAL, AgentState, priority_rank
+from avm.scheduler.supervision import RestartPolicy
+from avm.scheduler.timers import Timers
+
+__all__ = ["VM", "AgentError", "VMError", "VMSettings", "VMStatistics"]
+
+S = AgentState
+_CACHE_CAP = 1024  # distinct sources, prompts and grants remembered
+
+
+class VMError(AvmError):
+    """The VM used wrongly: spawn after exit, a duplicate agent name, a bad setting."""
+
+
+@dataclass(frozen=True, slots=True)
+class VMSettings:
+    """Every knob of the runtime; energy in the seed's units, times in seconds."""
+
+    model: str | None = None  # default: the embedded server's model, or OPENAI_MODEL for an endpoint
+    temperature: float | None = None  # None: the backend's default (1.0 for OpenAI)
+    max_tokens: int | None = 512  # per LLM reply
+    default_budget: float = 100.0  # energy of an agent spawned without a budget
+    quantum: float = 200.0  # energy an agent may run without an effect before it yields (about 2,000 instructions)
+    aging_s: float = 0.05  # run-queue aging: background waits at most 2 * aging_s behind fresh interactive work
+    hibernate_after_s: float | None = 10.0  # a recv idle this long hibernates the agent; None: never
+    mailbox_capacity: int = 1024  # messages queued per agent; senders wait beyond it
+    send_timeout_s: float = 30.0  # how long a send waits for space in a full mailbox, then returns false
+    stall_limit: int = 5  # identical effects with identical results that end an agent as STALLED (0: off)
+    # Host work charged to the agent on top of the instruction costs:
+    energy_per_prompt_token: float = 0.0005  # 0.5 energy per 1,000 prompt tokens
+    energy_per_completion_token: float = 0.002  # 2 energy per 1,000 completion tokens (generation costs more)
+    energy_per_tool_second: float = 1.0  # wall time inside a tool
+    on_exit: str = "cancel"  # leaving the VM: "cancel" live agents, or "wait" for them first
+    faults_kept: int = 32  # recent faults kept for statistics()
+    llm_server: dict[str, Any] = field(default_factory=dict)  # ServerSettings of the embedded server
+    gateway: dict[str, Any] = field(default_factory=dict)  # GatewaySettings of the gateway the VM opens
+
+    def __post_init__(self) -> None:
+        if self.on_exit not in ("cancel", "wait"):
+            raise VMError(f"on_exit must be 'cancel' or 'wait', not {self.on_exit!r}")
+        for name in ("quantum", "aging_s", "send_timeout_s", "default_budget"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
+                raise VMError(f"{name} must be a positive number, not {value!r}")
+        if self.hibernate_after_s is not None and not (
+                isinstance(self.hibernate_after_s, (int, float)) and self.hibernate_after_s >= 0):
+            raise VMError(f"hibernate_after_s must be >= 0 seconds or None, not {self.hibernate_after_s!r}")
+
+    @property
+    def quantum_milli(self) -> int:
+        return to_milli(self.quantum, "quantum")
+
+
+@dataclass(frozen=True, slots=True)
+class VMStatistics:
+    """The VM's numbers at one moment (the dashboard and the bench read these)."""
+
+    agents: int  # spawned so far (children included)
+    live: int  # not in a terminal state
+    by_state: dict[str, int]  # agents per state now (states with none left out)
+    transitions: int  # state changes so far
+    spawns: int  # children spawned or delegated by programs
+    completions: int  # agents that reached a terminal state
+    restarts: int
+    hibernations: int
+    wakeups: int
+    preemptions: int  # quanta that ran out (the agent yielded to the run queue)
+    energy_used: float  # by every agent so far
+    effects: dict[str, int]  # effects performed, per kind
+    messages: int  # sends delivered
+    llm_errors: int  # LLM requests that came back as error values
+    prompt_tokens: int
+    completion_tokens: int
+    recent_faults: tuple[tuple[int, str | None, int, str], ...]  # (agent id, name, line, message), newest last
+
+
+class VM:
+    """The agent virtual machine (see the module docstring)."""
+
+    def __init__(self, store: ContentStore | None = None, llm: Any = None, tools: Any = (), *,
+                 settings: VMSettings | None = None, **overrides: Any):
+        if settings is None:
+            settings = VMSettings()
+        names = {f.name for f in fields(VMSettings)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise VMError(f"unknown VM setting{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}")
+        self.settings = replace(settings, **overrides) if overrides else settings
+        self._owns_store = store is None
+        self.store = ContentStore() if store is None else store
+        self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
+        self._llm = llm
+        self.gateway: Any = None
+        self.llm_url: str | None = None
+        self.model = ""
+        self.runq = RunQueue(self.settings.aging_s)
+        self._timers = Timers()
+        self._nursery: trio.Nursery | None = None
+        self._stack: Any = None
+        self._closed = False
+        self._next_id = 1
+        self._agents: dict[int, AgentHandle] = {}  # live ones (and BUDGET_EXCEEDED, which may go on)
+        self._names: dict[str, AgentHandle] = {}
+        self._counts: dict[AgentState, int] = dict.fromkeys(AgentState, 0)
+        self._effects = dict.fromkeys(("llm", "tool", "send", "recv", "spawn", "delegate", "sleep"), 0)
+        self._performers = {
+            "llm": AgentHandle._llm, "tool": AgentHandle._tool, "send": AgentHandle._send,
+            "recv": AgentHandle._recv, "spawn": AgentHandle._spawn, "delegate": AgentHandle._delegate,
+            "sleep": AgentHandle._sleep,
+        }
+        self._transitions = self._spawned = self._child_spawns = self._completions = 0
+        self._restarts = self._hibernations = self._wakeups = self._preemptions = 0
+        self._messages = self._llm_errors = self._prompt_tokens = self._completion_tokens = 0
+        self._energy = 0  # milli-units
+        self._faults: deque[tuple[int, str | None, int, str]] = deque(maxlen=self.settings.faults_kept)
+        self._idle: trio.Event | None = None
+        self._internal_errors: list[BaseException] = []  # bugs of AVM met while driving agents (kept for tests)
+        self._sources: dict[str, Code] = {}
+        self._stored_code: set[str] = set()
+        self._prompts: dict[Any, tuple[Ref, tuple[str, ...], str, Message]] = {}
+        self._grants: dict[frozenset[str], Ref | None] = {}
+
+    # --- lifetime ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> VM:
+        if self._stack is not None or self._closed:
+            raise VMError("a VM is entered once")
+        from contextlib import AsyncExitStack
+
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            self.gateway = await self._open_gateway(stack)
+            self._nursery = await stack.enter_async_context(trio.open_nursery())
+            self._nursery.start_soon(self.runq.dispatch)
+            self._nursery.start_soon(self._timers.run)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def _open_gateway(self, stack: Any) -> Any:
+        llm = self._llm
+        if llm is not None and not isinstance(llm, str):
+            self.model = self.settings.model or getattr(llm, "model", None) or ""
+            return llm  # a Gateway given by the caller, who owns it
+        from avm.io.gateway import Gateway
+        from avm.io.openai import OpenAIBackend
+
+        if llm is None:
+            from avm.io.faults import DEFAULT_MODEL
+            from avm.io.server import serve_llm
+
+            server = await stack.enter_async_context(serve_llm(**self.settings.llm_server))
+            self.model = self.settings.model or DEFAULT_MODEL
+            backend = OpenAIBackend(server.url, api_key="", model=self.model)
+        else:
+            self.model = self.settings.model or os.environ.get("OPENAI_MODEL") or ""
+            if not self.model:
+                raise VMError("name the model: VM(model=...) or OPENAI_MODEL, for an endpoint given by URL")
+            backend = OpenAIBackend(llm, model=self.model)  # the key from OPENAI_API_KEY
+        self.llm_url = backend.base_url
+        return await stack.enter_async_context(Gateway(backend, store=self.store, **self.settings.gateway))
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool:
+        stack, self._stack = self._stack, None
+        try:
+            if exc is None and self.settings.on_exit == "wait":
+                await self.join()
+        finally:
+            self._closed = True
+            for agent in list(self._agents.values()):
+                agent.cancel()
+            assert self._nursery is not None
+            self._nursery.cancel_scope.cancel()
+            try:
+                await stack.__aexit__(None, None, None)
+            except BaseExceptionGroup as group:
+                if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+                    lone = group.exceptions[0]
+                    raise lone from lone.__cause__
+                raise
+            finally:
+                if self._owns_store:
+                    self.store.close()
+                elif not self.store.closed:
+                    await trio.to_thread.run_sync(self.store.flush)
+        return False
+
+    async def join(self) -> None:
+        """Wait until no agent is alive (every one ended, or ran out of budget)."""
+        while self.live:
+            if self._idle is None:
+                self._idle = trio.Event()
+            await self._idle.wait()
+
+    @property
+    def live(self) -> int:
+        """Agents not in a terminal state."""
+        counts = self._counts
+        return sum(n for state, n in counts.items() if state not in TERMINAL)
+
+    # --- spawning ------------------------------------------------------------------------
+
+    async def spawn(self, program: str | Code | Ref, *, system: str | Ref | None = None, tools: Any = (),
+                    inputs: dict[str, Any] | None = None, budget: float | None = None,
+                    priority: str | int = "normal", name: str | None = None,
+                    restart: str | RestartPolicy = "never") -> AgentHandle:
+        """Start an agent; its handle. ``program`` is source text, a Code, or the ref of a stored Code."""
+        if self._nursery is None or self._closed:
+            raise VMError("spawn() needs a running VM: use it inside `async with VM(...) as vm`")
+        code = self._code(program)
+        if name is not None:
+            if type(name) is not str or not name:
+                raise VMError(f"an agent name is non-empty text, not {name!r}")
+            if name in self._names:
+                raise VMError(f"an agent named {name!r} is already alive")
+        try:
+            rank = priority_rank(priority)
+            policy = RestartPolicy.of(restart)
+            budget_milli = to_milli(self.settings.default_budget if budget is None else budget, "budget")
+        except (ValueError, TypeError) as exc:
+            raise VMError(str(exc)) from None
+        granted = self.tools.check_grant(tools)
+        agent = self._create(code, inputs, budget_milli, name=name, rank=rank, granted=granted,
+                             system=self._system_ref(system), policy=policy)
+        self._nursery.start_soon(agent._main)
+        return agent
+
+    def _create(self, code: Code, inputs: dict[str, Any] | None, budget: int, *, name: str | None, rank: int,
+                granted: frozenset[str], system: Ref | None, policy: RestartPolicy,
+                parent: AgentHandle | None = None) -> AgentHandle:
+        ident = self._next_id
+        tools_ref = self._tools_ref(granted)
+        try:
+            agent = AgentHandle(self, ident, code, inputs, budget, name=name, rank=rank, granted=granted,
+                                system=system, tools_ref=tools_ref, policy=policy, parent=parent)
+        except (TypeError, ValueError) as exc:  # inputs that are not VM values
+            raise VMError(f"cannot spawn: {exc}") from None
+        self._next_id = ident + 1
+        self._agents[ident] = agent
+        if name is not None:
+            self._names[name] = agent
+        self._counts[S.READY] += 1
+        self._spawned += 1
+        return agent
+
+    def _spawn_child(self, parent: AgentHandle, effect: Effect) -> AgentHandle | dict[str, Any]:
+        """A program's spawn/delegate: the child, or an error value for the parent."""
+        program, inputs, budget = effect.args
+        kind = effect.kind
+        try:
+            code = self._code(program)
+        except (CompileError, VMError, StoreError) as exc:
+            return error_value(kind, "ProgramError", f"{kind}: {exc}")
+        milli = to_milli(budget, "budget")
+        frame = parent.frame
+        assert frame is not None
+        left = frame.budget - frame.used
+        if milli > left:
+            return error_value(kind, "BudgetError",
+                               f"{kind}: a child budget of {milli / 1000:g} is more than the {left / 1000:g} left")
+        frame.charge(milli / 1000)  # a transfer to the child, not energy used: the VM's total is left alone
+        try:
+            child = self._create(code, inputs, milli, name=None, rank=parent.rank, granted=parent.granted,
+                                 system=parent.system, policy=RestartPolicy(), parent=parent)
+        except VMError as exc:
+            parent._refund(milli)
+            return error_value(kind, "ProgramError", str(exc))
+        child.child_budget = milli
+        self._child_spawns += 1
+        assert self._nursery is not None
+        self._nursery.start_soon(child._main)
+        return child
+
+    def _code(self, program: Any) -> Code:
+        if isinstance(program, Code):
+            code = program
+        elif isinstance(program, Ref):
+            try:
+                code = Code.from_bytes(self.store.get(program))
+            except NotFound:
+                raise VMError(f"no program {program.hex()} in the store") from None
+            except CodeFormatError as exc:
+                raise VMError(f"object {program.hex()} is not a program: {exc}") from None
+        elif type(program) is str:
+            code = self._sources.get(program)  # type: ignore[assignment]
+            if code is None:
+                code = compile_source(program)
+                if len(self._sources) >= _CACHE_CAP:
+                    self._sources.clear()
+                self._sources[program] = code
+        else:
+            raise VMError(f"a program is source text, a Code or a Ref, not {type(program).__name__}")
+        if code.id not in self._stored_code:
+            self.store.put(code.to_bytes())
+            self._stored_code.add(code.id)
+        return code
+
+    def _system_ref(self, system: str | Ref | None) -> Ref | None:
+        if system is None:
+            return None
+        entry = self._prompts.get(system)
+        if entry is None:
+            if isinstance(system, Ref):
+                try:
+                    text = self.store.get(system).decode("utf-8")
+                except (NotFound, UnicodeDecodeError) as exc:
+                    raise VMError(f"system prompt {system.hex()}: {exc}") from None
+                ref = system
+            elif type(system) is str:
+                text = system
+                ref = self.store.put(text.encode("utf-8", "surrogatepass"))
+            else:
+                raise VMError(f"a system prompt is text or a Ref, not {type(system).__name__}")
+            if len(self._prompts) >= _CACHE_CAP:
+                self._prompts.clear()
+            entry = (ref, placeholders(text), text, Message("system", ref))
+            self._prompts[system] = entry
+            self._prompts[ref] = entry
+        return entry[0]
+
+    def _tools_ref(self, granted: frozenset[str]) -> Ref | None:
+        if granted in self._grants:
+            return self._grants[granted]
+        ref = self.store.put_value(self.tools.specs(granted)) if granted else None
+        if len(self._grants) >= _CACHE_CAP:
+            self._grants.clear()
+        self._grants[granted] = ref
+        return ref
+
+    def _request(self, agent: AgentHandle, conversation: list[Message]) -> LLMRequest:
+        messages: tuple[Message, ...]
+        if agent.system is not None:
+            ref, names, text, message = self._prompts.get(agent.system) or self._prompt_entry(agent.system)
+            inputs = agent.inputs
+            if names and inputs and any(n in inputs for n in names):
+                message = Message("system", fill(text, inputs))  # rendered only for this request
+            messages = (message, *conversation)
+        else:
+            messages = tuple(conversation)
+        s = self.settings
+        return LLMRequest(self.model, messages, temperature=s.temperature, max_tokens=s.max_tokens,
+                          tools=agent.tools_ref)
+
+    def _prompt_entry(self, ref: Ref) -> tuple[Ref, tuple[str, ...], str, Message]:
+        self._system_ref(ref)  # evicted from the cache: read it back from the store
+        return self._prompts[ref]
+
+    # --- messages, hibernation ---------------------------------------------------------------
+
+    async def _deliver(self, agent: AgentHandle, message: Any) -> bool:
+        if agent.state in TERMINAL:
+            return False
+        if not agent.mailbox.offer(message):
+            deadline = trio.current_time() + self.settings.send_timeout_s
+            if not await agent.mailbox.put(message, deadline):
+                return False
+        if agent.state is S.HIBERNATED:
+            self._wake(agent)
+        return True
+
+    def _hibernate(self, agent: AgentHandle, deadline: float) -> None:
+        frame = agent.frame
+        if frame is not None:
+            ref = self.store.put(frame.snapshot())
+            self.store.pin(ref)
+            agent.snapshot = ref
+            agent.final_used = frame.used
+            agent.frame = None
+        agent.deadline = deadline
+        agent._set(S.HIBERNATED)
+        self._hibernations += 1
+        if agent.cancel_requested:
+            agent.cancel()
+            return
+        self._timers.call_at(deadline, lambda: self._wake(agent))
+
+    def _wake(self, agent: AgentHandle) -> None:
+        if agent.state is not S.HIBERNATED or self._nursery is None or self._closed:
+            return
+        agent._set(S.READY)
+        self._wakeups += 1
+        self._nursery.start_soon(agent._main, True)
+
+    def _unpin_snapshot(self, agent: AgentHandle) -> None:
+        ref, agent.snapshot = agent.snapshot, None
+        if ref is not None and not self.store.closed:
+            self.store.unpin(ref)
+
+    # --- endings ---------------------------------------------------------------------------
+
+    def _on_finished(self, agent: AgentHandle, state: AgentState) -> None:
+        self._completions += 1
+        if state is not S.BUDGET_EXCEEDED:
+            self._agents.pop(agent.id, None)
+            if agent.name is not None and self._names.get(agent.name) is agent:
+                del self._names[agent.name]
+        for message in agent.mailbox.drain():
+            del message  # undelivered: the agent ended
+        parent = agent.parent
+        if parent is not None:
+            if agent.child_budget:
+                used = agent.spent + agent.final_used
+                parent._refund(max(0, agent.child_budget - used))
+                agent.child_budget = 0
+            if not agent.delegated and parent.state not in TERMINAL:
+                report = {"child": agent.id, "state": state.value, "value": agent.value if state is S.DONE else None,
+                          "error": None if state is S.DONE else child_result(agent)["error"]["message"]}
+                if parent.mailbox.offer(report) and parent.state is S.HIBERNATED:
+                    self._wake(parent)
+            agent.parent = None
+        if self._idle is not None and not self.live:
+            self._idle.set()
+            self._idle = None
+
+    def _restart_task(self, agent: AgentHandle, was: AgentState) -> None:
+        """An agent that ran out of budget got more: run it again."""
+        if self._nursery is None or self._closed:
+            raise VMError("the VM has exited")
+        self._agents[agent.id] = agent
+        if agent.name is not None:
+            self._names.setdefault(agent.name, agent)
+        agent._set(S.READY)
+        self._nursery.start_soon(agent._main)
+
+    def _record_fault(self, agent: AgentHandle, fault: Fault) -> None:
+        self._faults.append((agent.id, agent.name, fault.line, f"{fault.kind}: {fault.error}"))
+
+    # --- lookups and numbers -------------------------------------------------------------------
+
+    def agent(self, key: int | str) -> AgentHandle | None:
+        """A live agent by id or name."""
+        return self._agents.get(key) if type(key) is int else self._names.get(key)  # type: ignore[arg-type]
+
+    def statistics(self) -> VMStatistics:
+        return VMStatistics(
+            agents=self._spawned, live=self.live,
+            by_state={state.value: n for state, n in self._counts.items() if n},
+            transitions=self._transitions, spawns=self._child_spawns, completions=self._completions,
+            restarts=self._restarts, hibernations=self._hibernations, wakeups=self._wakeups,
+            preemptions=self._preemptions, energy_used=self._energy / 1000, effects=dict(self._effects),
+            messages=self._messages, llm_errors=self._llm_errors, prompt_tokens=self._prompt_tokens,
+            completion_tokens=self._completion_tokens, recent_faults=tuple(self._faults))
