@@ -1,0 +1,140 @@
+"""Agents calling the LLM (the embedded server over loopback, through the gateway) and tools."""
+
+from __future__ import annotations
+
+import pytest
+
+import avm
+from avm.agent import AgentError
+from avm.conversation import fill, placeholders
+from avm.runtime import VM
+from avm.scheduler.states import AgentState as S
+
+ASK = """
+    push "Tell me about {topic}."
+    format
+    llm
+    return
+"""
+
+
+async def test_llm_reply_is_pushed_and_the_conversation_kept_as_refs():
+    async with VM() as vm:
+        h = await vm.spawn(ASK, inputs={"topic": "tides"}, budget=50)
+        reply = await h.result()
+        assert isinstance(reply, str) and reply
+        stats = vm.statistics()
+        assert stats.effects["llm"] == 1 and stats.prompt_tokens > 0 and stats.completion_tokens > 0
+        assert vm.gateway.statistics().requests == 1
+
+
+async def test_token_usage_is_charged_at_the_documented_rates():
+    async with VM() as vm:
+        h = await vm.spawn(ASK, inputs={"topic": "tides"}, budget=50)
+        await h.result()
+        stats = vm.statistics()
+        frame = avm.Frame(avm.compile(ASK), budget=50, inputs={"topic": "tides"})
+        assert isinstance(frame.run(), avm.Effect)
+        frame.resume("x")
+        frame.run()
+        tokens = (stats.prompt_tokens * vm.settings.energy_per_prompt_token
+                  + stats.completion_tokens * vm.settings.energy_per_completion_token)
+        assert h.energy_used == pytest.approx(frame.energy_used + tokens, abs=1e-3)
+
+
+async def test_a_shared_system_prompt_is_stored_once_and_templates_render_per_agent():
+    prompt = "You are a careful analyst. " * 2000  # ~54 KB
+    template = "You are {name}, working on {topic}. " + prompt
+    assert placeholders(template) == ("name", "topic")
+    async with VM() as vm:
+        before = vm.store.statistics().unique_bytes
+        handles = [await vm.spawn(ASK, system=template, inputs={"topic": "tides", "name": f"agent-{i}"},
+                                  budget=50) for i in range(50)]
+        for h in handles:
+            await h.result()
+        grown = vm.store.statistics().unique_bytes - before
+        assert grown < 2 * len(template)  # one template, not 50 rendered copies
+        request = vm._request(handles[7], [])
+        assert request.messages[0].content == fill(template, {"topic": "tides", "name": "agent-7"})
+        plain = await vm.spawn(ASK, system=prompt, inputs={"topic": "x"})
+        assert isinstance(vm._request(plain, []).messages[0].content, avm.Ref)  # no placeholders: sent as its ref
+
+
+async def test_a_tool_call_reply_is_a_map_the_program_can_run():
+    @avm.tool
+    def search(query: str) -> str:
+        """Search the web."""
+        return f"results for {query}"
+
+    program = """
+        push "Research {topic}."
+        format
+    turn:
+        llm
+        store reply
+        load reply
+        call type 1
+        push "map"
+        eq
+        jump_unless answer
+        load reply
+        push "tool_calls"
+        get
+        push 0
+        get
+        store call
+        load call
+        push "arguments"
+        get
+        tool search 1
+        store found
+        push "role"
+        push "tool"
+        push "tool_call_id"
+        load call
+        push "id"
+        get
+        push "content"
+        load found
+        map 3
+        jump turn
+    answer:
+        load reply
+        return
+    """
+    async with VM(tools=[search]) as vm:
+        h = await vm.spawn(program, inputs={"topic": "octopuses"}, tools=["search"], budget=100)
+        answer = await h.result()
+        assert isinstance(answer, str) and answer.startswith("FINAL ANSWER")
+        tools_used = vm.statistics().effects["tool"]
+        assert tools_used >= 1 and vm.tools.statistics().ok == tools_used
+        assert vm.statistics().effects["llm"] == tools_used + 1
+
+
+async def test_an_ungranted_tool_faults_the_agent_naming_it():
+    @avm.tool
+    def secret() -> str:
+        return "no"
+
+    async with VM(tools=[secret]) as vm:
+        h = await vm.spawn("tool secret 0\nreturn\n")
+        with pytest.raises(AgentError, match="ToolDenied: tool 'secret' was not granted"):
+            await h.result()
+        assert h.state is S.FAILED
+        assert vm.tools.statistics().denied == 1
+
+
+async def test_a_bad_llm_message_faults_with_a_clear_error():
+    async with VM() as vm:
+        h = await vm.spawn('push "role"\npush "wizard"\npush "content"\npush "x"\nmap 2\nllm\nreturn\n')
+        with pytest.raises(AgentError, match="MessageError: llm: a message role is one of"):
+            await h.result()
+
+
+async def test_llm_failures_reach_the_program_as_error_values():
+    # every request answered 500: the gateway retries, gives up, the program gets an error value
+    async with VM(llm_server={"rate_500": 1.0}, gateway={"max_retries": 1, "backoff_s": 0.001}) as vm:
+        h = await vm.spawn(ASK, inputs={"topic": "x"})
+        error = (await h.result())["error"]
+        assert error["tool"] == "llm" and error["type"] == "server"
+        assert vm.statistics().llm_errors == 1
