@@ -3,11 +3,13 @@
 Public names are re-exported here explicitly; ``__all__`` is sorted.
 """
 
+from avm.agent import AgentError, AgentHandle
 from avm.errors import (
     AvmError,
     CompileError,
     CorruptObject,
     InternalError,
+    LLMError,
     NotFound,
     ProgramError,
     SnapshotError,
@@ -20,12 +22,18 @@ from avm.lang.compiler import compile_source as compile
 from avm.lang.disasm import disassemble
 from avm.lang.frame import Frame, FrameStateError
 from avm.lang.grammar import gbnf
-from avm.lang.outcomes import BudgetExceeded, Done, Effect, Fault, Outcome, Stalled
+from avm.lang.outcomes import BudgetExceeded, Done, Effect, Fault, Outcome, Preempted, Stalled
 from avm.memory import ContentStore, Ref, StoreStatistics, TierStatistics, ValueFormatError
+from avm.runtime import VM, VMError, VMSettings, VMStatistics
+from avm.scheduler.states import AgentState
+from avm.scheduler.supervision import RestartPolicy
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AgentError",
+    "AgentHandle",
+    "AgentState",
     "AvmError",
     "BudgetExceeded",
     "Code",
@@ -39,10 +47,13 @@ __all__ = [
     "Frame",
     "FrameStateError",
     "InternalError",
+    "LLMError",
     "NotFound",
     "Outcome",
+    "Preempted",
     "ProgramError",
     "Ref",
+    "RestartPolicy",
     "SnapshotError",
     "Stalled",
     "StoreError",
@@ -53,6 +64,10 @@ __all__ = [
     "ToolDenied",
     "ToolError",
     "ToolRegistry",
+    "VM",
+    "VMError",
+    "VMSettings",
+    "VMStatistics",
     "ValueFormatError",
     "compile",
     "disassemble",
