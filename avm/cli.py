@@ -6,10 +6,10 @@
     avm grammar            print the GBNF grammar of the language
     avm serve-llm          run the embedded OpenAI-compatible LLM server (Ctrl+C stops it)
 
-Until the runtime lands (issue 4), `avm run` drives each frame itself: it runs
-a program until it ends, faults, runs out of energy or asks for an effect, and
-prints that outcome. Effects are not performed yet; the outcome says which
-effect the program is waiting for.
+`avm run` starts a VM on the embedded LLM server and runs each program as an
+agent (granted the offline demo tools of `avm.demo_tools`), then prints how
+each ended, its value and the energy it used. (The full launcher, with specs,
+fleets and the dashboard, is issue 6.)
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+import trio
+
 from avm.errors import CompileError
 from avm.lang.code import Code
 from avm.lang.compiler import compile_source
 from avm.lang.disasm import disassemble
-from avm.lang.frame import Frame
 from avm.lang.grammar import gbnf
-from avm.lang.outcomes import BudgetExceeded, Done, Effect, Fault, Stalled
 from avm.lang.values import render
 
 EXIT_OK = 0
@@ -97,38 +97,39 @@ def _parse_inputs(pairs: Sequence[str]) -> dict[str, Any]:
     return inputs
 
 
-def _describe(outcome: Any) -> str:
-    if isinstance(outcome, Done):
-        return f"done: {render(outcome.value)[:200]}"
-    if isinstance(outcome, Fault):
-        return f"fault at line {outcome.line}: {outcome.kind}: {outcome.error}"
-    if isinstance(outcome, BudgetExceeded):
-        return f"budget exceeded at line {outcome.line} ({outcome.energy_used:g} of {outcome.budget:g} used)"
-    if isinstance(outcome, Stalled):
-        return f"stalled at line {outcome.line}: {outcome.count} identical {outcome.kind} effects"
-    if isinstance(outcome, Effect):
-        shown = ", ".join(render(a)[:60] for a in outcome.args)
-        return f"waiting for {outcome.kind}({shown}) at line {outcome.line}: effects need the runtime"
-    return repr(outcome)  # pragma: no cover
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     files = [Path(f) for f in args.files] or _example_files()
     if not files:
         raise CliError("no programs to run (and no examples/*.avm found)")
     inputs = _parse_inputs(args.input)
-    results = []
-    for path in files:
-        code = _compile_file(str(path))
-        frame = Frame(code, budget=args.budget, inputs=inputs)
-        outcome = frame.run()
-        results.append({"program": path.name, "id": code.id, "outcome": type(outcome).__name__,
-                        "summary": _describe(outcome), "energy_used": frame.energy_used})
+    codes = [(path, _compile_file(str(path))) for path in files]
+    results = trio.run(_run_agents, codes, inputs, args.budget)
+    for r in results:
         if not args.json:
-            print(f"{path.name:<24} {_describe(outcome)}  [energy {frame.energy_used:g}]")
+            print(f"{r['program']:<24} {r['summary']}  [energy {r['energy_used']:g}]")
     if args.json:
         print(json.dumps({"programs": results}))
     return EXIT_OK
+
+
+async def _run_agents(codes: list[tuple[Path, Code]], inputs: dict[str, Any], budget: float) -> list[dict[str, Any]]:
+    from avm.agent import AgentError
+    from avm.demo_tools import TOOLS
+    from avm.runtime import VM
+
+    out = []
+    async with VM(tools=TOOLS) as vm:
+        handles = [(path, code, await vm.spawn(code, inputs=inputs, budget=budget, tools=[t.name for t in TOOLS]))
+                   for path, code in codes]
+        for path, code, h in handles:
+            try:
+                value = await h.result()
+                summary = f"done: {render(value)[:200]}"
+            except AgentError as exc:
+                summary = f"{exc.state.value}: {exc.detail}"
+            out.append({"program": path.name, "id": code.id, "state": h.state.value, "summary": summary,
+                        "energy_used": h.energy_used})
+    return out
 
 
 def cmd_serve_llm(args: argparse.Namespace) -> int:

@@ -321,12 +321,13 @@ def test_effects_resume_and_run_state_errors():
     _same(f1, f2, out1, out2)
     with pytest.raises(FrameStateError):
         run_blocks(f2)
-    for reply in ("plan", "found it"):
+    call = {"text": None, "tool_calls": [{"id": "c1", "name": "search", "arguments": {"query": "octopuses"}}]}
+    for reply in (call, "found it", "three facts"):  # a tool call, its tool's result, the final text
         f1.resume(reply)
         f2.resume(reply)
         out1, out2 = f1.run(), run_blocks(f2)
         _same(f1, f2, out1, out2)
-    assert out2 == Done("Summary of octopuses: found it")
+    assert out2 == Done("three facts")
 
 
 def test_bad_effect_arguments_fault_like_the_interpreter():
@@ -346,7 +347,7 @@ def test_examples(path):
     expected = {
         "fizzbuzz.avm": "1 2 Fizz 4 Buzz Fizz 7 8 Fizz Buzz 11 Fizz 13 14 FizzBuzz",
         "wordcount.avm": '{"and": 2, "bat": 1, "cat": 1, "hat": 1, "the": 3}',
-        "researcher.avm": "Summary of octopuses: result",
+        "researcher.avm": "reply",  # the first reply is text: the answer
     }
     assert isinstance(finals[-1], Done), finals
     if path.name in expected:
