@@ -22,6 +22,7 @@ specs (once per distinct grant) and each conversation message.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 from collections import deque
@@ -51,6 +52,7 @@ __all__ = ["VM", "AgentError", "VMError", "VMSettings", "VMStatistics"]
 
 S = AgentState
 _CACHE_CAP = 1024  # distinct sources, prompts and grants remembered
+_NO_TOOLS: frozenset[str] = frozenset()
 
 
 class VMError(AvmError):
@@ -77,6 +79,10 @@ class VMSettings:
     energy_per_tool_second: float = 1.0  # wall time inside a tool
     on_exit: str = "cancel"  # leaving the VM: "cancel" live agents, or "wait" for them first
     faults_kept: int = 32  # recent faults kept for statistics()
+    # Python's cyclic GC rescans every live agent on each full collection, for nothing: agent state is
+    # acyclic (refs, not object graphs). So after every this many spawns and hibernations the VM calls
+    # gc.freeze() (frozen objects are still freed by reference counting), and gc.unfreeze() at exit. 0: never.
+    gc_freeze_every: int = 2048
     llm_server: dict[str, Any] = field(default_factory=dict)  # ServerSettings of the embedded server
     gateway: dict[str, Any] = field(default_factory=dict)  # GatewaySettings of the gateway the VM opens
 
@@ -164,6 +170,9 @@ class VM:
         self._stored_code: set[str] = set()
         self._prompts: dict[Any, tuple[Ref, tuple[str, ...], str, Message]] = {}
         self._grants: dict[frozenset[str], Ref | None] = {}
+        self._grant_sets: dict[tuple[Any, ...], frozenset[str]] = {}
+        self._since_freeze = 0
+        self._froze = False
 
     # --- lifetime ------------------------------------------------------------------------
 
@@ -228,6 +237,8 @@ class VM:
                     raise lone from lone.__cause__
                 raise
             finally:
+                if self._froze:
+                    gc.unfreeze()  # what the VM froze is collectable again
                 if self._owns_store:
                     self.store.close()
                 elif not self.store.closed:
@@ -268,7 +279,7 @@ class VM:
             budget_milli = to_milli(self.settings.default_budget if budget is None else budget, "budget")
         except (ValueError, TypeError) as exc:
             raise VMError(str(exc)) from None
-        granted = self.tools.check_grant(tools)
+        granted = self._grant(tools)
         agent = self._create(code, inputs, budget_milli, name=name, rank=rank, granted=granted,
                              system=self._system_ref(system), policy=policy)
         self._nursery.start_soon(agent._main)
@@ -290,7 +301,17 @@ class VM:
             self._names[name] = agent
         self._counts[S.READY] += 1
         self._spawned += 1
+        self._tick_gc()
         return agent
+
+    def _tick_gc(self) -> None:
+        every = self.settings.gc_freeze_every
+        if every:
+            self._since_freeze += 1
+            if self._since_freeze >= every:
+                self._since_freeze = 0
+                self._froze = True
+                gc.freeze()
 
     def _spawn_child(self, parent: AgentHandle, effect: Effect) -> AgentHandle | dict[str, Any]:
         """A program's spawn/delegate: the child, or an error value for the parent."""
@@ -367,6 +388,22 @@ class VM:
             self._prompts[ref] = entry
         return entry[0]
 
+    def _grant(self, tools: Any) -> frozenset[str]:
+        """The checked grant, one shared frozenset per distinct grant (agents hold it, so share it)."""
+        if not tools:
+            return _NO_TOOLS
+        if isinstance(tools, str):
+            raise VMError(f"tools is a list of tool names, not the text {tools!r}")
+        key = tools if type(tools) is tuple else tuple(tools)
+        grant = self._grant_sets.get(key)
+        if grant is None:
+            grant = self.tools.check_grant(key)
+            grant = next((g for g in self._grants if g == grant), grant)
+            if len(self._grant_sets) >= _CACHE_CAP:
+                self._grant_sets.clear()
+            self._grant_sets[key] = grant
+        return grant
+
     def _tools_ref(self, granted: frozenset[str]) -> Ref | None:
         if granted in self._grants:
             return self._grants[granted]
@@ -418,6 +455,7 @@ class VM:
         agent.deadline = deadline
         agent._set(S.HIBERNATED)
         self._hibernations += 1
+        self._tick_gc()
         if agent.cancel_requested:
             agent.cancel()
             return

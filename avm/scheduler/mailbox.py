@@ -81,16 +81,20 @@ class Mailbox:
             return found, message
         if self.receiver is not None:
             raise RuntimeError("two tasks receive from one mailbox")  # pragma: no cover - the runtime prevents it
+        if deadline == math.inf:  # no cancel scope: an idle agent parked forever costs less
+            return True, await self._park()
         with trio.move_on_at(deadline):
-            self.receiver = current_task()
-
-            def abort(_: Any) -> Abort:
-                self.receiver = None
-                return Abort.SUCCEEDED
-
-            message = await wait_task_rescheduled(abort)
-            return True, message
+            return True, await self._park()
         return False, None
+
+    async def _park(self) -> Any:
+        self.receiver = current_task()
+
+        def abort(_: Any) -> Abort:
+            self.receiver = None
+            return Abort.SUCCEEDED
+
+        return await wait_task_rescheduled(abort)
 
     def drain(self) -> list[Any]:
         """Every queued message (used when an agent ends)."""

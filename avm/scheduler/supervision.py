@@ -36,13 +36,15 @@ class RestartPolicy:
 
     @classmethod
     def of(cls, spec: str | RestartPolicy) -> RestartPolicy:
-        """A policy from its mode name (defaults for the rest) or as given."""
+        """A policy from its mode name (defaults for the rest) or as given; one shared instance per mode."""
         if isinstance(spec, RestartPolicy):
             return spec
-        return cls(spec)
+        policy = _BY_MODE.get(spec) if isinstance(spec, str) else None
+        return policy if policy is not None else cls(spec)
 
 
-NEVER = RestartPolicy()
+_BY_MODE: dict[str, RestartPolicy] = {mode: RestartPolicy(mode) for mode in MODES}
+NEVER = _BY_MODE["never"]
 
 
 class RestartHistory:
