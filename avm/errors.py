@@ -14,6 +14,7 @@
     ├── ToolDefinitionError       a function that cannot be a tool (avm.io.tools)
     ├── FrameStateError           a frame driven out of order by its host (avm.lang.frame)
     ├── LLMServerError            the embedded LLM server cannot start or serve (avm.io.faults)
+    ├── LLMError                  an LLM request the gateway could not answer (avm.io.gateway)
     └── InternalError             a bug in AVM itself
 
 Errors raised by the libraries AVM uses (lmdb, zstandard, httpx) are caught at
@@ -85,6 +86,36 @@ class CorruptObject(StoreError):
 
 class StoreFormatError(StoreError):
     """A directory that is not an AVM store, or one of an unknown format version."""
+
+
+class LLMError(AvmError):
+    """An LLM request the gateway could not answer.
+
+    ``kind`` says what went wrong, so that callers can decide without parsing
+    the message: ``"auth"`` (the key was refused; never retried),
+    ``"rate_limit"``, ``"server"`` (5xx), ``"timeout"``, ``"connection"``,
+    ``"malformed"`` (a body that is not the JSON expected), ``"bad_request"``
+    (4xx, or a request the gateway cannot encode), ``"config"`` (no endpoint
+    configured), ``"cancelled"`` (the gateway closed first) or ``"internal"``.
+    ``request`` names the request (its model and the first 12 hex digits of
+    its cache key, e.g. ``"avm-embedded/3fa2c1d4e5f6"``) and ``status`` is
+    the HTTP status when there was one. The message names the request too,
+    and never holds the API key.
+    """
+
+    def __init__(self, message: str, *, kind: str, request: str | None = None, status: int | None = None):
+        self.message = message
+        self.kind = kind
+        self.request = request
+        self.status = status
+        super().__init__(f"LLM request {request}: {message}" if request else message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_llm_error, (self.message, self.kind, self.request, self.status))
+
+
+def _rebuild_llm_error(message: str, kind: str, request: str | None, status: int | None) -> LLMError:
+    return LLMError(message, kind=kind, request=request, status=status)
 
 
 class InternalError(AvmError):

@@ -1,0 +1,200 @@
+"""The small async interface between the gateway and an LLM server.
+
+The gateway decides *what* to send and *when* (cache, single-flight, queue,
+batches, retries); a backend only moves bytes and reads replies. A backend
+takes request bodies already encoded as JSON (see `avm.io.wire`), so that a
+batch is the concatenation of its items and nothing is encoded twice::
+
+    class Backend(Protocol):
+        supports_batch: bool          # may turn False when the server refuses batches
+        max_connections: int          # the pool size; the gateway sends no more at once
+        async def send(self, body: bytes) -> Reply
+        async def send_stream(self, body: bytes) -> Reply
+        async def send_batch(self, bodies: Sequence[bytes]) -> list[Reply | Failure]
+        def connections(self) -> tuple[int, int]   # (opened so far, most open at once)
+        async def aclose(self) -> None
+
+A failed attempt raises `Failure` (a whole batch failed) or is returned in
+the batch's list (one item failed). A `Failure` holds a ``kind`` (as
+`avm.errors.LLMError`), the HTTP status if any, a message that never holds
+the API key, and the server's ``Retry-After`` when it sent one. The gateway
+turns failures into retries or into an `LLMError` naming the request.
+
+This module also reads the OpenAI response shapes (`parse_chat`) and the
+retry headers (`retry_after`), for any backend that speaks that protocol.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from avm.io.request import Usage
+
+__all__ = ["RETRYABLE", "Backend", "Failure", "Reply", "error_detail", "failure_for_status", "failure_from_error",
+           "parse_chat", "parse_usage", "retry_after"]
+
+RETRYABLE = frozenset(("rate_limit", "server", "timeout", "connection"))
+"""Failure kinds worth another attempt (the issue's list: connection errors, timeouts, 429, 5xx)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One completion as the server gave it (choice 0)."""
+
+    text: str
+    finish_reason: str
+    usage: Usage
+    tool_calls: tuple[Any, ...] = ()
+
+
+class Failure(Exception):
+    """One failed attempt, translated from HTTP at the edge."""
+
+    def __init__(self, kind: str, message: str, *, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in RETRYABLE
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the gateway needs from a server connection (see the module docstring)."""
+
+    supports_batch: bool
+    max_connections: int
+
+    async def send(self, body: bytes) -> Reply: ...
+
+    async def send_stream(self, body: bytes) -> Reply: ...
+
+    async def send_batch(self, bodies: Sequence[bytes]) -> list[Reply | Failure]: ...
+
+    def connections(self) -> tuple[int, int]: ...
+
+    async def aclose(self) -> None: ...
+
+
+# ---------------------------------------------------------------- responses
+
+
+def parse_usage(obj: Any) -> Usage:
+    if obj is None:
+        return Usage()
+    if not isinstance(obj, dict):
+        raise Failure("malformed", "usage is not an object")
+    prompt = obj.get("prompt_tokens", 0)
+    completion = obj.get("completion_tokens", 0)
+    if type(prompt) is not int or type(completion) is not int or prompt < 0 or completion < 0:
+        raise Failure("malformed", "usage token counts are not non-negative integers")
+    return Usage(prompt, completion)
+
+
+def parse_chat(obj: Any) -> Reply:
+    """Choice 0 of a ``chat.completion`` object; `Failure` ("malformed") if fields are missing.
+
+    An item that is an OpenAI error object (as some batch endpoints return
+    for one bad item) becomes the `Failure` its type implies.
+    """
+    if not isinstance(obj, dict):
+        raise Failure("malformed", "the reply is not a JSON object")
+    choices = obj.get("choices")
+    if choices is None and "error" in obj:
+        raise failure_from_error(obj["error"])
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise Failure("malformed", "the reply has no choices")
+    choice = choices[0]
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        raise Failure("malformed", "choices[0] has no message")
+    text = message.get("content")
+    if text is None:
+        text = ""
+    elif type(text) is not str:
+        raise Failure("malformed", "choices[0].message.content is not text")
+    reason = choice.get("finish_reason")
+    if type(reason) is not str:
+        raise Failure("malformed", "choices[0].finish_reason is missing")
+    calls = message.get("tool_calls")
+    if calls is None:
+        calls = ()
+    elif not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
+        raise Failure("malformed", "choices[0].message.tool_calls is not a list of objects")
+    else:
+        calls = tuple(calls)
+    return Reply(text, reason, parse_usage(obj.get("usage")), calls)
+
+
+def failure_from_error(error: Any) -> Failure:
+    kind_of = {"rate_limit_error": "rate_limit", "server_error": "server", "invalid_request_error": "bad_request",
+               "authentication_error": "auth"}
+    if isinstance(error, dict):
+        message = str(error.get("message") or "the server reported an error")[:300]
+        return Failure(kind_of.get(str(error.get("type")), "server"), message)
+    return Failure("server", "the server reported an error")
+
+
+# ---------------------------------------------------------------- status and headers
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            ms = float(value)
+        except ValueError:
+            ms = math.nan
+        if math.isfinite(ms) and ms >= 0:
+            return ms / 1000.0
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        return max(0.0, when.timestamp() - time.time())
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def failure_for_status(status: int, headers: Mapping[str, str], detail: str) -> Failure:
+    """The failure an HTTP status stands for (``detail``: the server's message, already scrubbed)."""
+    if status in (401, 403):
+        what = "refused the API key" if status == 401 else "refused access"
+        return Failure("auth", f"the server {what} ({status}): {detail}", status=status)
+    if status == 429:
+        return Failure("rate_limit", f"rate limited (429): {detail}", status=status, retry_after=retry_after(headers))
+    if status >= 500:
+        return Failure("server", f"server error ({status}): {detail}", status=status, retry_after=retry_after(headers))
+    if status == 408:
+        return Failure("timeout", f"the server timed out the request (408): {detail}", status=status)
+    return Failure("bad_request", f"the server refused the request ({status}): {detail}", status=status)
+
+
+def error_detail(body: bytes, limit: int = 300) -> str:
+    """The message of an OpenAI-style error body, or the start of the body."""
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict) and isinstance(obj.get("error"), dict) and isinstance(obj["error"].get("message"), str):
+        text = obj["error"]["message"]
+    else:
+        text = body[:limit].decode("utf-8", "replace")
+    text = " ".join(text.split())
+    return text[:limit] if text else "(no details)"

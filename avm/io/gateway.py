@@ -1,0 +1,709 @@
+"""`Gateway`: the one way agents reach an LLM.
+
+Agents never speak HTTP. An agent hands its `LLMRequest` to
+``await gateway.complete(request, priority=...)`` and gets an `LLMResponse`
+or an `LLMError`. On the way:
+
+1. **Key.** The request's cache key (`avm.io.keys`: the same bytes as
+   `LLMRequest.cache_key()`, in a few microseconds). It also names the
+   request in errors: ``model/first-12-hex-of-the-key``.
+2. **Cache** (cacheable requests only: temperature 0, a seed, or opted in):
+   the hot LRU, then the store (`avm.io.cache`). A hit never touches the
+   network and comes back with ``cached=True``.
+3. **Single-flight.** An identical cacheable request already in flight is
+   joined: it is sent once and every waiter gets its reply or its error.
+4. **Queue.** Requests wait per model in a heap ordered by
+   ``enqueue_time + priority * aging_s`` (priority 0 interactive, 1 normal,
+   2 background): interactive requests go first, but a background request
+   that has waited ``2 * aging_s`` ranks with a fresh interactive one, so no
+   stream of interactive requests starves it.
+5. **Batches.** The batcher holds an HTTP slot (there are
+   ``max_connections``), gathers requests of one model for up to
+   ``batch_window_s`` or until ``batch_size`` wait, and sends them as one
+   HTTP request where the backend accepts batches (else one by one, over the
+   same bounded slots). ``max_in_flight`` and ``max_in_flight_per_model``
+   bound the requests sent and not yet answered: beyond them requests stay
+   queued, in priority order (backpressure).
+6. **Failures.** Connection errors, timeouts, 429 and 5xx are retried with
+   exponential backoff and jitter, at least as late as the server's
+   ``Retry-After`` (capped), up to ``max_retries`` times; each attempt has
+   ``attempt_timeout_s``, so every call ends. A whole call can also be
+   bounded: ``timeout=`` to `complete`, or ``request_timeout_s`` for all
+   (off by default: the cancel scope it takes per waiting request is a
+   measurable share of the gateway's CPU with 10,000 agents waiting). A
+   malformed reply, a failed batch item,
+   a 4xx becomes an `LLMError` naming the request, delivered to its waiters
+   only. A 401 is logged once, clearly, never retried, and from then on
+   every request that would need the network fails at once with the same
+   error (cache hits are still served). Nothing a request does can stop the
+   batcher: an unexpected exception while sending fails that send's requests
+   with kind ``"internal"`` and is logged.
+
+Token usage comes back in ``LLMResponse.usage`` (prompt and completion
+tokens as the server counted them; the cached usage for a cache hit); the
+runtime charges the agent's energy from it. `statistics` sums the usage of
+replies that came from the network.
+
+The gateway owns a trio nursery (the batcher, the sends, the retry timers):
+use it as ``async with Gateway(backend, store=store) as gw:``; leaving the
+block fails what is still waiting with kind ``"cancelled"`` and closes the
+backend's HTTP client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import math
+import random
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from heapq import heappop, heappush
+from types import TracebackType
+from typing import Any, Self
+
+import trio
+
+from avm.errors import LLMError
+from avm.io.backends import Backend, Failure, Reply
+from avm.io.cache import ResponseCache
+from avm.io.keys import RequestKeyer
+from avm.io.openai import OpenAIBackend
+from avm.io.request import LLMRequest, LLMResponse, RequestError, Usage
+from avm.io.wire import WireEncoder
+
+__all__ = ["Gateway", "GatewaySettings", "GatewayStatistics"]
+
+log = logging.getLogger("avm.io.gateway")
+
+PRIORITIES = (0, 1, 2)  # interactive, normal, background
+_INF = math.inf
+
+# states of a pending request
+_QUEUED, _SENT, _RETRY, _DONE, _ABANDONED = range(5)
+
+_current_task = trio.lowlevel.current_task
+_wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
+_reschedule = trio.lowlevel.reschedule
+_ABORT_OK = trio.lowlevel.Abort.SUCCEEDED
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """Every knob of the gateway; times in seconds, sizes in bytes or requests."""
+
+    batch: bool = True  # send batches where the backend accepts them
+    batch_size: int = 128  # most requests in one batch
+    batch_window_s: float = 0.002  # gather a batch this long after the first request waits (<= 5 ms)
+    max_connections: int = 8  # HTTP requests in flight at once (also capped by the backend's pool)
+    max_in_flight: int = 4096  # requests sent and not yet answered, all models
+    max_in_flight_per_model: int = 4096  # the same, per model
+    aging_s: float = 1.0  # a request of priority p ranks as if it had arrived p * aging_s later
+    attempt_timeout_s: float = 60.0  # one HTTP attempt
+    request_timeout_s: float | None = None  # a whole complete() call, queue and retries included (None: no limit)
+    max_retries: int = 4  # more attempts after the first, for retryable failures
+    backoff_s: float = 0.2  # delay before the first retry; doubles each time, with jitter
+    backoff_max_s: float = 20.0  # cap on the backoff
+    retry_after_max_s: float = 60.0  # cap on a server's Retry-After
+    stream: bool = False  # send single requests with "stream": true (SSE)
+    cache: bool = True  # cache replies to cacheable requests
+    hot_cache_bytes: int = 64 << 20  # the hot tier's budget
+    shared_bytes: int = 32 << 20  # encoded shared parts (system prompts, tool lists)
+    latency_samples: int = 4096  # size of the latency reservoir
+    seed: int | None = None  # seeds the retry jitter and the reservoir (None: from the OS)
+
+    def __post_init__(self) -> None:
+        def positive_int(name: str, lo: int = 1) -> None:
+            value = getattr(self, name)
+            if type(value) is not int or value < lo:
+                raise LLMError(f"{name} must be an int >= {lo}, not {value!r}", kind="config")
+
+        def seconds(name: str, allow_none: bool = False) -> None:
+            value = getattr(self, name)
+            if value is None and allow_none:
+                return
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or math.isinf(value):
+                raise LLMError(f"{name} must be a finite number of seconds >= 0, not {value!r}", kind="config")
+
+        for name in ("batch_size", "max_connections", "max_in_flight", "max_in_flight_per_model",
+                     "latency_samples"):
+            positive_int(name)
+        positive_int("max_retries", 0)
+        positive_int("hot_cache_bytes", 0)
+        positive_int("shared_bytes", 0)
+        for name in ("batch_window_s", "aging_s", "backoff_s", "backoff_max_s", "retry_after_max_s"):
+            seconds(name)
+        seconds("request_timeout_s", allow_none=True)
+        seconds("attempt_timeout_s")
+        if not self.attempt_timeout_s > 0:
+            raise LLMError("attempt_timeout_s must be > 0", kind="config")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None = None, **overrides: Any) -> GatewaySettings:
+        """Settings from a dict and keyword overrides; unknown keys are an error."""
+        merged = {**(values or {}), **overrides}
+        unknown = sorted(set(merged) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise LLMError(f"unknown gateway settings: {', '.join(unknown)}", kind="config")
+        return cls(**merged)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayStatistics:
+    """What the gateway has done since it was made (a snapshot)."""
+
+    requests: int  # complete() calls
+    hits_hot: int  # answered from the hot cache tier
+    hits_store: int  # answered from the store tier
+    misses: int  # cacheable requests found in neither tier
+    uncacheable: int  # requests that may not be cached (sampled and unseeded)
+    coalesced: int  # requests that joined an identical one in flight
+    sent: int  # requests handed to the backend (each attempt counts)
+    http_requests: int
+    batches: int  # HTTP requests that carried a batch (2 or more requests)
+    batch_size_mean: float  # requests per batch
+    batch_size_max: int
+    streamed: int  # HTTP requests sent as streams
+    retries: int  # attempts after the first
+    errors_by_kind: dict[str, int]  # complete() calls that raised LLMError, by kind
+    latency_p50_s: float  # of replies from the network (reservoir of recent samples)
+    latency_p99_s: float
+    in_flight: int  # requests sent and not yet answered, now
+    queued: int  # requests waiting to be sent, now
+    http_connections_opened: int  # TCP connections the backend opened
+    http_connections_max: int  # the most open at once
+    prompt_tokens: int  # usage of replies from the network
+    completion_tokens: int
+    cache_errors: int  # store-tier reads or writes that failed (the gateway went on)
+
+    @property
+    def hits(self) -> int:
+        return self.hits_hot + self.hits_store
+
+
+class _Pending:
+    """One request on its way: queued, sent, waiting to retry, or done."""
+
+    __slots__ = (
+        "attempts",
+        "body",
+        "cacheable",
+        "done",
+        "error",
+        "key",
+        "model",
+        "rank",
+        "reply",
+        "request",
+        "seq",
+        "state",
+        "tasks",
+    )
+
+    def __init__(self, request: LLMRequest, key: bytes, body: bytes, cacheable: bool, rank: float, seq: int):
+        self.request = request
+        self.key = key
+        self.model = request.model
+        self.body = body
+        self.cacheable = cacheable
+        self.rank = rank
+        self.seq = seq
+        self.attempts = 1
+        self.tasks: list[trio.lowlevel.Task] = []  # the trio tasks waiting for it
+        self.done = False
+        self.reply: Reply | None = None
+        self.error: LLMError | None = None
+        self.state = _QUEUED
+
+    @property
+    def ident(self) -> str:
+        return f"{self.model}/{self.key.hex()[:12]}"
+
+
+def _ident(request: LLMRequest, key: bytes | None) -> str:
+    return f"{request.model}/{key.hex()[:12] if key is not None else '?'}"
+
+
+class Gateway:
+    """Caches, coalesces, queues, batches and sends LLM requests (see the module docstring)."""
+
+    def __init__(self, backend: Backend | None = None, *, store: Any = None,
+                 settings: GatewaySettings | None = None, **overrides: Any):
+        if settings is None:
+            settings = GatewaySettings.from_mapping(overrides)
+        elif overrides:
+            settings = dataclasses.replace(settings, **overrides)
+        if backend is None:
+            backend = OpenAIBackend()  # from OPENAI_BASE_URL / OPENAI_API_KEY
+        self.settings = settings
+        self._backend = backend
+        self._store = store
+        self._keyer = RequestKeyer()
+        self._encoder = WireEncoder(store, shared_bytes=settings.shared_bytes)
+        self._cache = ResponseCache(store, hot_bytes=settings.hot_cache_bytes)
+        self._rng = random.Random(settings.seed)
+        self._seq = itertools.count()
+        self._queues: dict[str, list[tuple[float, int, _Pending]]] = {}
+        self._flights: dict[bytes, _Pending] = {}
+        self._live: set[_Pending] = set()
+        self._queued = 0
+        self._in_flight = 0
+        self._in_flight_by_model: dict[str, int] = {}
+        self._window_start = _INF
+        self._wake = trio.Event()
+        self._wake_at = _INF  # wake the batcher when this many requests are queued
+        self._wake_on_free = False  # ... or when in-flight capacity frees up
+        self._slots = trio.Semaphore(max(1, min(settings.max_connections,
+                                                getattr(backend, "max_connections", settings.max_connections))))
+        self._nursery: trio.Nursery | None = None
+        self._stack: AsyncExitStack | None = None
+        self._running = False
+        self._auth: Failure | None = None
+        self._unsupported_logged = False
+        # counters
+        self._requests = self._hits_hot = self._hits_store = self._misses = self._uncacheable = 0
+        self._coalesced = self._sent = self._http = self._batches = self._batch_items = self._batch_max = 0
+        self._streamed = self._retries = self._prompt_tokens = self._completion_tokens = 0
+        self._errors: dict[str, int] = {}
+        self._latencies: list[float] = []
+        self._latency_seen = 0
+
+    def __repr__(self) -> str:
+        state = "running" if self._running else "stopped"
+        return f"<Gateway {state} backend={self._backend!r} queued={self._queued} in_flight={self._in_flight}>"
+
+    # ------------------------------------------------------------ lifetime
+
+    async def __aenter__(self) -> Self:
+        if self._stack is not None:
+            raise LLMError("the gateway is already running", kind="config")
+        stack = AsyncExitStack()
+        self._nursery = await stack.enter_async_context(trio.open_nursery())
+        self._stack = stack
+        self._running = True
+        self._nursery.start_soon(self._batcher)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self._running = False
+        for p in list(self._live):
+            self._finish(p, error=LLMError("the gateway closed before the reply came", kind="cancelled",
+                                           request=p.ident))
+        stack, self._stack = self._stack, None
+        assert stack is not None and self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+        try:
+            await stack.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+                lone = group.exceptions[0]
+                raise lone from lone.__cause__
+            raise
+        finally:
+            self._nursery = None
+            with trio.CancelScope(shield=True):
+                await self._backend.aclose()
+
+    # ------------------------------------------------------------ the entry point
+
+    async def complete(self, request: LLMRequest, *, priority: int = 1, timeout: float | None = None) -> LLMResponse:
+        """The reply to ``request``; `LLMError` if there is none.
+
+        ``priority``: 0 interactive, 1 normal, 2 background. ``timeout``
+        (seconds) bounds this call, queueing and retries included; by default
+        ``settings.request_timeout_s``.
+        """
+        start = trio.current_time()
+        self._requests += 1
+        if priority not in PRIORITIES:
+            raise ValueError(f"priority must be 0 (interactive), 1 (normal) or 2 (background), not {priority!r}")
+        try:
+            key = self._keyer.digest(request)
+        except RequestError as exc:
+            raise self._raised(LLMError(str(exc), kind="bad_request", request=_ident(request, None))) from exc
+        cacheable = self.settings.cache and request.cacheable
+        if cacheable:
+            entry = self._cache.hot(key)
+            if entry is not None:
+                self._hits_hot += 1
+                return LLMResponse(entry[0], entry[1], Usage(entry[2], entry[3]), trio.current_time() - start, True,
+                                   entry[4])
+            pending = self._flights.get(key)
+            if pending is not None:
+                self._coalesced += 1
+                return await self._wait(pending, start, timeout)
+            entry = self._cache.stored(key)
+            if entry is not None:
+                self._hits_store += 1
+                return LLMResponse(entry[0], entry[1], Usage(entry[2], entry[3]), trio.current_time() - start, True,
+                                   entry[4])
+            self._misses += 1
+        else:
+            self._uncacheable += 1
+        if not self._running:
+            raise self._raised(LLMError("the gateway is not running (use `async with gateway:`)", kind="cancelled",
+                                        request=_ident(request, key)))
+        if self._auth is not None:
+            raise self._raised(self._auth_error(_ident(request, key)))
+        try:
+            body = self._encoder.body(request)
+        except RequestError as exc:
+            raise self._raised(LLMError(str(exc), kind="bad_request", request=_ident(request, key))) from exc
+        pending = _Pending(request, key, body, cacheable, start + priority * self.settings.aging_s, next(self._seq))
+        if cacheable:
+            self._flights[key] = pending
+        self._live.add(pending)
+        self._enqueue(pending)
+        return await self._wait(pending, start, timeout)
+
+    async def _wait(self, p: _Pending, start: float, timeout: float | None) -> LLMResponse:
+        """Park this task until ``p`` is done (trio's low-level parking: no Event per request).
+
+        Ten thousand agents waiting means ten thousand of these; each object
+        a waiting request keeps alive is traversed by every full collection
+        of the garbage collector, so a waiter holds only its task in
+        ``p.tasks`` and this frame.
+        """
+        limit = self.settings.request_timeout_s if timeout is None else timeout
+        task = _current_task()
+        tasks = p.tasks
+        tasks.append(task)
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            tasks.remove(task)
+            return _ABORT_OK
+
+        try:
+            if limit is None:
+                await _wait_task_rescheduled(abort)
+            else:
+                with trio.move_on_at(start + limit):
+                    await _wait_task_rescheduled(abort)
+        finally:
+            if not p.done and not tasks:
+                self._abandon(p)
+        if not p.done:
+            raise self._raised(LLMError(f"no reply within {limit:g} s", kind="timeout", request=p.ident))
+        error = p.error
+        if error is not None:
+            raise self._raised(LLMError(error.message, kind=error.kind, request=error.request, status=error.status))
+        reply = p.reply
+        assert reply is not None
+        latency = trio.current_time() - start
+        self._sample(latency)
+        return LLMResponse(reply.text, reply.finish_reason, reply.usage, latency, False, reply.tool_calls)
+
+    def _raised(self, error: LLMError) -> LLMError:
+        self._errors[error.kind] = self._errors.get(error.kind, 0) + 1
+        return error
+
+    # ------------------------------------------------------------ the queue
+
+    def _enqueue(self, p: _Pending) -> None:
+        p.state = _QUEUED
+        queue = self._queues.get(p.model)
+        if queue is None:
+            queue = self._queues[p.model] = []
+        heappush(queue, (p.rank, p.seq, p))
+        if self._queued == 0:
+            self._window_start = trio.current_time()
+        self._queued += 1
+        if self._queued >= self._wake_at:
+            self._wake.set()
+
+    def _abandon(self, p: _Pending) -> None:
+        """Nobody waits for ``p`` any more: drop it unless it is already on the wire."""
+        if p.state == _SENT:
+            return  # the reply will still be cached
+        if p.state == _QUEUED:
+            self._queued -= 1
+            if self._queued == 0:
+                self._queues.clear()
+        p.state = _ABANDONED
+        self._live.discard(p)
+        if self._flights.get(p.key) is p:
+            del self._flights[p.key]
+
+    def _pick(self) -> str | None:
+        """The model whose best queued request ranks first, among models with capacity."""
+        if self._in_flight >= self.settings.max_in_flight:
+            return None
+        limit = self.settings.max_in_flight_per_model
+        best: tuple[float, int, _Pending] | None = None
+        best_model = None
+        for model, queue in list(self._queues.items()):
+            while queue and queue[0][2].state != _QUEUED:
+                heappop(queue)
+            if not queue:
+                del self._queues[model]
+                continue
+            if self._in_flight_by_model.get(model, 0) >= limit:
+                continue
+            if best is None or queue[0][:2] < best[:2]:
+                best, best_model = queue[0], model
+        return best_model
+
+    async def _sleep_until(self, queued: float, on_free: bool = False) -> None:
+        """Wait until ``queued`` requests wait (or capacity frees up, with ``on_free``)."""
+        self._wake = trio.Event()
+        self._wake_at = queued
+        self._wake_on_free = on_free
+        try:
+            await self._wake.wait()
+        finally:
+            self._wake_at = _INF
+            self._wake_on_free = False
+
+    async def _take(self) -> tuple[str, list[_Pending]]:
+        """The next batch to send (one model), once there is one and capacity for it."""
+        s = self.settings
+        while True:
+            if self._queued == 0:
+                await self._sleep_until(1)
+                continue
+            batching = s.batch and self._backend.supports_batch
+            size = s.batch_size if batching else 1
+            if batching and self._queued < size and s.batch_window_s > 0:
+                deadline = self._window_start + s.batch_window_s
+                if trio.current_time() < deadline:
+                    with trio.move_on_at(deadline):
+                        await self._sleep_until(size)
+                    continue
+            model = self._pick()
+            if model is None:  # at the in-flight limits: wait for a reply, or another model's request
+                await self._sleep_until(self._queued + 1, on_free=True)
+                continue
+            room = min(size, s.max_in_flight - self._in_flight,
+                       s.max_in_flight_per_model - self._in_flight_by_model.get(model, 0))
+            queue = self._queues[model]
+            items: list[_Pending] = []
+            while queue and len(items) < room:
+                p = heappop(queue)[2]
+                if p.state == _QUEUED:
+                    p.state = _SENT
+                    items.append(p)
+            if not queue:
+                del self._queues[model]
+            if not items:
+                continue
+            self._queued -= len(items)
+            # leftovers start a new window: a slot that frees later than that sends them at once
+            self._window_start = trio.current_time() if self._queued else _INF
+            self._in_flight += len(items)
+            self._in_flight_by_model[model] = self._in_flight_by_model.get(model, 0) + len(items)
+            return model, items
+
+    async def _batcher(self) -> None:
+        """Forever: take an HTTP slot, take a batch, send it in its own task."""
+        slots = self._slots
+        assert self._nursery is not None
+        while True:
+            await slots.acquire()
+            try:
+                model, items = await self._take()
+            except BaseException:
+                slots.release()
+                raise
+            self._nursery.start_soon(self._send, model, items)
+
+    # ------------------------------------------------------------ sending
+
+    async def _send(self, model: str, items: list[_Pending]) -> None:
+        try:
+            await self._send_items(items)
+        except Exception:  # a bug must not take the gateway down: fail this send's requests, go on
+            log.exception("LLM gateway: unexpected error sending %d request(s) for %s", len(items), model)
+            for p in items:
+                if p.state == _SENT:
+                    self._release(p)
+                    self._finish(p, error=LLMError("internal error in the LLM gateway (see the log)",
+                                                   kind="internal", request=p.ident))
+        finally:
+            self._slots.release()
+
+    async def _send_items(self, items: list[_Pending]) -> None:
+        s = self.settings
+        backend = self._backend
+        self._http += 1
+        self._sent += len(items)
+        if len(items) == 1:
+            p = items[0]
+            send = backend.send
+            if s.stream:
+                send = backend.send_stream
+                self._streamed += 1
+            outcome: Reply | Failure
+            with trio.move_on_after(s.attempt_timeout_s) as scope:
+                try:
+                    outcome = await send(p.body)
+                except Failure as failure:
+                    outcome = failure
+            if scope.cancelled_caught:
+                outcome = Failure("timeout", f"no reply within {s.attempt_timeout_s:g} s")
+            self._settle([(p, outcome)])
+            return
+        self._batches += 1
+        self._batch_items += len(items)
+        self._batch_max = max(self._batch_max, len(items))
+        outcomes: list[Reply | Failure] | Failure
+        with trio.move_on_after(s.attempt_timeout_s) as scope:
+            try:
+                outcomes = await backend.send_batch([p.body for p in items])
+            except Failure as failure:
+                outcomes = failure
+        if scope.cancelled_caught:
+            outcomes = Failure("timeout", f"no reply within {s.attempt_timeout_s:g} s")
+        if isinstance(outcomes, Failure):
+            if outcomes.kind == "unsupported":
+                self._unsupported(items)
+                return
+            self._settle([(p, outcomes) for p in items])
+        else:
+            self._settle(list(zip(items, outcomes)))
+
+    def _settle(self, results: list[tuple[_Pending, Reply | Failure]]) -> None:
+        """Deliver replies, schedule retries, fail the rest; one bad item never affects another."""
+        retry: list[tuple[float, _Pending]] = []
+        for p, outcome in results:
+            try:
+                self._release(p)
+                if isinstance(outcome, Reply):
+                    self._prompt_tokens += outcome.usage.prompt_tokens
+                    self._completion_tokens += outcome.usage.completion_tokens
+                    if p.cacheable:
+                        self._cache.put(p.key, outcome)  # type: ignore[arg-type]
+                    self._finish(p, reply=outcome)
+                    continue
+                if outcome.kind == "auth":
+                    self._on_auth(outcome)
+                    self._finish(p, error=self._auth_error(p.ident))
+                    continue
+                if outcome.retryable and p.attempts <= self.settings.max_retries and p.tasks:
+                    retry.append((self._backoff(p.attempts, outcome.retry_after), p))
+                    p.attempts += 1
+                    p.state = _RETRY
+                    self._retries += 1
+                    continue
+                message = outcome.message
+                if p.attempts > 1:
+                    message += f" (after {p.attempts} attempts)"
+                self._finish(p, error=LLMError(message, kind=outcome.kind, request=p.ident, status=outcome.status))
+            except Exception:
+                log.exception("LLM gateway: unexpected error delivering %s", p.ident)
+                self._finish(p, error=LLMError("internal error in the LLM gateway (see the log)", kind="internal",
+                                               request=p.ident))
+        if retry and self._nursery is not None:
+            self._nursery.start_soon(self._retry_later, retry)
+
+    def _release(self, p: _Pending) -> None:
+        """``p`` leaves the wire: give back its in-flight capacity."""
+        if p.state != _SENT:
+            return
+        p.state = _RETRY
+        self._in_flight -= 1
+        left = self._in_flight_by_model[p.model] - 1
+        if left:
+            self._in_flight_by_model[p.model] = left
+        else:
+            del self._in_flight_by_model[p.model]
+        if self._wake_on_free:
+            self._wake.set()
+
+    def _finish(self, p: _Pending, *, reply: Reply | None = None, error: LLMError | None = None) -> None:
+        if p.state == _SENT:
+            self._release(p)
+        elif p.state == _QUEUED:
+            self._queued -= 1
+        p.state = _DONE
+        p.reply = reply
+        p.error = error
+        self._live.discard(p)
+        if self._flights.get(p.key) is p:
+            del self._flights[p.key]
+        p.done = True
+        tasks = p.tasks
+        if tasks:
+            for task in tasks:
+                _reschedule(task)
+            tasks.clear()
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        s = self.settings
+        base = min(s.backoff_max_s, s.backoff_s * (2 ** (attempt - 1)))
+        delay = base / 2 + self._rng.random() * base / 2  # "equal jitter": never less than half the backoff
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, s.retry_after_max_s))
+        return delay
+
+    async def _retry_later(self, retry: list[tuple[float, _Pending]]) -> None:
+        start = trio.current_time()
+        retry.sort(key=lambda entry: entry[0])
+        for delay, p in retry:
+            await trio.sleep_until(start + delay)
+            if p.state == _RETRY:
+                if p.tasks and self._auth is None:
+                    self._enqueue(p)
+                elif self._auth is not None:
+                    self._finish(p, error=self._auth_error(p.ident))
+                else:
+                    self._abandon(p)
+
+    def _unsupported(self, items: list[_Pending]) -> None:
+        if not self._unsupported_logged:
+            self._unsupported_logged = True
+            log.info("LLM gateway: the backend has no batch endpoint; sending requests one by one")
+        for p in items:
+            self._release(p)
+            self._enqueue(p)
+
+    def _on_auth(self, failure: Failure) -> None:
+        if self._auth is not None:
+            return
+        self._auth = failure
+        log.error("LLM gateway: %s. Check the API key (OPENAI_API_KEY); no further request will be sent.",
+                  failure.message)
+        for p in list(self._live):
+            if p.state in (_QUEUED, _RETRY):
+                self._finish(p, error=self._auth_error(p.ident))
+
+    def _auth_error(self, ident: str) -> LLMError:
+        failure = self._auth
+        assert failure is not None
+        return LLMError(f"{failure.message} (not retried; requests fail until the key is fixed)", kind="auth",
+                        request=ident, status=failure.status)
+
+    # ------------------------------------------------------------ statistics
+
+    def _sample(self, latency: float) -> None:
+        """Reservoir sampling (algorithm R): a fixed-size uniform sample of every latency."""
+        self._latency_seen += 1
+        samples = self._latencies
+        if len(samples) < self.settings.latency_samples:
+            samples.append(latency)
+        else:
+            j = self._rng.randrange(self._latency_seen)
+            if j < len(samples):
+                samples[j] = latency
+
+    def statistics(self) -> GatewayStatistics:
+        """A frozen snapshot of the counters."""
+        ordered = sorted(self._latencies)
+
+        def quantile(q: float) -> float:
+            return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+        connections = getattr(self._backend, "connections", None)
+        opened, peak = connections() if connections is not None else (0, 0)
+        return GatewayStatistics(
+            requests=self._requests, hits_hot=self._hits_hot, hits_store=self._hits_store, misses=self._misses,
+            uncacheable=self._uncacheable, coalesced=self._coalesced, sent=self._sent, http_requests=self._http,
+            batches=self._batches, batch_size_mean=self._batch_items / self._batches if self._batches else 0.0,
+            batch_size_max=self._batch_max, streamed=self._streamed, retries=self._retries,
+            errors_by_kind=dict(self._errors), latency_p50_s=quantile(0.5), latency_p99_s=quantile(0.99),
+            in_flight=self._in_flight, queued=self._queued, http_connections_opened=opened,
+            http_connections_max=peak, prompt_tokens=self._prompt_tokens,
+            completion_tokens=self._completion_tokens, cache_errors=self._cache.errors)
+

@@ -1,0 +1,192 @@
+"""`WireEncoder`: an `LLMRequest` as the JSON body of a chat completion.
+
+Agents hold refs, not copies: a thousand agents share one 50 KB system prompt
+and one tool list, each a `Ref` into the store. Resolving and JSON-escaping
+those shared parts for every request would cost more CPU than everything
+else the gateway does, so each shared part is resolved and encoded once and
+kept, as JSON bytes, in an LRU bounded by bytes:
+
+* a message whose content is a ``Ref``: its whole JSON object, keyed by
+  (role, ref); long texts (``share_min_chars`` and up) are kept the same way,
+  keyed by (role, text), so a prompt passed as text is also escaped once;
+* tools given as a ``Ref`` (to a list stored with ``store.put_value``): the
+  JSON array, keyed by the ref;
+* the parameters (model, temperature, ...): the JSON members, keyed by their
+  values, as in `avm.io.keys`.
+
+A body is then the concatenation of those fragments. Numbers that OpenAI
+reads as floats are sent as floats (``1`` as ``1.0``) and omitted parameters
+are left out (the server applies its defaults, which the cache key assumes).
+The encoder trusts what `RequestKeyer` already validated; what it finds
+wrong itself (a ref the store does not hold, tools that are not a list of
+objects) raises `RequestError`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from cachetools import LRUCache
+
+from avm.errors import StoreError
+from avm.io.request import LLMRequest, Message, RequestError
+from avm.memory.ref import Ref
+
+__all__ = ["WireEncoder", "dumps"]
+
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
+
+
+def dumps(value: Any) -> bytes:
+    """Compact JSON bytes (ASCII, so texts with any code point survive)."""
+    return _ENCODE(value).encode("ascii")
+
+
+_FLOATS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+
+
+class WireEncoder:
+    """Encodes requests to JSON bodies, sharing the encoding of shared parts."""
+
+    def __init__(self, store: Any = None, *, shared_bytes: int = 32 << 20, share_min_chars: int = 2048):
+        self._store = store
+        self._shared: LRUCache[Any, Any] = LRUCache(maxsize=shared_bytes, getsizeof=len)
+        self._share_min = share_min_chars
+        self._params: dict[tuple[Any, ...], bytes] = {}
+        self.shared_hits = 0
+        self.shared_misses = 0
+
+    # ------------------------------------------------------------ the body
+
+    def body(self, request: LLMRequest) -> bytes:
+        """The JSON body of a chat completion request for ``request`` (without ``stream``)."""
+        r = request
+        tools = r.tools
+        choice = r.tool_choice
+        memo = (not r.extra and r.response_format is None and (tools is None or type(tools) is Ref)
+                and (choice is None or type(choice) is str))
+        head: bytes | None = None
+        if memo:
+            pk = (r.model, r.temperature, r.top_p, r.max_tokens, r.stop, r.seed, r.n, r.presence_penalty,
+                  r.frequency_penalty, r.grammar, tools, choice)
+            head = self._params.get(pk)
+            if head is None:
+                head = self._head(r)
+                if len(self._params) >= 4096:
+                    self._params.clear()
+                self._params[pk] = head
+        else:
+            head = self._head(r)
+        fragment = self._message
+        return head + b",".join([fragment(m) for m in r.messages]) + b"]}"
+
+    def _head(self, r: LLMRequest) -> bytes:
+        """``{"model":...,<parameters>,"messages":[`` for this request's parameters."""
+        out = [b'{"model":', dumps(r.model)]
+        for name in _FLOATS:
+            value = getattr(r, name)
+            if value is not None:
+                out.append(b',"%s":%s' % (name.encode(), dumps(float(value))))
+        for name in ("max_tokens", "seed", "n"):
+            value = getattr(r, name)
+            if value is not None:
+                out.append(b',"%s":%d' % (name.encode(), value))
+        if r.stop is not None:
+            out.append(b',"stop":' + dumps(r.stop if isinstance(r.stop, str) else list(r.stop)))
+        if r.response_format is not None:
+            out.append(b',"response_format":' + dumps(r.response_format))
+        if r.grammar is not None:
+            out.append(b',"grammar":' + dumps(r.grammar))
+        if r.tools is not None:
+            tools = self._tools(r.tools)
+            if tools != b"[]":
+                out.append(b',"tools":' + tools)
+        if r.tool_choice is not None:
+            out.append(b',"tool_choice":' + dumps(r.tool_choice))
+        for key, value in r.extra.items():
+            if key in ("messages", "stream", "stream_options"):
+                raise RequestError(f"extra parameter {key!r} is set by the gateway")
+            out.append(b"," + dumps(key) + b":" + dumps(value))
+        out.append(b',"messages":[')
+        return b"".join(out)
+
+    # ------------------------------------------------------------ shared parts
+
+    def _message(self, m: Message) -> bytes:
+        content = m.content
+        t = type(content)
+        if t is Ref:
+            key: Any = (m.role, content)
+        elif t is str and len(content) >= self._share_min:  # type: ignore[arg-type]
+            key = (m.role, content)
+        else:
+            return dumps(self._message_dict(m, content))
+        if m.name is not None or m.tool_call_id is not None or m.tool_calls:
+            return dumps(self._message_dict(m, self.text(content) if t is Ref else content))  # type: ignore[arg-type]
+        data = self._shared.get(key)
+        if data is None:
+            self.shared_misses += 1
+            text = self._resolve(content) if t is Ref else content  # type: ignore[arg-type]
+            data = dumps({"role": m.role, "content": text})
+            self._remember(key, data)
+        else:
+            self.shared_hits += 1
+        return data
+
+    @staticmethod
+    def _message_dict(m: Message, content: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {"role": m.role, "content": content}
+        if m.name is not None:
+            out["name"] = m.name
+        if m.tool_call_id is not None:
+            out["tool_call_id"] = m.tool_call_id
+        if m.tool_calls:
+            out["tool_calls"] = list(m.tool_calls)
+        return out
+
+    def text(self, ref: Ref) -> str:
+        """The text stored under ``ref`` (UTF-8); `RequestError` if it is not there."""
+        key = ("text", ref)
+        text = self._shared.get(key)
+        if text is None:
+            text = self._resolve(ref)
+            self._remember(key, text)
+        return text  # type: ignore[no-any-return]
+
+    def _resolve(self, ref: Ref) -> str:
+        store = self._store
+        if store is None:
+            raise RequestError(f"a message holds the ref {ref.short} but the gateway has no store")
+        try:
+            return store.get(ref).decode("utf-8")
+        except StoreError as exc:
+            raise RequestError(f"message content {ref.short}: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise RequestError(f"message content {ref.short} is not UTF-8 text") from exc
+
+    def _tools(self, tools: Any) -> bytes:
+        if type(tools) is not Ref:
+            return dumps(list(tools))
+        key = ("tools", tools)
+        data = self._shared.get(key)
+        if data is not None:
+            self.shared_hits += 1
+            return data
+        self.shared_misses += 1
+        store = self._store
+        if store is None:
+            raise RequestError(f"the request's tools are the ref {tools.short} but the gateway has no store")
+        try:
+            specs = store.get_value(tools)
+        except StoreError as exc:
+            raise RequestError(f"tools {tools.short}: {exc}") from exc
+        if not isinstance(specs, list) or not all(isinstance(s, dict) for s in specs):
+            raise RequestError(f"tools {tools.short} is not a list of tool specs")
+        data = dumps(specs)
+        self._remember(key, data)
+        return data
+
+    def _remember(self, key: Any, data: bytes | str) -> None:
+        if len(data) <= self._shared.maxsize:
+            self._shared[key] = data

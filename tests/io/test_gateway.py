@@ -1,0 +1,204 @@
+"""The gateway against the embedded LLM server over real loopback sockets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+from avm.errors import LLMError
+from avm.io.cache import NAME_PREFIX
+from avm.io.gateway import Gateway
+from avm.io.openai import OpenAIBackend
+from avm.io.request import LLMRequest, Message
+from avm.io.server import serve_llm
+from avm.memory import ContentStore
+
+MODEL = "avm-embedded"
+
+
+def ask(text: str, **kw: Any) -> LLMRequest:
+    kw.setdefault("temperature", 0)
+    return LLMRequest(MODEL, (Message("system", "You are a researcher."), Message("user", text)), **kw)
+
+
+def served(server) -> int:
+    """Chat completions the server answered (alone or in batches)."""
+    s = server.statistics()
+    return s.requests_by_endpoint.get("/v1/chat/completions", 0) + s.batch_items
+
+
+async def test_a_reply_then_a_hot_cache_hit_that_never_touches_the_network():
+    async with serve_llm(port=0) as server, Gateway(OpenAIBackend(server.url)) as gw:
+        first = await gw.complete(ask("Tell me about rivers"))
+        assert not first.cached and first.text and first.finish_reason == "stop"
+        assert first.usage.prompt_tokens > 0 and first.usage.completion_tokens > 0 and first.latency > 0
+        before = server.statistics().requests
+        again = await gw.complete(ask("Tell me about rivers"))
+        assert server.statistics().requests == before
+        assert again.cached and (again.text, again.usage) == (first.text, first.usage)
+        stats = gw.statistics()
+    assert (stats.requests, stats.hits_hot, stats.hits_store, stats.misses, stats.http_requests) == (2, 1, 0, 1, 1)
+    usage = server.statistics()
+    assert (stats.prompt_tokens, stats.completion_tokens) == (usage.prompt_tokens, usage.completion_tokens)
+
+
+async def test_only_cacheable_requests_are_cached():
+    async with serve_llm(port=0) as server:
+        async with Gateway(OpenAIBackend(server.url)) as gw:
+            sampled = LLMRequest(MODEL, (Message("user", "Write a poem"),))  # temperature 1 by default
+            for _ in range(2):
+                assert not (await gw.complete(sampled)).cached
+            assert (await gw.complete(ask("Write a poem", temperature=0.8, seed=4))).cached is False
+            assert (await gw.complete(ask("Write a poem", temperature=0.8, seed=4))).cached is True
+            assert (await gw.complete(ask("Write a poem", temperature=0.8, cache=True))).cached is False
+            assert (await gw.complete(ask("Write a poem", temperature=0.8, cache=True))).cached is True
+            stats = gw.statistics()
+        assert served(server) == 4
+    assert (stats.uncacheable, stats.misses, stats.hits_hot) == (2, 2, 2)
+
+
+async def test_a_repeated_run_is_served_from_the_store_on_disk(tmp_path):
+    questions = [ask(f"Question {i} about glaciers") for i in range(5)]
+    with ContentStore(tmp_path / "store") as store:
+        async with serve_llm(port=0) as server, Gateway(OpenAIBackend(server.url), store=store) as gw:
+            first = [await gw.complete(q) for q in questions]
+        assert len(store.names(NAME_PREFIX)) == 5
+    with ContentStore(tmp_path / "store") as store:  # a new process would see the same
+        async with serve_llm(port=0) as server:
+            async with Gateway(OpenAIBackend(server.url), store=store) as gw:
+                second = [await gw.complete(q) for q in questions]
+                stats = gw.statistics()
+            assert server.statistics().requests == 0
+    assert [r.text for r in second] == [r.text for r in first] and all(r.cached for r in second)
+    assert (stats.hits_store, stats.hits_hot, stats.http_requests) == (5, 0, 0)
+
+
+async def test_identical_requests_in_flight_are_sent_once():
+    async with serve_llm(port=0, latency_ms=30) as server:
+        async with Gateway(OpenAIBackend(server.url)) as gw:
+            replies = []
+
+            async def one() -> None:
+                replies.append(await gw.complete(ask("What is a fjord?")))
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(25):
+                    nursery.start_soon(one)
+            stats = gw.statistics()
+        assert served(server) == 1
+    assert len({r.text for r in replies}) == 1 and not any(r.cached for r in replies)
+    assert (stats.coalesced, stats.misses, stats.sent) == (24, 1, 1)
+
+
+async def test_concurrent_requests_go_in_batches_over_few_connections():
+    async with serve_llm(port=0, latency_ms=20) as server:
+        async with Gateway(OpenAIBackend(server.url, max_connections=4), batch_size=32) as gw:
+            texts: dict[int, str] = {}
+
+            async def one(i: int) -> None:
+                texts[i] = (await gw.complete(ask(f"Task {i}: summarise the findings"))).text
+
+            async with trio.open_nursery() as nursery:
+                for i in range(300):
+                    nursery.start_soon(one, i)
+            stats = gw.statistics()
+        server_stats = server.statistics()
+    assert len(texts) == 300 and len(set(texts.values())) > 1
+    assert server_stats.batch_items + server_stats.requests_by_endpoint.get("/v1/chat/completions", 0) == 300
+    assert stats.batches >= 300 // 32 and stats.batch_size_max == 32 and stats.batch_size_mean > 16
+    assert stats.http_requests < 40
+    assert 1 <= stats.http_connections_max <= 4
+    assert stats.http_connections_opened == server_stats.connections_opened <= 4
+    assert 0 < stats.latency_p50_s <= stats.latency_p99_s
+
+
+async def test_without_batching_requests_go_one_by_one_over_a_bounded_pool():
+    async with serve_llm(port=0) as server:
+        async with Gateway(OpenAIBackend(server.url, max_connections=3), batch=False) as gw:
+            async with trio.open_nursery() as nursery:
+                for i in range(40):
+                    nursery.start_soon(gw.complete, ask(f"Task {i}"))
+            stats = gw.statistics()
+        server_stats = server.statistics()
+    assert server_stats.requests_by_endpoint.get("/v1/chat/completions") == 40 and server_stats.batch_items == 0
+    assert (stats.http_requests, stats.batches) == (40, 0)
+    assert stats.http_connections_opened == server_stats.connections_opened <= 3
+
+
+async def test_a_backend_without_batches_gets_single_requests():
+    async with serve_llm(port=0) as server:
+        async with Gateway(OpenAIBackend(server.url, batch=False)) as gw, trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(gw.complete, ask(f"Task {i}"))
+        assert server.statistics().batch_items == 0
+        assert server.statistics().requests_by_endpoint["/v1/chat/completions"] == 20
+
+
+async def test_streamed_replies_equal_plain_ones():
+    request = ask("Explain how tides work", max_tokens=40)
+    async with serve_llm(port=0) as server:
+        async with Gateway(OpenAIBackend(server.url)) as gw:
+            plain = await gw.complete(request)
+        async with Gateway(OpenAIBackend(server.url), stream=True) as gw:
+            streamed = await gw.complete(request)
+            stats = gw.statistics()
+    assert (streamed.text, streamed.finish_reason, streamed.usage) == (plain.text, plain.finish_reason, plain.usage)
+    assert stats.streamed == 1
+
+
+async def test_refs_in_messages_and_tools_reach_the_server_as_text():
+    store = ContentStore()
+    system = store.put(b"You are an agent with tools.")
+    tools = store.put_value([{"type": "function", "function": {
+        "name": "lookup", "description": "Look a word up.",
+        "parameters": {"type": "object", "properties": {"word": {"type": "string"}}, "required": ["word"]}}}])
+    request = LLMRequest(MODEL, (Message("system", system), Message("user", "define harbor")), temperature=0,
+                         tools=tools, tool_choice="required")
+    async with serve_llm(port=0) as server, Gateway(OpenAIBackend(server.url), store=store) as gw:
+        reply = await gw.complete(request)
+    assert reply.finish_reason == "tool_calls" and reply.tool_calls[0]["function"]["name"] == "lookup"
+
+
+async def test_injected_faults_are_retried_until_every_request_succeeds():
+    async with serve_llm(port=0, seed=7, rate_429=0.25, rate_500=0.2, rate_drop=0.1, retry_after_s=0.002) as server:
+        backend = OpenAIBackend(server.url, max_connections=4)
+        async with Gateway(backend, batch_size=8, backoff_s=0.001, backoff_max_s=0.01, max_retries=12) as gw:
+            async with trio.open_nursery() as nursery:
+                for i in range(60):
+                    nursery.start_soon(gw.complete, ask(f"Task {i}"))
+            stats = gw.statistics()
+        faults = server.statistics().faults_by_kind
+    assert faults.get("429", 0) and faults.get("500", 0) and faults.get("drop", 0)
+    assert stats.retries > 0 and stats.errors_by_kind == {}
+    assert stats.sent == 60 + stats.retries
+
+
+async def test_malformed_replies_become_errors_naming_the_request_and_the_gateway_goes_on():
+    async with serve_llm(port=0, rate_malformed=1.0) as server, Gateway(OpenAIBackend(server.url)) as gw:
+        request = ask("anything")
+        for _ in range(2):
+            with pytest.raises(LLMError) as info:
+                await gw.complete(request)
+            error = info.value
+            assert error.kind == "malformed" and error.status is None
+            assert error.request == f"{MODEL}/{request.cache_key().hex()[:12]}"
+            assert error.request in str(error)
+        assert gw.statistics().errors_by_kind == {"malformed": 2}
+
+
+async def test_a_server_that_never_answers_times_out_each_attempt():
+    async with serve_llm(port=0, rate_timeout=1.0, timeout_hold_s=30) as server, Gateway(OpenAIBackend(server.url), attempt_timeout_s=0.05, max_retries=1, backoff_s=0.001) as gw:
+        with pytest.raises(LLMError, match="after 2 attempts") as info:
+            await gw.complete(ask("hello"))
+        assert info.value.kind == "timeout"
+        assert gw.statistics().retries == 1
+
+
+async def test_a_request_timeout_bounds_the_whole_call():
+    async with serve_llm(port=0, latency_ms=5_000) as server, Gateway(OpenAIBackend(server.url)) as gw:
+        with pytest.raises(LLMError, match="no reply within 0.05 s") as info:
+            await gw.complete(ask("slow"), timeout=0.05)
+        assert info.value.kind == "timeout"
+        assert gw.statistics().errors_by_kind == {"timeout": 1}

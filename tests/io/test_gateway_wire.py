@@ -1,0 +1,100 @@
+"""Request bodies: refs resolved, shared parts encoded once, parameters as OpenAI reads them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from avm.io.request import LLMRequest, Message, RequestError
+from avm.io.wire import WireEncoder
+from avm.memory import ContentStore, hash_bytes
+
+TOOLS = [{"type": "function", "function": {"name": "search", "description": "Search.",
+                                           "parameters": {"type": "object", "properties": {}}}}]
+
+
+class CountingStore:
+    """A ContentStore that counts reads (to show shared parts are resolved once)."""
+
+    def __init__(self) -> None:
+        self.inner = ContentStore()
+        self.gets = 0
+
+    def put(self, data: bytes):
+        return self.inner.put(data)
+
+    def put_value(self, value):
+        return self.inner.put_value(value)
+
+    def get(self, ref):
+        self.gets += 1
+        return self.inner.get(ref)
+
+    def get_value(self, ref):
+        self.gets += 1
+        return self.inner.get_value(ref)
+
+
+def test_body_holds_resolved_refs_and_only_the_parameters_given():
+    store = ContentStore()
+    system = store.put("You are {name}, a careful researcher. ✓".encode())
+    tools = store.put_value(TOOLS)
+    request = LLMRequest("avm-embedded", (Message("system", system), Message("user", "Find \"quotes\"\n")),
+                         temperature=0, max_tokens=32, stop=("END",), seed=3, tools=tools, tool_choice="auto")
+    body = json.loads(WireEncoder(store).body(request))
+    assert body == {"model": "avm-embedded", "temperature": 0.0, "max_tokens": 32, "stop": ["END"], "seed": 3,
+                    "tools": TOOLS, "tool_choice": "auto",
+                    "messages": [{"role": "system", "content": "You are {name}, a careful researcher. ✓"},
+                                 {"role": "user", "content": "Find \"quotes\"\n"}]}
+
+
+def test_omitted_parameters_are_left_to_the_server_and_floats_stay_floats():
+    body = json.loads(WireEncoder().body(LLMRequest("m", (Message("user", "hi"),), temperature=1, top_p=1)))
+    assert body == {"model": "m", "temperature": 1.0, "top_p": 1.0, "messages": [{"role": "user", "content": "hi"}]}
+    assert isinstance(body["temperature"], float)
+
+
+def test_message_fields_extra_and_response_format_are_sent():
+    call = {"id": "c1", "type": "function", "function": {"name": "search", "arguments": "{}"}}
+    request = LLMRequest("m", (Message("assistant", None, tool_calls=(call,)),
+                               Message("tool", "3 results", tool_call_id="c1", name="search")),
+                         response_format={"type": "json_object"}, extra={"logit_bias": {"5": 1}})
+    body = json.loads(WireEncoder().body(request))
+    assert body["messages"] == [{"role": "assistant", "content": None, "tool_calls": [call]},
+                                {"role": "tool", "content": "3 results", "tool_call_id": "c1", "name": "search"}]
+    assert body["response_format"] == {"type": "json_object"} and body["logit_bias"] == {"5": 1}
+
+
+def test_a_shared_system_prompt_and_tool_list_are_resolved_and_encoded_once():
+    store = CountingStore()
+    system = store.put(("You are a researcher. " * 2500).encode())  # ~50 KB
+    tools = store.put_value(TOOLS)
+    encoder = WireEncoder(store)
+    bodies = [encoder.body(LLMRequest("m", (Message("system", system), Message("user", f"task {i}")),
+                                      tools=tools)) for i in range(1000)]
+    assert store.gets == 2
+    assert encoder.shared_misses == 2 and encoder.shared_hits >= 999
+    assert len({b[:200] for b in bodies}) == 1 and json.loads(bodies[-1])["messages"][1]["content"] == "task 999"
+
+
+def test_a_long_text_prompt_is_escaped_once_too():
+    encoder = WireEncoder(share_min_chars=100)
+    prompt = "Be brief. " * 20
+    for i in range(3):
+        encoder.body(LLMRequest("m", (Message("system", prompt), Message("user", str(i)))))
+    assert encoder.shared_misses == 1 and encoder.shared_hits == 2
+
+
+def test_missing_refs_and_bad_tool_lists_are_request_errors():
+    store = ContentStore()
+    absent = hash_bytes(b"never stored")
+    with pytest.raises(RequestError, match=absent.short):
+        WireEncoder(store).body(LLMRequest("m", (Message("user", absent),)))
+    with pytest.raises(RequestError, match="no store"):
+        WireEncoder().body(LLMRequest("m", (Message("user", absent),)))
+    not_a_list = store.put_value({"name": "x"})
+    with pytest.raises(RequestError, match="not a list"):
+        WireEncoder(store).body(LLMRequest("m", (Message("user", "x"),), tools=not_a_list))
+    with pytest.raises(RequestError, match="set by the gateway"):
+        WireEncoder().body(LLMRequest("m", (Message("user", "x"),), extra={"stream": True}))
