@@ -57,9 +57,7 @@ import itertools
 import logging
 import math
 import random
-from collections.abc import Mapping
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from heapq import heappop, heappush
 from types import TracebackType
 from typing import Any, Self
@@ -69,6 +67,7 @@ import trio
 from avm.errors import LLMError
 from avm.io.backends import Backend, Failure, Reply
 from avm.io.cache import ResponseCache
+from avm.io.gateway_settings import GatewaySettings, GatewayStatistics
 from avm.io.keys import RequestKeyer
 from avm.io.openai import OpenAIBackend
 from avm.io.request import LLMRequest, LLMResponse, RequestError, Usage
@@ -90,99 +89,6 @@ _reschedule = trio.lowlevel.reschedule
 _ABORT_OK = trio.lowlevel.Abort.SUCCEEDED
 
 
-@dataclass(frozen=True, slots=True)
-class GatewaySettings:
-    """Every knob of the gateway; times in seconds, sizes in bytes or requests."""
-
-    batch: bool = True  # send batches where the backend accepts them
-    batch_size: int = 128  # most requests in one batch
-    batch_window_s: float = 0.002  # gather a batch this long after the first request waits (<= 5 ms)
-    max_connections: int = 8  # HTTP requests in flight at once (also capped by the backend's pool)
-    max_in_flight: int = 4096  # requests sent and not yet answered, all models
-    max_in_flight_per_model: int = 4096  # the same, per model
-    aging_s: float = 1.0  # a request of priority p ranks as if it had arrived p * aging_s later
-    attempt_timeout_s: float = 60.0  # one HTTP attempt
-    request_timeout_s: float | None = None  # a whole complete() call, queue and retries included (None: no limit)
-    max_retries: int = 4  # more attempts after the first, for retryable failures
-    backoff_s: float = 0.2  # delay before the first retry; doubles each time, with jitter
-    backoff_max_s: float = 20.0  # cap on the backoff
-    retry_after_max_s: float = 60.0  # cap on a server's Retry-After
-    stream: bool = False  # send single requests with "stream": true (SSE)
-    cache: bool = True  # cache replies to cacheable requests
-    hot_cache_bytes: int = 64 << 20  # the hot tier's budget
-    shared_bytes: int = 32 << 20  # encoded shared parts (system prompts, tool lists)
-    latency_samples: int = 4096  # size of the latency reservoir
-    seed: int | None = None  # seeds the retry jitter and the reservoir (None: from the OS)
-
-    def __post_init__(self) -> None:
-        def positive_int(name: str, lo: int = 1) -> None:
-            value = getattr(self, name)
-            if type(value) is not int or value < lo:
-                raise LLMError(f"{name} must be an int >= {lo}, not {value!r}", kind="config")
-
-        def seconds(name: str, allow_none: bool = False) -> None:
-            value = getattr(self, name)
-            if value is None and allow_none:
-                return
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or math.isinf(value):
-                raise LLMError(f"{name} must be a finite number of seconds >= 0, not {value!r}", kind="config")
-
-        for name in ("batch_size", "max_connections", "max_in_flight", "max_in_flight_per_model",
-                     "latency_samples"):
-            positive_int(name)
-        positive_int("max_retries", 0)
-        positive_int("hot_cache_bytes", 0)
-        positive_int("shared_bytes", 0)
-        for name in ("batch_window_s", "aging_s", "backoff_s", "backoff_max_s", "retry_after_max_s"):
-            seconds(name)
-        seconds("request_timeout_s", allow_none=True)
-        seconds("attempt_timeout_s")
-        if not self.attempt_timeout_s > 0:
-            raise LLMError("attempt_timeout_s must be > 0", kind="config")
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None = None, **overrides: Any) -> GatewaySettings:
-        """Settings from a dict and keyword overrides; unknown keys are an error."""
-        merged = {**(values or {}), **overrides}
-        unknown = sorted(set(merged) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise LLMError(f"unknown gateway settings: {', '.join(unknown)}", kind="config")
-        return cls(**merged)
-
-
-@dataclass(frozen=True, slots=True)
-class GatewayStatistics:
-    """What the gateway has done since it was made (a snapshot)."""
-
-    requests: int  # complete() calls
-    hits_hot: int  # answered from the hot cache tier
-    hits_store: int  # answered from the store tier
-    misses: int  # cacheable requests found in neither tier
-    uncacheable: int  # requests that may not be cached (sampled and unseeded)
-    coalesced: int  # requests that joined an identical one in flight
-    sent: int  # requests handed to the backend (each attempt counts)
-    http_requests: int
-    batches: int  # HTTP requests that carried a batch (2 or more requests)
-    batch_size_mean: float  # requests per batch
-    batch_size_max: int
-    streamed: int  # HTTP requests sent as streams
-    retries: int  # attempts after the first
-    errors_by_kind: dict[str, int]  # complete() calls that raised LLMError, by kind
-    latency_p50_s: float  # of replies from the network (reservoir of recent samples)
-    latency_p99_s: float
-    in_flight: int  # requests sent and not yet answered, now
-    queued: int  # requests waiting to be sent, now
-    http_connections_opened: int  # TCP connections the backend opened
-    http_connections_max: int  # the most open at once
-    prompt_tokens: int  # usage of replies from the network
-    completion_tokens: int
-    cache_errors: int  # store-tier reads or writes that failed (the gateway went on)
-
-    @property
-    def hits(self) -> int:
-        return self.hits_hot + self.hits_store
-
-
 class _Pending:
     """One request on its way: queued, sent, waiting to retry, or done."""
 
@@ -196,14 +102,12 @@ class _Pending:
         "model",
         "rank",
         "reply",
-        "request",
         "seq",
         "state",
         "tasks",
     )
 
     def __init__(self, request: LLMRequest, key: bytes, body: bytes, cacheable: bool, rank: float, seq: int):
-        self.request = request
         self.key = key
         self.model = request.model
         self.body = body
@@ -260,6 +164,7 @@ class Gateway:
         self._nursery: trio.Nursery | None = None
         self._stack: AsyncExitStack | None = None
         self._running = False
+        self._closed = False
         self._auth: Failure | None = None
         self._unsupported_logged = False
         # counters
@@ -277,8 +182,8 @@ class Gateway:
     # ------------------------------------------------------------ lifetime
 
     async def __aenter__(self) -> Self:
-        if self._stack is not None:
-            raise LLMError("the gateway is already running", kind="config")
+        if self._stack is not None or self._closed:
+            raise LLMError("a gateway runs once: it is running or has closed", kind="config")
         stack = AsyncExitStack()
         self._nursery = await stack.enter_async_context(trio.open_nursery())
         self._stack = stack
@@ -289,6 +194,7 @@ class Gateway:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         self._running = False
+        self._closed = True
         for p in list(self._live):
             self._finish(p, error=LLMError("the gateway closed before the reply came", kind="cancelled",
                                            request=p.ident))
@@ -314,7 +220,9 @@ class Gateway:
 
         ``priority``: 0 interactive, 1 normal, 2 background. ``timeout``
         (seconds) bounds this call, queueing and retries included; by default
-        ``settings.request_timeout_s``.
+        ``settings.request_timeout_s``. A hot cache hit returns without
+        yielding to the scheduler (a few microseconds, no checkpoint): a
+        caller that may loop on hits yields on its own schedule.
         """
         start = trio.current_time()
         self._requests += 1
@@ -504,10 +412,23 @@ class Gateway:
             await slots.acquire()
             try:
                 model, items = await self._take()
+            except Exception:  # a bug: fail what waits rather than take the VM down, and go on
+                slots.release()
+                log.exception("LLM gateway: unexpected error in the batcher")
+                self._fail_waiting(LLMError("internal error in the LLM gateway (see the log)", kind="internal"))
+                await trio.sleep(0.01)
+                continue
             except BaseException:
                 slots.release()
                 raise
             self._nursery.start_soon(self._send, model, items)
+
+    def _fail_waiting(self, error: LLMError) -> None:
+        """Fail every request that is queued or waiting to retry with ``error`` (its request named)."""
+        for p in list(self._live):
+            if p.state in (_QUEUED, _RETRY):
+                self._finish(p, error=LLMError(error.message, kind=error.kind, request=p.ident,
+                                               status=error.status))
 
     # ------------------------------------------------------------ sending
 
@@ -643,13 +564,12 @@ class Gateway:
         retry.sort(key=lambda entry: entry[0])
         for delay, p in retry:
             await trio.sleep_until(start + delay)
-            if p.state == _RETRY:
-                if p.tasks and self._auth is None:
-                    self._enqueue(p)
-                elif self._auth is not None:
-                    self._finish(p, error=self._auth_error(p.ident))
-                else:
-                    self._abandon(p)
+            if p.state != _RETRY:
+                continue  # abandoned meanwhile, or failed by a 401
+            if p.tasks:
+                self._enqueue(p)
+            else:
+                self._abandon(p)
 
     def _unsupported(self, items: list[_Pending]) -> None:
         if not self._unsupported_logged:
@@ -665,11 +585,9 @@ class Gateway:
         self._auth = failure
         log.error("LLM gateway: %s. Check the API key (OPENAI_API_KEY); no further request will be sent.",
                   failure.message)
-        for p in list(self._live):
-            if p.state in (_QUEUED, _RETRY):
-                self._finish(p, error=self._auth_error(p.ident))
+        self._fail_waiting(self._auth_error(None))
 
-    def _auth_error(self, ident: str) -> LLMError:
+    def _auth_error(self, ident: str | None) -> LLMError:
         failure = self._auth
         assert failure is not None
         return LLMError(f"{failure.message} (not retried; requests fail until the key is fixed)", kind="auth",

@@ -161,18 +161,36 @@ async def test_refs_in_messages_and_tools_reach_the_server_as_text():
     assert reply.finish_reason == "tool_calls" and reply.tool_calls[0]["function"]["name"] == "lookup"
 
 
+FAULTS = {"seed": 7, "rate_429": 0.25, "rate_500": 0.2, "rate_drop": 0.1, "retry_after_s": 0.002}
+
+
 async def test_injected_faults_are_retried_until_every_request_succeeds():
-    async with serve_llm(port=0, seed=7, rate_429=0.25, rate_500=0.2, rate_drop=0.1, retry_after_s=0.002) as server:
+    """One request per HTTP request: the server's fault draws depend on the request only, so this is exact."""
+    async with serve_llm(port=0, **FAULTS) as server:
         backend = OpenAIBackend(server.url, max_connections=4)
-        async with Gateway(backend, batch_size=8, backoff_s=0.001, backoff_max_s=0.01, max_retries=12) as gw:
+        async with Gateway(backend, batch=False, backoff_s=0.001, backoff_max_s=0.01, max_retries=12) as gw:
             async with trio.open_nursery() as nursery:
                 for i in range(60):
                     nursery.start_soon(gw.complete, ask(f"Task {i}"))
             stats = gw.statistics()
         faults = server.statistics().faults_by_kind
     assert faults.get("429", 0) and faults.get("500", 0) and faults.get("drop", 0)
-    assert stats.retries > 0 and stats.errors_by_kind == {}
+    assert stats.retries == sum(faults.values()) and stats.errors_by_kind == {}
     assert stats.sent == 60 + stats.retries
+
+
+async def test_failed_batches_are_retried_too():
+    async with serve_llm(port=0, **FAULTS) as server:
+        backend = OpenAIBackend(server.url, max_connections=4)
+        # each attempt fails with p = 0.55: 40 retries leave a request failing with p < 1e-10
+        async with Gateway(backend, batch_size=8, backoff_s=0.001, backoff_max_s=0.002, max_retries=40) as gw:
+            async with trio.open_nursery() as nursery:
+                for i in range(200):
+                    nursery.start_soon(gw.complete, ask(f"Task {i}"))
+            stats = gw.statistics()
+        faults = server.statistics().faults_by_kind
+    assert sum(faults.values()) > 0 and stats.retries > 0 and stats.errors_by_kind == {}
+    assert stats.misses == 200 and stats.in_flight == stats.queued == 0
 
 
 async def test_malformed_replies_become_errors_naming_the_request_and_the_gateway_goes_on():

@@ -298,3 +298,26 @@ async def test_settings_are_checked():
         Gateway(ScriptedBackend(), batchsize=3)
     with pytest.raises(ValueError, match="priority"):
         await Gateway(ScriptedBackend()).complete(req("x"), priority=5)
+
+
+async def test_a_bug_in_the_batcher_fails_what_waits_and_the_batcher_goes_on(autojump_clock, caplog):
+    gw = Gateway(ScriptedBackend(delay=0.1))
+    pick = gw._pick
+    calls = []
+
+    def broken_once():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the batcher")
+        return pick()
+
+    gw._pick = broken_once  # type: ignore[method-assign]
+    async with gw:
+        with pytest.raises(LLMError, match="internal error") as info:
+            await gw.complete(req("first"))
+        assert info.value.kind == "internal" and info.value.request.startswith("m/")
+        assert (await gw.complete(req("second"))).text == "re: second"
+    assert "a bug in the batcher" in caplog.text
+    with pytest.raises(LLMError, match="runs once"):
+        async with gw:
+            pass
