@@ -3,13 +3,18 @@
 * **hot**: an in-process LRU (cachetools) bounded by an estimate of the bytes
   its replies hold. A hit costs a dict lookup and an LRU touch.
 * **store**: the `ContentStore`. It is content-addressed (``put`` gives the
-  ref of the bytes), so the reply is stored as an object and *named* by the
-  request: ``store.bind(b"llm-cache/" + key, ref)``. The object is a small
-  JSON record: json is several times cheaper to write than the store's
-  canonical value encoding, and a cache record needs no canonical form. A
-  bound ref survives ``gc`` and, in a store with a path, is written to LMDB
-  with the next flush, so a second run of the same program is answered
-  from disk. A store hit is promoted to the hot tier.
+  ref of the bytes), so replies are stored as objects and *named* by their
+  requests: ``store.bind(b"llm-cache/" + key, ref)``. The replies of one
+  batch are written together, as one small JSON object
+  ``{"v": 2, "replies": {key hex: [text, finish_reason, prompt_tokens,
+  completion_tokens, tool_calls]}}`` with every key bound to it: one ``put``
+  per batch instead of one per reply (json is also several times cheaper
+  to write than the store's canonical value encoding, and a cache record
+  needs no canonical form). A bound ref survives ``gc`` and, in a store with
+  a path, is written to LMDB with the next flush, so a second run of the
+  same program is answered from disk. A store hit is promoted to the hot
+  tier; the last few objects read are kept decoded, so the replies of one
+  batch, asked for again one by one, are decoded once.
 
 Only replies to cacheable requests come here (`LLMRequest.cacheable`: the
 gateway checks). A record read back from the store that is not the shape
@@ -33,7 +38,8 @@ __all__ = ["NAME_PREFIX", "Entry", "ResponseCache"]
 log = logging.getLogger("avm.io.cache")
 
 NAME_PREFIX = b"llm-cache/"
-_RECORD_VERSION = 1
+_RECORD_VERSION = 2
+_DECODED = 8  # store objects kept decoded
 _DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
 _OVERHEAD = 160  # bytes of a cached Reply and its Usage beyond the text, roughly
 _PER_CALL = 256  # bytes per tool call, roughly
@@ -57,6 +63,7 @@ class ResponseCache:
     def __init__(self, store: Any = None, *, hot_bytes: int = 64 << 20):
         self._hot: LRUCache[bytes, Entry] = LRUCache(maxsize=max(hot_bytes, 1), getsizeof=_size)
         self._store = store
+        self._decoded: LRUCache[bytes, dict[str, Any] | None] = LRUCache(maxsize=_DECODED)
         self.errors = 0
         self._warned = False
 
@@ -81,11 +88,14 @@ class ResponseCache:
             ref = store.lookup(NAME_PREFIX + key)
             if ref is None:
                 return None
-            record = json.loads(store.get(ref))
+            replies = self._decoded.get(ref)
+            if replies is None:
+                replies = _replies(json.loads(store.get(ref)))
+                self._decoded[ref] = replies
         except Exception as exc:  # noqa: BLE001 - a store that cannot answer is a miss, not a failure
             self._failed("read", exc)
             return None
-        entry = _from_record(record)
+        entry = _entry(replies.get(key.hex()) if replies is not None else None)
         if entry is None:
             self.errors += 1
             return None
@@ -94,18 +104,26 @@ class ResponseCache:
 
     def put(self, key: bytes, reply: Reply) -> None:
         """Keep ``reply`` in both tiers."""
-        entry = (reply.text, reply.finish_reason, reply.usage.prompt_tokens, reply.usage.completion_tokens,
-                 reply.tool_calls)
-        self._keep_hot(key, entry)
+        self.put_many([(key, reply)])
+
+    def put_many(self, replies: list[tuple[bytes, Reply]]) -> None:
+        """Keep these replies in both tiers: hot one by one, in the store as one object."""
+        keep = self._keep_hot
+        records: dict[str, list[Any]] = {}
+        for key, reply in replies:
+            usage = reply.usage
+            entry = (reply.text, reply.finish_reason, usage.prompt_tokens, usage.completion_tokens, reply.tool_calls)
+            keep(key, entry)
+            records[key.hex()] = [entry[0], entry[1], entry[2], entry[3], list(entry[4])]
         store = self._store
-        if store is None:
+        if store is None or not records:
             return
         try:
-            ref = store.put(_DUMPS({"v": _RECORD_VERSION, "text": entry[0], "finish_reason": entry[1],
-                                    "prompt_tokens": entry[2], "completion_tokens": entry[3],
-                                    "tool_calls": list(entry[4])}).encode("ascii"))
-            store.bind(NAME_PREFIX + key, ref)
-        except Exception as exc:  # noqa: BLE001 - the reply is good whatever the store does
+            ref = store.put(_DUMPS({"v": _RECORD_VERSION, "replies": records}).encode("ascii"))
+            bind = store.bind
+            for key, _ in replies:
+                bind(NAME_PREFIX + key, ref)
+        except Exception as exc:  # noqa: BLE001 - the replies are good whatever the store does
             self._failed("write", exc)
 
     def _keep_hot(self, key: bytes, entry: Entry) -> None:
@@ -119,12 +137,17 @@ class ResponseCache:
             log.warning("LLM response cache: cannot %s the store tier (%s); the hot tier still works", what, exc)
 
 
-def _from_record(record: Any) -> Entry | None:
+def _replies(record: Any) -> dict[str, Any] | None:
     if not isinstance(record, dict) or record.get("v") != _RECORD_VERSION:
         return None
-    text, reason = record.get("text"), record.get("finish_reason")
-    prompt, completion = record.get("prompt_tokens"), record.get("completion_tokens")
-    calls = record.get("tool_calls")
+    replies = record.get("replies")
+    return replies if isinstance(replies, dict) else None
+
+
+def _entry(item: Any) -> Entry | None:
+    if not isinstance(item, list) or len(item) != 5:
+        return None
+    text, reason, prompt, completion, calls = item
     if (type(text) is not str or type(reason) is not str or type(prompt) is not int
             or type(completion) is not int or not isinstance(calls, list)):
         return None

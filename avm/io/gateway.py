@@ -488,6 +488,7 @@ class Gateway:
     def _settle(self, results: list[tuple[_Pending, Reply | Failure]]) -> None:
         """Deliver replies, schedule retries, fail the rest; one bad item never affects another."""
         retry: list[tuple[float, _Pending]] = []
+        cached: list[tuple[bytes, Reply]] = []
         for p, outcome in results:
             try:
                 self._release(p)
@@ -495,7 +496,7 @@ class Gateway:
                     self._prompt_tokens += outcome.usage.prompt_tokens
                     self._completion_tokens += outcome.usage.completion_tokens
                     if p.cacheable:
-                        self._cache.put(p.key, outcome)  # type: ignore[arg-type]
+                        cached.append((p.key, outcome))
                     self._finish(p, reply=outcome)
                     continue
                 if outcome.kind == "auth":
@@ -516,6 +517,8 @@ class Gateway:
                 log.exception("LLM gateway: unexpected error delivering %s", p.ident)
                 self._finish(p, error=LLMError("internal error in the LLM gateway (see the log)", kind="internal",
                                                request=p.ident))
+        if cached:
+            self._cache.put_many(cached)  # after the waiters are woken: they need not wait for the store
         if retry and self._nursery is not None:
             self._nursery.start_soon(self._retry_later, retry)
 

@@ -141,10 +141,8 @@ class OpenAIBackend:
                 if not finished:
                     for data in decoder.close():
                         stream.feed(data)
-        except httpx.TimeoutException as exc:
-            raise Failure("timeout", f"no reply in time ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
-            raise Failure("connection", self.scrub(f"{type(exc).__name__}: {exc}")) from exc
+            raise self._transport_failure(exc) from exc
         return stream.reply()
 
     def connections(self) -> tuple[int, int]:
@@ -159,13 +157,22 @@ class OpenAIBackend:
     async def _post(self, path: str, body: bytes) -> httpx.Response:
         try:
             response = await self._client.post(path, content=body, extensions=self._extensions)
-        except httpx.TimeoutException as exc:
-            raise Failure("timeout", f"no reply in time ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
-            raise Failure("connection", self.scrub(f"{type(exc).__name__}: {exc}")) from exc
+            raise self._transport_failure(exc) from exc
         if response.status_code != 200:
             raise self._status_failure(response, response.content)
         return response
+
+    def _transport_failure(self, exc: httpx.TransportError) -> Failure:
+        """Timeouts and network errors are worth retrying; a URL or request httpx refuses is not."""
+        what = self.scrub(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, httpx.TimeoutException):
+            return Failure("timeout", f"no reply in time ({type(exc).__name__})")
+        if isinstance(exc, httpx.UnsupportedProtocol):
+            return Failure("config", f"cannot reach {self.base_url}: {what}")
+        if isinstance(exc, httpx.LocalProtocolError):
+            return Failure("bad_request", what)
+        return Failure("connection", what)
 
     def _status_failure(self, response: httpx.Response, content: bytes) -> Failure:
         return failure_for_status(response.status_code, response.headers, self.scrub(error_detail(content)))

@@ -61,6 +61,14 @@ class WireEncoder:
 
     def body(self, request: LLMRequest) -> bytes:
         """The JSON body of a chat completion request for ``request`` (without ``stream``)."""
+        try:
+            return self._body(request)
+        except RequestError:
+            raise
+        except (TypeError, ValueError) as exc:  # a value json cannot write (bytes, NaN, an object)
+            raise RequestError(f"the request cannot be sent as JSON: {exc}") from exc
+
+    def _body(self, request: LLMRequest) -> bytes:
         r = request
         tools = r.tools
         choice = r.tool_choice

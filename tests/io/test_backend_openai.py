@@ -230,3 +230,10 @@ async def test_stream_edge_cases():
     with pytest.raises(Failure) as info:
         await backend(refused).send_stream(BODY)
     assert info.value.kind == "rate_limit" and info.value.retry_after == 0.02
+
+
+async def test_a_url_httpx_cannot_use_is_a_config_failure_not_a_retry():
+    b = OpenAIBackend("llm.test/v1")  # no scheme
+    with pytest.raises(Failure) as info:
+        await b.send(BODY)
+    assert info.value.kind == "config" and not info.value.retryable and "llm.test" in info.value.message

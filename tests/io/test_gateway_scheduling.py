@@ -17,6 +17,7 @@ from avm.errors import LLMError
 from avm.io.backends import Failure, Reply
 from avm.io.gateway import Gateway, GatewaySettings
 from avm.io.request import LLMRequest, Message, Usage
+from avm.memory import ContentStore, hash_bytes
 
 
 class ScriptedBackend:
@@ -321,3 +322,16 @@ async def test_a_bug_in_the_batcher_fails_what_waits_and_the_batcher_goes_on(aut
     with pytest.raises(LLMError, match="runs once"):
         async with gw:
             pass
+
+
+async def test_requests_that_cannot_be_sent_are_bad_request_errors_naming_them():
+    missing = hash_bytes(b"never stored")
+    async with Gateway(ScriptedBackend(), store=ContentStore()) as gw:
+        request = LLMRequest("m", (Message("user", missing),))
+        with pytest.raises(LLMError, match=missing.short) as info:
+            await gw.complete(request)
+        assert info.value.kind == "bad_request" and info.value.request == f"m/{request.cache_key().hex()[:12]}"
+        with pytest.raises(LLMError) as info:
+            await gw.complete(LLMRequest("m", (Message("user", "x"),), temperature=9))
+        assert info.value.kind == "bad_request" and info.value.request == "m/?"
+        assert gw.statistics().errors_by_kind == {"bad_request": 2} and gw.statistics().sent == 0

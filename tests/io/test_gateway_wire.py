@@ -98,3 +98,9 @@ def test_missing_refs_and_bad_tool_lists_are_request_errors():
         WireEncoder(store).body(LLMRequest("m", (Message("user", "x"),), tools=not_a_list))
     with pytest.raises(RequestError, match="set by the gateway"):
         WireEncoder().body(LLMRequest("m", (Message("user", "x"),), extra={"stream": True}))
+
+
+def test_values_json_cannot_write_are_request_errors():
+    for extra in ({"logit_bias": {"1": float("nan")}}, {"blob": b"\x00"}):
+        with pytest.raises(RequestError, match="cannot be sent as JSON"):
+            WireEncoder().body(LLMRequest("m", (Message("user", "x"),), extra=extra))
