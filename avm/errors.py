@@ -23,6 +23,9 @@ the edge and re-raised as one of these with ``raise ... from exc``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class AvmError(Exception):
     """Base of every error AVM raises on purpose."""
@@ -120,3 +123,19 @@ def _rebuild_llm_error(message: str, kind: str, request: str | None, status: int
 
 class InternalError(AvmError):
     """A bug in AVM: an invariant that should always hold did not."""
+
+
+@contextmanager
+def lone_exception() -> Iterator[None]:
+    """Let a trio nursery's exception group holding one plain exception out as that exception.
+
+    The VM, the gateway and the embedded server own nurseries inside the
+    caller's ``async with``; a caller's own error should come out as itself.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+            lone = group.exceptions[0]
+            raise lone from lone.__cause__
+        raise

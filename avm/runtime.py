@@ -34,7 +34,7 @@ import trio
 
 from avm.agent import AgentError, AgentHandle, child_result
 from avm.conversation import fill, placeholders
-from avm.errors import AvmError, CompileError, NotFound, StoreError
+from avm.errors import AvmError, CompileError, NotFound, StoreError, lone_exception
 from avm.io.request import LLMRequest, Message
 from avm.io.tools import ToolRegistry, error_value
 from avm.lang.code import Code, CodeFormatError
@@ -230,12 +230,8 @@ class VM:
             assert self._nursery is not None
             self._nursery.cancel_scope.cancel()
             try:
-                await stack.__aexit__(None, None, None)
-            except BaseExceptionGroup as group:
-                if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
-                    lone = group.exceptions[0]
-                    raise lone from lone.__cause__
-                raise
+                with lone_exception():
+                    await stack.__aexit__(None, None, None)
             finally:
                 if self._froze:
                     gc.unfreeze()  # what the VM froze is collectable again

@@ -64,7 +64,7 @@ from typing import Any, Self
 
 import trio
 
-from avm.errors import LLMError
+from avm.errors import LLMError, lone_exception
 from avm.io.backends import Backend, Failure, Reply
 from avm.io.cache import ResponseCache
 from avm.io.gateway_settings import GatewaySettings, GatewayStatistics
@@ -202,12 +202,8 @@ class Gateway:
         assert stack is not None and self._nursery is not None
         self._nursery.cancel_scope.cancel()
         try:
-            await stack.__aexit__(exc_type, exc, tb)
-        except BaseExceptionGroup as group:
-            if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
-                lone = group.exceptions[0]
-                raise lone from lone.__cause__
-            raise
+            with lone_exception():
+                await stack.__aexit__(exc_type, exc, tb)
         finally:
             self._nursery = None
             with trio.CancelScope(shield=True):

@@ -45,9 +45,21 @@ from typing import Any
 import h11
 import trio
 
+from avm.errors import lone_exception
 from avm.io.faults import FaultModel, LLMServerError, Plan, ServerSettings
-from avm.io.replies import (UNSEEDED, BadRequest, Choice, canonical, chat_choice, chat_prompt_tokens, check_chat,
-                            check_completion, completion_choice, digest, tokens)
+from avm.io.replies import (
+    UNSEEDED,
+    BadRequest,
+    Choice,
+    canonical,
+    chat_choice,
+    chat_prompt_tokens,
+    check_chat,
+    check_completion,
+    completion_choice,
+    digest,
+    tokens,
+)
 
 __all__ = ["LLMServer", "LLMServerError", "ServerSettings", "ServerStatistics", "run_server", "serve_llm"]
 
@@ -538,18 +550,13 @@ async def serve_llm(settings: ServerSettings | None = None, **overrides: Any) ->
     """
     server = LLMServer(settings, **overrides)
     listeners = await server._listen()  # a port in use raises LLMServerError here, plainly
-    try:
+    with lone_exception():
         async with trio.open_nursery() as nursery:
             await nursery.start(server._serve, listeners)
             try:
                 yield server
             finally:
                 nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
-            lone = group.exceptions[0]
-            raise lone from lone.__cause__
-        raise
 
 
 def run_server(settings: ServerSettings | None = None, *, on_ready: Callable[[LLMServer], None] | None = None,

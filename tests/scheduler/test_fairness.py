@@ -8,22 +8,9 @@ import trio.testing
 from avm.runtime import VM
 from avm.scheduler.runqueue import RunQueue
 from avm.scheduler.states import AgentState as S
+from tests.scheduler.test_runtime import COUNT
 
-LOOP = """
-    push 0
-    store i
-loop:
-    load i
-    push 1
-    add
-    store i
-    load i
-    load n
-    lt
-    jump_if loop
-    load i
-    return
-"""
+LOOP = COUNT  # counts to n: a long loop without effects
 
 TICKS = """
     push 0
