@@ -159,6 +159,8 @@ class AgentHandle:
             raise AvmError(f"agent {self.id} has ended {self.state.value}; it cannot take more budget")
         frame.add_budget(units)
         self.budget += round(units * 1000)
+        if self.parent is None:
+            self.vm._budgeted += round(units * 1000)
         if self.state is S.BUDGET_EXCEEDED:
             self.vm._restart_task(self, S.BUDGET_EXCEEDED)
 
@@ -240,6 +242,8 @@ class AgentHandle:
                     out = frame.outcome
                 else:
                     frame.resume(result)
+                    if frame.stall_count > 1:
+                        vm._repeated_effects += 1
                     continue
             elif kind_of is Preempted:
                 self._set(_READY)
@@ -377,6 +381,7 @@ class AgentHandle:
         name, arguments = effect.args
         frame = self.frame
         assert frame is not None
+        self.vm._note_tool_call(self, name, arguments)
         try:
             result = await self.vm.tools.invoke(name, arguments, self.granted)
         except ToolDenied as exc:

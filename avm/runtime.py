@@ -23,8 +23,11 @@ specs (once per distinct grant) and each conversation message.
 from __future__ import annotations
 
 import gc
+import heapq
+import itertools
 import math
 import os
+import time
 from collections import deque
 from dataclasses import dataclass, field, fields, replace
 from types import TracebackType
@@ -43,6 +46,7 @@ from avm.lang.frame import to_milli
 from avm.lang.outcomes import Effect, Fault
 from avm.memory.ref import Ref
 from avm.memory.store import ContentStore
+from avm.memory.values import encode_value
 from avm.scheduler.runqueue import RunQueue
 from avm.scheduler.states import TERMINAL, AgentState, priority_rank
 from avm.scheduler.supervision import RestartPolicy
@@ -53,6 +57,8 @@ __all__ = ["VM", "AgentError", "VMError", "VMSettings", "VMStatistics"]
 S = AgentState
 _CACHE_CAP = 1024  # distinct sources, prompts and grants remembered
 _NO_TOOLS: frozenset[str] = frozenset()
+_TOP_KEPT = 16  # ended agents remembered for statistics(top=...)
+_TOOL_CALLS_REMEMBERED = 65536  # (agent, tool call) pairs remembered to count repeats
 
 
 class VMError(AvmError):
@@ -83,6 +89,10 @@ class VMSettings:
     # acyclic (refs, not object graphs). So after every this many spawns and hibernations the VM calls
     # gc.freeze() (frozen objects are still freed by reference counting), and gc.unfreeze() at exit. 0: never.
     gc_freeze_every: int = 2048
+    # Keep a summary of every agent that ends in the store, bound to the name
+    # ``agents/<run id>/<agent id>`` (what `avm inspect` lists): id, name, parent, program, state, value,
+    # error, energy used and budget. Leaving the VM records the agents it cancels.
+    record_agents: bool = False
     llm_server: dict[str, Any] = field(default_factory=dict)  # ServerSettings of the embedded server
     gateway: dict[str, Any] = field(default_factory=dict)  # GatewaySettings of the gateway the VM opens
 
@@ -123,6 +133,18 @@ class VMStatistics:
     prompt_tokens: int
     completion_tokens: int
     recent_faults: tuple[tuple[int, str | None, int, str], ...]  # (agent id, name, line, message), newest last
+    # Fleet health, the signals that show a run degrading before it fails:
+    energy_budget: float = 0.0  # granted to agents spawned by the host (spawn budgets plus add_budget)
+    ended: dict[str, int] = field(default_factory=dict)  # terminal states entered so far, per state
+    faults: int = 0  # program faults so far (restarted ones included)
+    repeated_effects: int = 0  # effects identical, request and result, to the agent's previous one
+    tool_repeats: int = 0  # tool calls with the same tool and arguments as an earlier call by the same agent
+    top_agents: tuple[tuple[int, str | None, str, float], ...] = ()  # (id, name, state, energy), most first
+
+    @property
+    def energy_left(self) -> float:
+        """Budget granted by the host and not used yet (children's budgets come out of their parents')."""
+        return max(0.0, self.energy_budget - self.energy_used)
 
 
 class VM:
@@ -163,6 +185,11 @@ class VM:
         self._restarts = self._hibernations = self._wakeups = self._preemptions = 0
         self._messages = self._llm_errors = self._prompt_tokens = self._completion_tokens = 0
         self._energy = 0  # milli-units
+        self._budgeted = 0  # milli-units granted by the host
+        self._ended: dict[str, int] = {}
+        self._fault_count = self._repeated_effects = self._tool_repeats = 0
+        self._tool_calls_seen: Any = None  # (agent id, tool call digest) -> None, an LRU made on first use
+        self._top_ended: list[tuple[float, int, str | None, str]] = []  # a min-heap of the biggest ended agents
         self._faults: deque[tuple[int, str | None, int, str]] = deque(maxlen=self.settings.faults_kept)
         self._idle: trio.Event | None = None
         self._internal_errors: list[BaseException] = []  # bugs of AVM met while driving agents (kept for tests)
@@ -173,6 +200,14 @@ class VM:
         self._grant_sets: dict[tuple[Any, ...], frozenset[str]] = {}
         self._since_freeze = 0
         self._froze = False
+        self.run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid() % 10000:04d}{self._instance():02d}"
+
+    _made = 0
+
+    @classmethod
+    def _instance(cls) -> int:
+        cls._made += 1
+        return cls._made % 100
 
     # --- lifetime ------------------------------------------------------------------------
 
@@ -276,6 +311,7 @@ class VM:
         except (ValueError, TypeError) as exc:
             raise VMError(str(exc)) from None
         granted = self._grant(tools)
+        self._budgeted += budget_milli
         agent = self._create(code, inputs, budget_milli, name=name, rank=rank, granted=granted,
                              system=self._system_ref(system), policy=policy)
         self._nursery.start_soon(agent._main)
@@ -473,6 +509,15 @@ class VM:
 
     def _on_finished(self, agent: AgentHandle, state: AgentState) -> None:
         self._completions += 1
+        ended = self._ended
+        ended[state.value] = ended.get(state.value, 0) + 1
+        if state is not S.BUDGET_EXCEEDED:
+            top = self._top_ended
+            entry = (agent.energy_used, agent.id, agent.name, state.value)
+            if len(top) < _TOP_KEPT:
+                heapq.heappush(top, entry)
+            elif entry > top[0]:
+                heapq.heapreplace(top, entry)
         if state is not S.BUDGET_EXCEEDED:
             self._agents.pop(agent.id, None)
             if agent.name is not None and self._names.get(agent.name) is agent:
@@ -480,6 +525,8 @@ class VM:
         for message in agent.mailbox.drain():
             del message  # undelivered: the agent ended
         parent = agent.parent
+        if self.settings.record_agents:
+            self._record_agent(agent, state)
         if parent is not None:
             if agent.child_budget:
                 used = agent.spent + agent.final_used
@@ -495,6 +542,32 @@ class VM:
             self._idle.set()
             self._idle = None
 
+    def _record_agent(self, agent: AgentHandle, state: AgentState) -> None:
+        """Store the agent's summary under ``agents/<run id>/<id>`` (see VMSettings.record_agents)."""
+        if self.store.closed:
+            return
+        parent = agent.parent
+        summary = {
+            "id": agent.id, "name": agent.name, "parent": parent.id if parent is not None else None,
+            "program": agent.code.id, "state": state.value, "value": agent.value if state is S.DONE else None,
+            "error": agent.detail or None, "energy_used": agent.energy_used, "budget": agent.budget / 1000,
+        }
+        try:
+            ref = self.store.put_value(summary)
+        except (TypeError, ValueError):  # a value the store cannot encode (too deep): keep the rest
+            summary["value"] = None
+            ref = self.store.put_value(summary)
+        self.store.bind(f"agents/{self.run_id}/{agent.id:09d}", ref)
+
+    def program_ref(self, program: str | Code | Ref) -> Ref:
+        """Store a program (source text, a Code or a stored Code's ref) and return its ref.
+
+        A program can pass the ref to ``spawn``/``delegate``, so give it to agents as an input.
+        """
+        if self._closed:
+            raise VMError("the VM has exited")
+        return self.store.put(self._code(program).to_bytes())
+
     def _restart_task(self, agent: AgentHandle, was: AgentState) -> None:
         """An agent that ran out of budget got more: run it again."""
         if self._nursery is None or self._closed:
@@ -506,6 +579,7 @@ class VM:
         self._nursery.start_soon(agent._main)
 
     def _record_fault(self, agent: AgentHandle, fault: Fault) -> None:
+        self._fault_count += 1
         self._faults.append((agent.id, agent.name, fault.line, f"{fault.kind}: {fault.error}"))
 
     # --- lookups and numbers -------------------------------------------------------------------
@@ -514,7 +588,29 @@ class VM:
         """A live agent by id or name."""
         return self._agents.get(key) if type(key) is int else self._names.get(key)  # type: ignore[arg-type]
 
-    def statistics(self) -> VMStatistics:
+    def _note_tool_call(self, agent: AgentHandle, name: str, arguments: Any) -> None:
+        """Count a tool call that repeats one the same agent made before (tool churn)."""
+        seen = self._tool_calls_seen
+        if seen is None:
+            from cachetools import LRUCache
+
+            seen = self._tool_calls_seen = LRUCache(maxsize=_TOOL_CALLS_REMEMBERED)
+        try:
+            key = (agent.id, name, encode_value(arguments))
+        except (TypeError, ValueError):
+            return
+        if key in seen:
+            self._tool_repeats += 1
+        seen[key] = None
+
+    def statistics(self, *, top: int = 0) -> VMStatistics:
+        """The numbers now. ``top`` > 0 also ranks agents by energy used (live ones and the
+        biggest ended ones), which reads every live agent: ask for it at a dashboard's pace."""
+        top_agents: tuple[tuple[int, str | None, str, float], ...] = ()
+        if top > 0:
+            live = ((a.energy_used, a.id, a.name, a.state.value) for a in self._agents.values())
+            best = heapq.nlargest(top, itertools.chain(live, self._top_ended), key=lambda e: (e[0], -e[1]))
+            top_agents = tuple((i, n, st, e) for e, i, n, st in best)
         return VMStatistics(
             agents=self._spawned, live=self.live,
             by_state={state.value: n for state, n in self._counts.items() if n},
@@ -522,4 +618,6 @@ class VM:
             restarts=self._restarts, hibernations=self._hibernations, wakeups=self._wakeups,
             preemptions=self._preemptions, energy_used=self._energy / 1000, effects=dict(self._effects),
             messages=self._messages, llm_errors=self._llm_errors, prompt_tokens=self._prompt_tokens,
-            completion_tokens=self._completion_tokens, recent_faults=tuple(self._faults))
+            completion_tokens=self._completion_tokens, recent_faults=tuple(self._faults),
+            energy_budget=self._budgeted / 1000, ended=dict(self._ended), faults=self._fault_count,
+            repeated_effects=self._repeated_effects, tool_repeats=self._tool_repeats, top_agents=top_agents)
