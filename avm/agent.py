@@ -34,6 +34,7 @@ from avm.lang.code import Code
 from avm.lang.frame import Frame
 from avm.lang.outcomes import BudgetExceeded, Done, Effect, Fault, Preempted, Stalled
 from avm.lang.values import is_value
+from avm.memory.values import decode_value
 from avm.scheduler.mailbox import Mailbox
 from avm.scheduler.states import TERMINAL, WAITING_ON, AgentState
 from avm.scheduler.supervision import RestartHistory, RestartPolicy
@@ -96,7 +97,7 @@ class AgentHandle:
         self.tools_ref = tools_ref
         self.conversation: list[Message] | None = None
         self.spent = 0  # milli-units used by earlier runs (before a restart)
-        self.mailbox = Mailbox(vm.settings.mailbox_capacity)
+        self.mailbox: Mailbox | None = None  # made on first use, dropped again while hibernated
         self.scope: trio.CancelScope | None = None
         self.snapshot: Ref | None = None
         self.deadline = math.inf
@@ -211,7 +212,10 @@ class AgentHandle:
             frame.refund(self.refund_due / 1000)
             self.refund_due = 0
         self.frame = frame
-        found, message = self.mailbox.take()
+        if type(self.inputs) is bytes:  # packed while hibernated
+            self.inputs = decode_value(self.inputs)
+        box = self.mailbox
+        found, message = box.take() if box is not None else (False, None)
         if found:
             frame.resume(message)
         elif trio.current_time() >= self.deadline:
@@ -294,6 +298,12 @@ class AgentHandle:
         self.frame = Frame(self.code, left / 1000, self.inputs, stall_limit=self.vm.settings.stall_limit)
         self.conversation = None
         self.vm._restarts += 1
+
+    def _box(self) -> Mailbox:
+        box = self.mailbox
+        if box is None:
+            box = self.mailbox = Mailbox(self.vm.settings.mailbox_capacity)
+        return box
 
     def _set(self, state: AgentState) -> None:
         old = self.state
@@ -402,7 +412,7 @@ class AgentHandle:
 
     async def _recv(self, effect: Effect) -> Any:
         timeout = effect.args[0]
-        mailbox = self.mailbox
+        mailbox = self._box()
         found, message = mailbox.take()
         if found:
             return message

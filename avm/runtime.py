@@ -186,6 +186,7 @@ class VM:
         self._messages = self._llm_errors = self._prompt_tokens = self._completion_tokens = 0
         self._energy = 0  # milli-units
         self._budgeted = 0  # milli-units granted by the host
+        self._budget_int = 0
         self._ended: dict[str, int] = {}
         self._fault_count = self._repeated_effects = self._tool_repeats = 0
         self._tool_calls_seen: Any = None  # (agent id, tool call digest) -> None, an LRU made on first use
@@ -308,6 +309,10 @@ class VM:
             rank = priority_rank(priority)
             policy = RestartPolicy.of(restart)
             budget_milli = to_milli(self.settings.default_budget if budget is None else budget, "budget")
+            if budget_milli == self._budget_int:  # a fleet shares one budget: share its int object too
+                budget_milli = self._budget_int
+            else:
+                self._budget_int = budget_milli
         except (ValueError, TypeError) as exc:
             raise VMError(str(exc)) from None
         granted = self._grant(tools)
@@ -468,9 +473,10 @@ class VM:
     async def _deliver(self, agent: AgentHandle, message: Any) -> bool:
         if agent.state in TERMINAL:
             return False
-        if not agent.mailbox.offer(message):
+        box = agent._box()
+        if not box.offer(message):
             deadline = trio.current_time() + self.settings.send_timeout_s
-            if not await agent.mailbox.put(message, deadline):
+            if not await box.put(message, deadline):
                 return False
         if agent.state is S.HIBERNATED:
             self._wake(agent)
@@ -484,6 +490,13 @@ class VM:
             agent.snapshot = ref
             agent.final_used = frame.used
             agent.frame = None
+        # What a hibernated agent keeps is what 100,000 of them cost: pack its inputs (a dict is
+        # ~180 bytes, its encoding a few dozen) and drop an empty mailbox; waking undoes both.
+        if type(agent.inputs) is dict:
+            agent.inputs = encode_value(agent.inputs)
+        box = agent.mailbox
+        if box is not None and not len(box) and box.receiver is None and not box.senders:
+            agent.mailbox = None
         agent.deadline = deadline
         agent._set(S.HIBERNATED)
         self._hibernations += 1
@@ -522,8 +535,9 @@ class VM:
             self._agents.pop(agent.id, None)
             if agent.name is not None and self._names.get(agent.name) is agent:
                 del self._names[agent.name]
-        for message in agent.mailbox.drain():
-            del message  # undelivered: the agent ended
+        if agent.mailbox is not None:
+            for message in agent.mailbox.drain():
+                del message  # undelivered: the agent ended
         parent = agent.parent
         if self.settings.record_agents:
             self._record_agent(agent, state)
@@ -535,7 +549,7 @@ class VM:
             if not agent.delegated and parent.state not in TERMINAL:
                 report = {"child": agent.id, "state": state.value, "value": agent.value if state is S.DONE else None,
                           "error": None if state is S.DONE else child_result(agent)["error"]["message"]}
-                if parent.mailbox.offer(report) and parent.state is S.HIBERNATED:
+                if parent._box().offer(report) and parent.state is S.HIBERNATED:
                     self._wake(parent)
             agent.parent = None
         if self._idle is not None and not self.live:

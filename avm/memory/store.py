@@ -45,7 +45,6 @@ from types import TracebackType
 from typing import Any
 
 from blake3 import blake3
-from cachetools import Cache
 
 from avm.errors import NotFound, StoreError
 from avm.memory.codec import Codec
@@ -61,7 +60,6 @@ from avm.memory.warm import WarmTier
 __all__ = ["ContentStore"]
 
 _DICTS_KEY = b"dictionaries"
-_peek_hot = Cache.__getitem__  # a hot lookup that leaves the LRU order alone
 
 
 MAX_NAME_BYTES = 500  # LMDB keys are at most 511 bytes
@@ -156,7 +154,7 @@ class ContentStore:
     def _peek(self, ref: Ref) -> bytes | None:
         """An object's bytes from any tier, without promotion or counters."""
         if ref in self._hot_cache:
-            return _peek_hot(self._hot_cache, ref)  # type: ignore[no-any-return]
+            return self._hot_cache.peek(ref)
         data = self._warm.peek(ref)
         if data is None and self._cold is not None:
             data = self._cold.peek(ref)

@@ -255,6 +255,34 @@ async def test_a_hibernated_agent_wakes_on_a_message_and_replies(autojump_clock)
         assert stats.hibernations >= 1 and stats.wakeups >= 1
 
 
+async def test_a_hibernated_agent_keeps_its_inputs_through_wake_and_restart(autojump_clock):
+    # A hibernated agent holds its inputs packed and no mailbox; waking restores both, and
+    # a restart after the wake starts from the original inputs again.
+    src = """
+        push null
+        recv
+        push "boom"
+        eq
+        jump_if boom
+        load who
+        return
+    boom:
+        push 1
+        push 0
+        div
+    """
+    inputs = {"who": ["a", {"k": 1.5}, None, True]}
+    async with VM(hibernate_after_s=1.0) as vm:
+        h = await vm.spawn(src, inputs=inputs, restart="on-fault", name="h")
+        await trio.sleep(5)
+        assert h.state is S.HIBERNATED and h.mailbox is None
+        assert await h.send("boom")
+        await trio.sleep(5)  # it faulted, restarted, and hibernated again in its recv
+        assert h.state is S.HIBERNATED and vm.statistics().restarts == 1
+        assert await h.send("hello")
+        assert await h.result() == inputs["who"]
+
+
 async def test_a_hibernated_recv_still_times_out(autojump_clock):
     async with VM(hibernate_after_s=1.0) as vm:
         h = await vm.spawn("push 30\nrecv\nreturn\n")
