@@ -69,7 +69,10 @@ def test_energy_is_the_sum_of_the_costs_of_the_instructions_executed(source, inp
             whole.resume(results[effects % len(results)])
             continue
         break
-    if executed < 3000 and effects <= 30:
+    # (A program that reads its own energy, with energy_check or observe, may rightly take another path
+    # under a larger budget: the comparison holds only for programs that do not.)
+    budget_blind = "energy_check" not in source and "observe" not in source
+    if executed < 3000 and effects <= 30 and budget_blind:
         assert type(out2) is type(out)
         assert whole.used == frame.used
 

@@ -1,7 +1,7 @@
 """Snapshots: restore anywhere, continue identically; bad snapshots are refused."""
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import avm
@@ -18,6 +18,9 @@ BUDGET = 30_000  # milli
 @SETTINGS
 @given(programs(), inputs, st.lists(effect_results, min_size=1, max_size=4), st.integers(0, BUDGET))
 def test_restore_at_any_point_gives_the_identical_outcome_and_energy(source, inp, results, cut):
+    # A program that reads its own energy (energy_check, observe) rightly takes another path when it
+    # ran part of the way under a smaller budget: the identity holds for programs that do not.
+    assume("energy_check" not in source and "observe" not in source)
     code = avm.compile(source)
     straight = Frame(code, budget=BUDGET / 1000, inputs=inp)
     expected = drive(straight, results)
