@@ -4,6 +4,12 @@
 words, best first); `calculate` evaluates arithmetic with + - * / ( ) and
 numbers only. They let example agents exercise tool calls anywhere, including
 on machines without network access.
+
+Both tools are ``async``: their work is a few microseconds of Python, so they
+run on the event loop instead of a worker thread (a sync tool runs in a
+thread, and the thread hop would cost more than the work, and its wait would
+be charged to the agent as tool time). The plain functions `search_notes` and
+`evaluate` do the work and can be called directly.
 """
 
 from __future__ import annotations
@@ -27,16 +33,22 @@ NOTES = (
     "Python's garbage collector finds reference cycles in generations.",
 )
 _WORD = re.compile(r"[a-z0-9']+")
+_NOTE_WORDS = tuple(frozenset(_WORD.findall(note.lower())) for note in NOTES)
 
 
-@tool
-def search(query: str, limit: int = 3) -> str:
-    """Search the built-in notes; the best matching lines, one per line."""
+def search_notes(query: str, limit: int = 3) -> str:
+    """The notes sharing the most words with the query, best first, one per line."""
     words = set(_WORD.findall(query.lower()))
-    scored = sorted(((len(words & set(_WORD.findall(note.lower()))), i) for i, note in enumerate(NOTES)),
+    scored = sorted(((len(words & note_words), i) for i, note_words in enumerate(_NOTE_WORDS)),
                     key=lambda pair: (-pair[0], pair[1]))
     hits = [NOTES[i] for score, i in scored if score > 0][: max(1, limit)]
     return "\n".join(hits) if hits else f"no notes about {query!r}"
+
+
+@tool
+async def search(query: str, limit: int = 3) -> str:
+    """Search the built-in notes; the best matching lines, one per line."""
+    return search_notes(query, limit)
 
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -55,9 +67,8 @@ def _eval(node: ast.AST) -> float:
     raise ToolError("only numbers, + - * / and parentheses", "ArgumentError")
 
 
-@tool
-def calculate(expression: str) -> float:
-    """Evaluate arithmetic: numbers, + - * / and parentheses."""
+def evaluate(expression: str) -> float:
+    """The value of an arithmetic expression (numbers, + - * / and parentheses); ToolError otherwise."""
     if len(expression) > 200:
         raise ToolError("expression too long (200 characters at most)", "ArgumentError")
     try:
@@ -66,6 +77,14 @@ def calculate(expression: str) -> float:
         raise ToolError(f"not arithmetic: {exc.msg}", "ArgumentError") from None
     except ZeroDivisionError:
         raise ToolError("division by zero", "ArithmeticError") from None
+    except RecursionError:
+        raise ToolError("expression nested too deeply", "ArgumentError") from None
+
+
+@tool
+async def calculate(expression: str) -> float:
+    """Evaluate arithmetic: numbers, + - * / and parentheses."""
+    return evaluate(expression)
 
 
 TOOLS = (search, calculate)
