@@ -1,15 +1,17 @@
 """The `avm` launcher.
 
-    avm run [FILES...]     compile and run programs (the examples by default)
+    avm run [SPEC]         run a fleet: the built-in demo, a spec (.toml) or a program (.avm), with the dashboard
     avm compile FILE       print the content id (errors: line, column, caret; exit 2)
     avm disasm FILE        print the disassembly (it compiles back to the same id)
     avm grammar            print the GBNF grammar of the language
     avm serve-llm          run the embedded OpenAI-compatible LLM server (Ctrl+C stops it)
+    avm inspect STORE      what a store directory holds: tiers, objects, runs and their agents
+    avm bench [NAMES]      run the bench scripts and print one table of their figures
 
-`avm run` starts a VM on the embedded LLM server and runs each program as an
-agent (granted the offline demo tools of `avm.demo_tools`), then prints how
-each ended, its value and the energy it used. (The full launcher, with specs,
-fleets and the dashboard, is issue 6.)
+A user's mistake (a bad spec, a missing file, a program that does not
+compile, an endpoint that cannot be reached or refuses the key) is one line
+on stderr and exit code 2; ``--debug`` shows the traceback instead. `avm run`
+exits 130 after Ctrl+C, once the agents are cancelled and the store flushed.
 """
 
 from __future__ import annotations
@@ -27,14 +29,24 @@ from avm.lang.code import Code
 from avm.lang.compiler import compile_source
 from avm.lang.disasm import disassemble
 from avm.lang.grammar import gbnf
-from avm.lang.values import render
 
 EXIT_OK = 0
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 class CliError(Exception):
     """A user error: printed as one line, exit code 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _read(path: str) -> str:
@@ -79,11 +91,6 @@ def cmd_grammar(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _example_files() -> list[Path]:
-    here = Path(__file__).resolve().parent.parent / "examples"
-    return sorted(here.glob("*.avm"))
-
-
 def _parse_inputs(pairs: Sequence[str]) -> dict[str, Any]:
     inputs: dict[str, Any] = {}
     for pair in pairs:
@@ -97,39 +104,77 @@ def _parse_inputs(pairs: Sequence[str]) -> dict[str, Any]:
     return inputs
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    files = [Path(f) for f in args.files] or _example_files()
-    if not files:
-        raise CliError("no programs to run (and no examples/*.avm found)")
-    inputs = _parse_inputs(args.input)
-    codes = [(path, _compile_file(str(path))) for path in files]
-    results = trio.run(_run_agents, codes, inputs, args.budget)
-    for r in results:
-        if not args.json:
-            print(f"{r['program']:<24} {r['summary']}  [energy {r['energy_used']:g}]")
-    if args.json:
-        print(json.dumps({"programs": results}))
-    return EXIT_OK
-
-
-async def _run_agents(codes: list[tuple[Path, Code]], inputs: dict[str, Any], budget: float) -> list[dict[str, Any]]:
-    from avm.agent import AgentError
+def _program_spec(path: str, inputs: dict[str, Any]) -> Any:
+    """A spec of one group running the program file ``path`` (granted the demo tools)."""
     from avm.demo_tools import TOOLS
-    from avm.runtime import VM
+    from avm.spec import DEFAULT_BUDGET, AgentGroup, Program, RunSpec
 
-    out = []
-    async with VM(tools=TOOLS) as vm:
-        handles = [(path, code, await vm.spawn(code, inputs=inputs, budget=budget, tools=[t.name for t in TOOLS]))
-                   for path, code in codes]
-        for path, code, h in handles:
-            try:
-                value = await h.result()
-                summary = f"done: {render(value)[:200]}"
-            except AgentError as exc:
-                summary = f"{exc.state.value}: {exc.detail}"
-            out.append({"program": path.name, "id": code.id, "state": h.state.value, "summary": summary,
-                        "energy_used": h.energy_used})
-    return out
+    code = _compile_file(path)
+    name = "".join(c if c.isalnum() or c in "_-" else "_" for c in Path(path).stem) or "agent"
+    if not name[0].isalpha():
+        name = "p_" + name
+    group = AgentGroup(name, Program(code, path), 1, tools=tuple(t.name for t in TOOLS),
+                       inputs=(inputs,) if inputs else (), budget=DEFAULT_BUDGET)
+    return RunSpec(path, (group,), tuple(TOOLS), description=Path(path).name)
+
+
+def _load_run_spec(args: argparse.Namespace) -> Any:
+    from avm.spec import SpecError, demo_spec, load_spec
+
+    try:
+        if args.spec is None:
+            if args.input:
+                raise CliError("--input needs a program file: avm run PROGRAM.avm --input NAME=VALUE")
+            spec = demo_spec(args.agents if args.agents is not None else 1000)
+            agents = None  # the demo laid itself out for --agents already
+        elif args.spec.endswith(".avm"):
+            spec = _program_spec(args.spec, _parse_inputs(args.input))
+            agents = args.agents
+        else:
+            if args.input:
+                raise CliError("--input is for a program file; a spec gives inputs per group")
+            spec = load_spec(args.spec)
+            agents = args.agents
+        return spec.with_overrides(agents=agents, llm=args.llm, model=args.model, store=args.store,
+                                   budget=args.budget)
+    except SpecError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a spec, a program file or the built-in demo; exit 0, 130 after Ctrl+C, 2 for a user error."""
+    from rich.console import Console
+
+    from avm.launcher import LaunchError, RunOptions, run_fleet, summary_lines
+
+    spec = _load_run_spec(args)
+    if args.no_dashboard:
+        display = "lines"
+    elif args.json and not sys.stderr.isatty():
+        display = "none"
+    else:
+        display = "auto"
+    console = Console(stderr=True)
+    if display == "auto" and console.is_terminal and not args.json:  # the live dashboard's preamble
+        for line in [f"avm run: {spec.description or spec.source}", *spec.describe()]:
+            console.print(line, highlight=False, markup=False)
+    try:
+        outcome = trio.run(run_fleet, spec, RunOptions(display=display, console=console,
+                                                       line_every_s=args.progress_every))
+    except LaunchError as exc:
+        raise CliError(str(exc)) from None
+    except KeyboardInterrupt:  # a Ctrl+C before the launcher's handler was in place, or a second one
+        print("avm run: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if args.json:
+        print(json.dumps(outcome.summary, sort_keys=True))
+    else:
+        for line in summary_lines(outcome.summary):
+            print(line)
+    if outcome.interrupted:
+        print("avm run: interrupted (Ctrl+C): agents cancelled, store flushed", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_OK
 
 
 def cmd_serve_llm(args: argparse.Namespace) -> int:
@@ -167,13 +212,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("run", help="compile and run programs (the examples by default)",
-                       description="Compile and run agent programs, printing each outcome.")
-    p.add_argument("files", nargs="*", metavar="FILE", help="program files (default: examples/*.avm)")
-    p.add_argument("--budget", type=float, default=100.0, help="energy budget per program (default 100)")
+    p = sub.add_parser("run", help="run a fleet of agents: the built-in demo, a spec or a program",
+                       description="Run agents in one VM and show the live dashboard: with no SPEC the built-in "
+                                   "demo (1,000 agents on the embedded LLM server), else a spec file (TOML, see "
+                                   "examples/*.toml) or one program file (.avm). Ctrl+C stops cleanly (exit 130).")
+    p.add_argument("spec", nargs="?", metavar="SPEC", help="a spec file (.toml) or a program file (.avm)")
+    p.add_argument("--agents", type=_positive_int, metavar="N", help="agents to run (the demo: 1,000; a spec: "
+                   "its groups scaled in proportion; a program: N copies)")
+    p.add_argument("--llm", metavar="URL", help="an OpenAI-compatible endpoint (default: the embedded server; "
+                   "the key from OPENAI_API_KEY)")
+    p.add_argument("--model", metavar="NAME", help="the model (default: the embedded one, or OPENAI_MODEL)")
+    p.add_argument("--store", metavar="DIR", help="a store directory: the run's objects and a record of every "
+                   "agent are kept there (see avm inspect)")
+    p.add_argument("--budget", type=float, metavar="E", help="energy budget of every agent")
     p.add_argument("--input", action="append", default=[], metavar="NAME=VALUE",
-                   help="an input variable (VALUE is JSON, or else text); repeatable")
-    p.add_argument("--json", action="store_true", help="print one JSON summary object")
+                   help="an input of a program file's agents (VALUE is JSON, or else text); repeatable")
+    p.add_argument("--no-dashboard", action="store_true", help="a plain progress line instead of the dashboard")
+    p.add_argument("--progress-every", type=float, default=5.0, metavar="S", help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="print one JSON summary object at the end")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("compile", help="compile a program and print its content id",
@@ -216,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", default=[], metavar="NAME",
                    help="a model name to list (repeatable; default avm-embedded)")
     p.set_defaults(fn=cmd_serve_llm)
+
+    from avm.bench_runner import add_bench_parser
+    from avm.store_report import add_inspect_parser
+
+    add_inspect_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 

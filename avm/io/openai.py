@@ -145,6 +145,20 @@ class OpenAIBackend:
             raise self._transport_failure(exc) from exc
         return stream.reply()
 
+    async def probe(self, timeout: float = 5.0) -> None:
+        """Check the endpoint answers and takes the key, before agents depend on it.
+
+        ``GET /models``: a `Failure` (kind "connection", "timeout", "auth", ...) if the server
+        cannot be reached or refuses the key. A server without that route (404, 405) passes:
+        it answered.
+        """
+        try:
+            response = await self._client.get("/models", timeout=timeout, extensions=self._extensions)
+        except httpx.TransportError as exc:
+            raise self._transport_failure(exc) from exc
+        if response.status_code not in (200, 404, 405):
+            raise self._status_failure(response, response.content)
+
     def connections(self) -> tuple[int, int]:
         """(TCP connections opened so far, the most that were open at once)."""
         return self._opened, self._peak

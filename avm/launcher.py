@@ -1,0 +1,224 @@
+"""`avm run`: a fleet of agents from a spec (or the built-in demo), watched by the dashboard.
+
+    outcome = trio.run(run_fleet, spec, RunOptions(display="auto"))
+
+`run_fleet` opens the store the spec names (or none: the VM keeps an
+in-memory one), checks an LLM endpoint given by URL answers and takes the key
+before any agent depends on it, spawns every group, shows the dashboard
+(`avm.dashboard`) until no agent is alive, and returns a `RunOutcome`: the
+final figures as one JSON-able dict and whether the run was interrupted.
+
+Ctrl+C (SIGINT) stops the run cleanly: the first one cancels every agent,
+lets the VM record them and flush the store, and the outcome says
+``interrupted``; the launcher exits 130. A second Ctrl+C while that happens
+interrupts at once (Python's KeyboardInterrupt).
+
+With a store directory, every agent that ends is recorded in it
+(``agents/<run id>/<agent id>``, see `VMSettings.record_agents`) and the
+run's summary is bound to ``runs/<run id>``: `avm inspect DIR` shows both.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from rich.console import Console
+
+from avm.errors import AvmError, LLMError, StoreError
+from avm.spec import RunSpec, spawn_all
+
+__all__ = ["LaunchError", "RunOptions", "RunOutcome", "run_fleet", "summary_lines"]
+
+RESULTS_SHOWN = 20  # a run of at most this many agents (spawned by the host) reports each one's result
+
+
+class LaunchError(AvmError):
+    """The run could not start: the store, the endpoint, the model. One line for the user."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    display: str = "auto"  # the dashboard: "auto" (live on a terminal, else lines), "live", "lines", "none"
+    console: Console | None = None  # where the dashboard draws (default: stderr)
+    line_every_s: float = 5.0  # the progress line's period
+    handle_sigint: bool = True  # Ctrl+C cancels the agents (off when the caller handles it)
+
+
+@dataclass
+class RunOutcome:
+    summary: dict[str, Any]  # the final figures (the --json object)
+    interrupted: bool = False
+    run_id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+async def _probe(spec: RunSpec) -> None:
+    """An endpoint given by URL must answer and take the key before any agent depends on it."""
+    from avm.io.backends import Failure
+    from avm.io.openai import OpenAIBackend
+
+    assert spec.llm is not None
+    try:
+        backend = OpenAIBackend(spec.llm, model=spec.model)
+    except LLMError as exc:
+        raise LaunchError(f"{spec.llm}: {exc}") from None
+    try:
+        await backend.probe()
+    except Failure as failure:
+        if failure.kind == "auth":
+            raise LaunchError(f"{spec.llm}: {failure.message} (set OPENAI_API_KEY)") from None
+        if failure.kind in ("connection", "timeout", "config"):
+            raise LaunchError(f"{spec.llm}: cannot reach the LLM endpoint: {failure.message}") from None
+        raise LaunchError(f"{spec.llm}: the LLM endpoint answered with an error: {failure.message}") from None
+    finally:
+        await backend.aclose()
+
+
+async def run_fleet(spec: RunSpec, options: RunOptions | None = None) -> RunOutcome:
+    """Run every agent of ``spec`` to its end (or until Ctrl+C); the outcome."""
+    from avm.dashboard import Dashboard
+    from avm.memory.store import ContentStore
+    from avm.runtime import VM, VMError
+
+    options = options or RunOptions()
+    if spec.llm is not None:
+        await _probe(spec)
+    store = None
+    if spec.store is not None:
+        try:
+            store = ContentStore(spec.store)
+        except (StoreError, OSError) as exc:
+            raise LaunchError(f"{spec.store}: cannot open the store: {exc}") from None
+    interrupted = False
+    sigint = _Interrupt()
+    handles: list[Any] = []
+    started = time.perf_counter()
+    try:
+        try:
+            vm = VM(store, record_agents=store is not None, **spec.vm_kwargs())
+        except VMError as exc:
+            raise LaunchError(f"{spec.source}: {exc}") from None
+        try:
+            async with vm:
+                async with trio.open_nursery() as nursery:
+                    if options.handle_sigint:
+                        nursery.start_soon(_watch_sigint, nursery.cancel_scope, sigint)
+                    async with Dashboard(vm, console=options.console, mode=options.display,
+                                         line_every_s=options.line_every_s,
+                                         title=f"AVM: {spec.description or spec.source}") as dash:
+                        for _, group_handles in await spawn_all(vm, spec):
+                            handles.extend(group_handles)
+                        await vm.join()
+                    nursery.cancel_scope.cancel()
+                interrupted = sigint.seen
+        except VMError as exc:  # a setting the VM refuses (the model of an endpoint, ...)
+            raise LaunchError(f"{spec.source}: {exc}") from None
+        summary = dash.summary.to_json() if dash.summary is not None else {}
+        stats = vm.statistics()
+        summary.update({
+            "run_id": vm.run_id, "spec": spec.source, "interrupted": interrupted,
+            "wall_s": round(time.perf_counter() - started, 3), "agents": stats.agents, "live": stats.live,
+            "ended": dict(stats.ended), "by_state": dict(stats.by_state), "energy_used": stats.energy_used,
+            "energy_budget": stats.energy_budget, "effects": dict(stats.effects), "messages": stats.messages,
+            "llm_errors": stats.llm_errors, "dashboard_cost_fraction": round(dash.cost_fraction, 5),
+            "store": spec.store,
+        })
+        if len(handles) <= RESULTS_SHOWN:
+            summary["results"] = [_result(h) for h in handles]
+        if store is not None:
+            ref = store.put_value(_plain(summary))
+            store.bind(f"runs/{vm.run_id}", ref)
+            await trio.to_thread.run_sync(store.flush)
+        return RunOutcome(summary, interrupted, vm.run_id)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _result(handle: Any) -> dict[str, Any]:
+    from avm.lang.values import render
+
+    state = handle.state.value
+    out = {"id": handle.id, "name": handle.name, "state": state, "energy_used": handle.energy_used}
+    if state == "done":
+        out["value"] = _plain(handle.value)
+        out["text"] = render(handle.value)
+    else:
+        out["error"] = handle.detail
+    return out
+
+
+class _Interrupt:
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen = False
+
+
+async def _watch_sigint(scope: trio.CancelScope, flag: _Interrupt) -> None:
+    """The first SIGINT cancels the run; leaving this block puts Python's handler back for a second one."""
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async for _ in signals:
+            flag.seen = True
+            scope.cancel()
+            return
+
+
+def _plain(value: Any) -> Any:
+    """The summary as store values (floats that are not finite become null)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
+        return None
+    return value
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+def _clip(text: str, width: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The run's summary as a few lines of text (what `avm run` prints at the end)."""
+    ended = summary.get("ended") or {}
+    states = ", ".join(f"{n:,} {state}" for state, n in sorted(ended.items(), key=lambda kv: -kv[1])) or "none"
+    lines = [
+        f"run {summary.get('run_id', '')}{' (interrupted)' if summary.get('interrupted') else ''}: "
+        f"{_count(summary.get('agents', 0), 'agent')} in {summary.get('wall_s', 0):.2f} s; ended: {states}",
+        f"energy {summary.get('energy_used', 0):,.1f} used of {summary.get('energy_budget', 0):,.1f} granted; "
+        f"effects: " + (", ".join(f"{k} {v:,}" for k, v in (summary.get("effects") or {}).items() if v) or "none"),
+    ]
+    if summary.get("llm_requests") is not None:
+        lines.append(
+            f"LLM: {summary.get('llm_requests', 0):,} requests, {summary.get('http_requests', 0):,} HTTP "
+            f"(mean batch {summary.get('batch_size_mean', 0):.1f}), cache hit rate "
+            f"{100 * summary.get('cache_hit_rate', 0):.1f}%, p50 {1000 * summary.get('latency_p50_s', 0):.1f} ms, "
+            f"p99 {1000 * summary.get('latency_p99_s', 0):.1f} ms, {summary.get('llm_errors', 0):,} errors")
+    if summary.get("unique_objects") is not None:
+        lines.append(
+            f"memory: {summary.get('unique_objects', 0):,} objects, dedup x{summary.get('dedup_ratio', 1):.1f}, "
+            f"compression x{summary.get('compression_ratio', 1):.1f}, RSS "
+            f"{summary.get('rss_bytes', 0) / 2**20:.0f} MiB; dashboard cost "
+            f"{100 * summary.get('dashboard_cost_fraction', 0):.2f}% of the run")
+        if summary.get("wall_s", 0) < 1:  # a fraction of a tiny run is mostly the dashboard's fixed start-up
+            lines[-1] = lines[-1].rsplit("; dashboard cost", 1)[0]
+    for r in summary.get("results") or []:
+        what = f"= {_clip(r['text'])}" if r["state"] == "done" else f"{r['state']}: {_clip(r.get('error') or '')}"
+        lines.append(f"  {r['name'] or r['id']}: {what}  [energy {r['energy_used']:g}]")
+    faults = summary.get("recent_faults") or []
+    for fault in faults[-3:]:
+        who = f"agent {fault['agent']}" + (f" ({fault['name']})" if fault.get("name") else "")
+        lines.append(f"fault: {who} line {fault['line']}: {fault['message']}")
+    if summary.get("store"):
+        lines.append(f"store: {summary['store']} (avm inspect {summary['store']})")
+    return lines
