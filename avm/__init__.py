@@ -4,6 +4,7 @@ Public names are re-exported here explicitly; ``__all__`` is sorted.
 """
 
 from avm.agent import AgentError, AgentHandle
+from avm.bindings import RunResults, run_agents, run_agents_async
 from avm.errors import (
     AvmError,
     CompileError,
@@ -54,6 +55,7 @@ __all__ = [
     "ProgramError",
     "Ref",
     "RestartPolicy",
+    "RunResults",
     "SnapshotError",
     "Stalled",
     "StoreError",
@@ -72,5 +74,7 @@ __all__ = [
     "compile",
     "disassemble",
     "gbnf",
+    "run_agents",
+    "run_agents_async",
     "tool",
 ]

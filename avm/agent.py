@@ -59,8 +59,22 @@ class AgentError(AvmError):
         self.agent_name = agent.name
         self.state = state
         self.detail = detail
-        who = f"agent {agent.id}" + (f" ({agent.name})" if agent.name else "")
-        super().__init__(f"{who} ended {state.value}: {detail}" if detail else f"{who} ended {state.value}")
+        super().__init__(_ended_message(agent.id, agent.name, state, detail))
+
+    def __reduce__(self) -> Any:  # picklable (results cross process boundaries); the agent itself is not kept
+        return _agent_error, (self.agent_id, self.agent_name, self.state, self.detail)
+
+
+def _agent_error(agent_id: int, name: str | None, state: AgentState, detail: str) -> AgentError:
+    error = AgentError.__new__(AgentError)
+    error.agent_id, error.agent_name, error.state, error.detail = agent_id, name, state, detail
+    AvmError.__init__(error, _ended_message(agent_id, name, state, detail))
+    return error
+
+
+def _ended_message(agent_id: int, name: str | None, state: AgentState, detail: str) -> str:
+    who = f"agent {agent_id}" + (f" ({name})" if name else "")
+    return f"{who} ended {state.value}: {detail}" if detail else f"{who} ended {state.value}"
 
 
 class _Hibernate(Exception):

@@ -27,7 +27,7 @@ import time
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Union, get_args, get_origin
+from typing import Any, Callable, Literal, Union, get_args, get_origin, overload
 
 import trio
 
@@ -251,8 +251,20 @@ class Tool:
         return self.fn(*args, **kwargs)
 
 
+@overload
+def tool(fn: Callable[..., Any], *, name: str | None = None, description: str | None = None,
+         timeout: float = DEFAULT_TIMEOUT, concurrency: int = DEFAULT_CONCURRENCY) -> Tool: ...
+
+
+@overload
+def tool(fn: None = None, *, name: str | None = None, description: str | None = None,
+         timeout: float = DEFAULT_TIMEOUT, concurrency: int = DEFAULT_CONCURRENCY
+         ) -> Callable[[Callable[..., Any]], Tool]: ...
+
+
 def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, description: str | None = None,
-         timeout: float = DEFAULT_TIMEOUT, concurrency: int = DEFAULT_CONCURRENCY) -> Any:
+         timeout: float = DEFAULT_TIMEOUT, concurrency: int = DEFAULT_CONCURRENCY
+         ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Make a function a tool: ``@avm.tool`` or ``@avm.tool(name=..., timeout=..., concurrency=...)``."""
 
     def make(f: Callable[..., Any]) -> Tool:

@@ -145,3 +145,15 @@ async def test_program_ref_is_spawnable_by_agents():
         assert await parent.result() == 42
         assert vm.program_ref(avm.compile("load x\npush 2\nmul\nreturn")) == ref
 
+
+
+async def test_agent_errors_pickle():
+    import pickle
+
+    async with VM() as vm:
+        h = await vm.spawn(FAULT, budget=5, name="bad")
+        with pytest.raises(avm.AgentError) as info:
+            await h.result()
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert type(copy) is avm.AgentError and str(copy) == str(info.value)
+    assert (copy.agent_id, copy.agent_name, copy.state, copy.detail) == (h.id, "bad", h.state, h.detail)
