@@ -137,7 +137,8 @@ class VMStatistics:
     energy_budget: float = 0.0  # granted to agents spawned by the host (spawn budgets plus add_budget)
     ended: dict[str, int] = field(default_factory=dict)  # terminal states entered so far, per state
     faults: int = 0  # program faults so far (restarted ones included)
-    repeated_effects: int = 0  # effects identical, request and result, to the agent's previous one
+    repeated_effects: int = 0  # effects identical, request and result, to the agent's previous one (as the
+    # stall detector sees them: always 0 with stall_limit=0)
     tool_repeats: int = 0  # tool calls with the same tool and arguments as an earlier call by the same agent
     top_agents: tuple[tuple[int, str | None, str, float], ...] = ()  # (id, name, state, energy), most first
 
@@ -316,9 +317,9 @@ class VM:
         except (ValueError, TypeError) as exc:
             raise VMError(str(exc)) from None
         granted = self._grant(tools)
-        self._budgeted += budget_milli
         agent = self._create(code, inputs, budget_milli, name=name, rank=rank, granted=granted,
                              system=self._system_ref(system), policy=policy)
+        self._budgeted += budget_milli
         self._nursery.start_soon(agent._main)
         return agent
 
@@ -495,8 +496,8 @@ class VM:
         if type(agent.inputs) is dict:
             agent.inputs = encode_value(agent.inputs)
         box = agent.mailbox
-        if box is not None and not len(box) and box.receiver is None and not box.senders:
-            agent.mailbox = None
+        if box is not None and not len(box) and box.receiver is None and box.senders is None:
+            agent.mailbox = None  # (a box that ever made a sender wait is kept: that sender may still offer)
         agent.deadline = deadline
         agent._set(S.HIBERNATED)
         self._hibernations += 1
@@ -597,6 +598,13 @@ class VM:
         self._faults.append((agent.id, agent.name, fault.line, f"{fault.kind}: {fault.error}"))
 
     # --- lookups and numbers -------------------------------------------------------------------
+
+    def cancel_all(self) -> int:
+        """Cancel every live agent (each ends CANCELLED at its next await); how many were asked."""
+        agents = [a for a in self._agents.values() if a.state not in TERMINAL]
+        for agent in agents:
+            agent.cancel()
+        return len(agents)
 
     def agent(self, key: int | str) -> AgentHandle | None:
         """A live agent by id or name."""

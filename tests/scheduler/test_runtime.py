@@ -366,3 +366,45 @@ async def test_bad_spawns_are_clear_errors():
             await vm.spawn("halt\n", tools=["nope"])
     with pytest.raises(VMError, match="unknown VM setting"):
         VM(quantm=3)
+
+
+TWO_RECVS = """
+    push 30
+    recv
+    store a
+    push 30
+    recv
+    store b
+    load a
+    load b
+    list 2
+    return
+"""
+
+
+@pytest.mark.parametrize("attempt", range(30))  # trio varies the order of a batch of runnable tasks
+async def test_senders_waiting_on_a_full_mailbox_of_a_hibernating_agent_lose_nothing(attempt, autojump_clock):
+    async with VM(hibernate_after_s=0, mailbox_capacity=1) as vm:
+        h = await vm.spawn(TWO_RECVS, name="r", budget=1000)
+        await trio.sleep(1)
+        assert h.state is S.HIBERNATED
+        sent = []
+
+        async def send(i):
+            sent.append(await h.send(i))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send, 1)
+            nursery.start_soon(send, 2)
+        assert sorted(await h.result()) == [1, 2] and sent == [True, True]
+
+
+@pytest.mark.parametrize("attempt", range(30))
+async def test_a_message_sent_as_the_idle_deadline_fires_is_received(attempt, autojump_clock):
+    async with VM(hibernate_after_s=1.0) as vm:
+        h = await vm.spawn("push 1000\nrecv\nreturn", budget=10)
+        start = trio.current_time()
+        await trio.sleep_until(start + 0.999 + (attempt % 5) * 0.0005)
+        assert await h.send("x")
+        with trio.fail_after(100):
+            assert await h.result() == "x"
