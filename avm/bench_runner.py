@@ -240,7 +240,7 @@ def run_benches(names: Sequence[str] | None = None, *, as_json: bool = False, qu
     interrupted. User errors (no bench directory, an unknown name, a bad
     timeout) raise `avm.cli.CliError`.
     """
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s < math.inf:
         raise _cli_error(f"--timeout {timeout_s!r}: must be a number of seconds > 0")
     where = Path(bench_dir) if bench_dir is not None else default_bench_dir()
     scripts = _select(where, names)

@@ -29,6 +29,7 @@ from avm.lang.code import Code
 from avm.lang.compiler import compile_source
 from avm.lang.disasm import disassemble
 from avm.lang.grammar import gbnf
+from avm.lang.values import is_value
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -46,6 +47,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
     return value
 
 
@@ -101,6 +112,10 @@ def _parse_inputs(pairs: Sequence[str]) -> dict[str, Any]:
             inputs[name] = json.loads(raw)
         except ValueError:
             inputs[name] = raw
+        except RecursionError:
+            raise CliError(f"--input {name}: nested too deeply") from None
+        if not is_value(inputs[name]):
+            raise CliError(f"--input {name}: not a VM value (nested too deeply, or a number out of range)")
     return inputs
 
 
@@ -110,8 +125,8 @@ def _program_spec(path: str, inputs: dict[str, Any]) -> Any:
     from avm.spec import DEFAULT_BUDGET, AgentGroup, Program, RunSpec
 
     code = _compile_file(path)
-    name = "".join(c if c.isalnum() or c in "_-" else "_" for c in Path(path).stem) or "agent"
-    if not name[0].isalpha():
+    name = "".join(c if c.isascii() and (c.isalnum() or c in "_-") else "_" for c in Path(path).stem) or "agent"
+    if not (name[0].isascii() and name[0].isalpha()):
         name = "p_" + name
     group = AgentGroup(name, Program(code, path), 1, tools=tuple(t.name for t in TOOLS),
                        inputs=(inputs,) if inputs else (), budget=DEFAULT_BUDGET)
@@ -167,7 +182,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("avm run: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     if args.json:
-        print(json.dumps(outcome.summary, sort_keys=True))
+        print(json.dumps(outcome.summary, sort_keys=True, default=str))
     else:
         for line in summary_lines(outcome.summary):
             print(line)
@@ -224,11 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="NAME", help="the model (default: the embedded one, or OPENAI_MODEL)")
     p.add_argument("--store", metavar="DIR", help="a store directory: the run's objects and a record of every "
                    "agent are kept there (see avm inspect)")
-    p.add_argument("--budget", type=float, metavar="E", help="energy budget of every agent")
+    p.add_argument("--budget", type=_positive_float, metavar="E", help="energy budget of every agent")
     p.add_argument("--input", action="append", default=[], metavar="NAME=VALUE",
                    help="an input of a program file's agents (VALUE is JSON, or else text); repeatable")
     p.add_argument("--no-dashboard", action="store_true", help="a plain progress line instead of the dashboard")
-    p.add_argument("--progress-every", type=float, default=5.0, metavar="S", help=argparse.SUPPRESS)
+    p.add_argument("--progress-every", type=_positive_float, default=5.0, metavar="S", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print one JSON summary object at the end")
     p.set_defaults(fn=cmd_run)
 

@@ -20,15 +20,18 @@ run's summary is bound to ``runs/<run id>``: `avm inspect DIR` shows both.
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import trio
 from rich.console import Console
 
-from avm.errors import AvmError, LLMError, StoreError
+from avm.errors import AvmError, LLMError, StoreError, lone_exception
+from avm.memory.ref import Ref
 from avm.spec import RunSpec, spawn_all
 
 __all__ = ["LaunchError", "RunOptions", "RunOutcome", "run_fleet", "summary_lines"]
@@ -64,10 +67,12 @@ async def _probe(spec: RunSpec) -> None:
     assert spec.llm is not None
     try:
         backend = OpenAIBackend(spec.llm, model=spec.model)
-    except LLMError as exc:
+    except (LLMError, httpx.InvalidURL) as exc:
         raise LaunchError(f"{spec.llm}: {exc}") from None
     try:
         await backend.probe()
+    except httpx.InvalidURL as exc:
+        raise LaunchError(f"{spec.llm}: not a usable URL: {exc}") from None
     except Failure as failure:
         if failure.kind == "auth":
             raise LaunchError(f"{spec.llm}: {failure.message} (set OPENAI_API_KEY)") from None
@@ -102,21 +107,27 @@ async def run_fleet(spec: RunSpec, options: RunOptions | None = None) -> RunOutc
             vm = VM(store, record_agents=store is not None, **spec.vm_kwargs())
         except VMError as exc:
             raise LaunchError(f"{spec.source}: {exc}") from None
+        dash: Dashboard | None = None
         try:
             async with vm:
-                async with trio.open_nursery() as nursery:
-                    if options.handle_sigint:
-                        nursery.start_soon(_watch_sigint, nursery.cancel_scope, sigint)
-                    async with Dashboard(vm, console=options.console, mode=options.display,
+                with lone_exception():
+                    async with trio.open_nursery() as nursery:
+                        if options.handle_sigint:
+                            nursery.start_soon(_watch_sigint, nursery.cancel_scope, sigint)
+                        dash = Dashboard(vm, console=options.console, mode=options.display,
                                          line_every_s=options.line_every_s,
-                                         title=f"AVM: {spec.description or spec.source}") as dash:
-                        for _, group_handles in await spawn_all(vm, spec):
-                            handles.extend(group_handles)
-                        await vm.join()
-                    nursery.cancel_scope.cancel()
+                                         title=f"AVM: {spec.description or spec.source}")
+                        async with dash:
+                            for _, group_handles in await spawn_all(vm, spec):
+                                handles.extend(group_handles)
+                            await vm.join()
+                        nursery.cancel_scope.cancel()
                 interrupted = sigint.seen
-        except VMError as exc:  # a setting the VM refuses (the model of an endpoint, ...)
+                if interrupted:
+                    vm.cancel_all()  # even with on_exit="wait": Ctrl+C means stop now
+        except (VMError, ValueError) as exc:  # a setting or an input the VM refuses
             raise LaunchError(f"{spec.source}: {exc}") from None
+        assert dash is not None
         summary = dash.summary.to_json() if dash.summary is not None else {}
         stats = vm.statistics()
         summary.update({
@@ -169,13 +180,15 @@ async def _watch_sigint(scope: trio.CancelScope, flag: _Interrupt) -> None:
 
 
 def _plain(value: Any) -> Any:
-    """The summary as store values (floats that are not finite become null)."""
+    """The summary as plain JSON values (floats that are not finite become null, refs their hex)."""
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
+    if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, Ref):
+        return f"ref:{value.hex()}"
     return value
 
 

@@ -71,6 +71,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import trio
+
 from avm.errors import AvmError, CompileError
 from avm.io.tools import Tool
 from avm.lang.code import Code
@@ -85,6 +87,7 @@ __all__ = ["DEMO_SOURCE", "AgentGroup", "Program", "RunSpec", "SpecError", "demo
 DEMO_SOURCE = "<built-in demo>"
 AUTO_INPUTS = ("name", "index", "group", "group_size")  # what each agent gets unless its inputs say otherwise
 MAX_COUNT = 1_000_000  # agents in one group
+MAX_BUDGET = 1e12  # the most energy a frame can be given
 DEFAULT_BUDGET = 100.0  # energy per agent when a spec sets none (as VMSettings.default_budget)
 _GROUP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+\Z")
@@ -262,14 +265,19 @@ class RunSpec:
         if agents is not None:
             if type(agents) is not int or agents < 1:
                 raise SpecError(self.source, "--agents", f"must be a whole number >= 1, not {agents!r}")
-            if self.rescale is not None:
-                groups = self.rescale(agents)
-            else:
-                groups = _rescaled(self.source, self.groups, agents)
+            try:
+                if self.rescale is not None:
+                    groups = self.rescale(agents)
+                else:
+                    groups = _rescaled(self.source, self.groups, agents)
+            except ValueError as exc:  # a group past MAX_COUNT
+                if isinstance(exc, SpecError):
+                    raise
+                raise SpecError(self.source, "--agents", str(exc)) from None
             spec = dataclasses.replace(spec, groups=groups)
         if budget is not None:
             if not _positive(budget):
-                raise SpecError(self.source, "--budget", f"must be a positive number, not {budget!r}")
+                raise SpecError(self.source, "--budget", f"must be a positive number up to {MAX_BUDGET:g}, not {budget!r}")
             spec = dataclasses.replace(spec, budget=float(budget),
                                        groups=tuple(dataclasses.replace(g, budget=float(budget))
                                                     for g in spec.groups))
@@ -287,7 +295,7 @@ class RunSpec:
 
 def _positive(value: Any) -> bool:
     return (not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0
-            and math.isfinite(value))
+            and math.isfinite(value) and value <= MAX_BUDGET)
 
 
 def _rescaled(source: str, groups: tuple[AgentGroup, ...], total: int) -> tuple[AgentGroup, ...]:
@@ -327,7 +335,12 @@ async def spawn_group(vm: Any, group: AgentGroup) -> list[Any]:
     """Spawn a group's agents in ``vm`` (an entered `avm.VM`); their handles, in order."""
     refs = {key: vm.program_ref(p.code) for key, p in group.programs.items()}
     spawn = vm.spawn
-    return [await spawn(**group.spawn_kwargs(i, refs)) for i in range(group.count)]
+    handles = []
+    for i in range(group.count):
+        handles.append(await spawn(**group.spawn_kwargs(i, refs)))
+        if i % 1000 == 999:
+            await trio.lowlevel.checkpoint()  # spawn never yields: let Ctrl+C and the dashboard in
+    return handles
 
 
 async def spawn_all(vm: Any, spec: RunSpec) -> list[tuple[AgentGroup, list[Any]]]:

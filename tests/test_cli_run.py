@@ -82,12 +82,31 @@ def test_a_program_file_with_agents_inputs_and_a_store_then_inspect(tmp_path):
     (["run", "no-such-program.avm"], "no-such-program.avm: no such file"),
     (["run", "--agents", "0"], "must be at least 1"),
     (["run", "--agents", "x"], "expected a whole number"),
+    (["run", "examples/fizzbuzz.avm", "--budget", "1e300"], "--budget: must be a positive number up to 1e+12"),
+    (["run", "examples/fizzbuzz.avm", "--agents", "2000000"], "--agents: "),
+    (["run", "examples/fizzbuzz.avm", "--input", "x=" + "[" * 150 + "]" * 150], "--input x: not a VM value"),
+    (["run", "examples/fizzbuzz.avm", "--llm", "http://[::1/v1", "--model", "m"], "http://[::1/v1"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, message):
     result = avm_cmd(*args)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_odd_program_names_and_ref_values_in_the_summary(tmp_path):
+    (tmp_path / "résumé 1.avm").write_text("load helper\nreturn\n")
+    (tmp_path / "helper.avm").write_text("push 1\nreturn\n")
+    result = avm_cmd("run", str(tmp_path / "résumé 1.avm"), "--json")
+    assert result.returncode == 0, result.stderr
+    assert summary_of(result)["results"][0]["name"] == "r_sum__1-0"
+    spec = tmp_path / "refs.toml"
+    spec.write_text('[agents.a]\nprogram = "résumé 1.avm"\nprograms = { helper = "helper.avm" }\n')
+    result = avm_cmd("run", str(spec), "--json")
+    assert result.returncode == 0, result.stderr
+    (only,) = summary_of(result)["results"]
+    helper_ref = avm.ContentStore().put(avm.compile("push 1\nreturn\n").to_bytes())  # as VM.program_ref stores it
+    assert only["state"] == "done" and only["value"] == "ref:" + helper_ref.hex()
 
 
 def test_spec_mistakes_name_the_file_and_the_place(tmp_path):
@@ -169,10 +188,11 @@ budget = 5
 """
 
 
-def test_sigint_cancels_flushes_prints_the_summary_and_exits_130(tmp_path):
+@pytest.mark.parametrize("on_exit", ["cancel", "wait"])
+def test_sigint_cancels_flushes_prints_the_summary_and_exits_130(tmp_path, on_exit):
     (tmp_path / "waiter.avm").write_text("push 600\nrecv\nreturn\n")
     spec = tmp_path / "slow.toml"
-    spec.write_text(SLOW_SPEC)
+    spec.write_text(SLOW_SPEC.replace("[vm]\n", f'[vm]\non_exit = "{on_exit}"\n'))
     store = tmp_path / "store"
     proc = subprocess.Popen([sys.executable, "-m", "avm", "run", str(spec), "--store", str(store), "--json",
                              "--no-dashboard", "--progress-every", "0.2"],

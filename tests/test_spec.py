@@ -343,7 +343,7 @@ def test_other_overrides(spec_dir):
     assert spec.with_overrides() == spec and [g.budget for g in spec.groups] == [5.0, 5.0]
     with pytest.raises(SpecError) as info:
         spec.with_overrides(budget=0)
-    assert str(info.value) == f"{spec.source}: --budget: must be a positive number, not 0"
+    assert str(info.value) == f"{spec.source}: --budget: must be a positive number up to 1e+12, not 0"
     with pytest.raises(SpecError):
         spec.with_overrides(llm="nowhere")
 
