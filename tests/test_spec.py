@@ -325,7 +325,7 @@ def test_agents_override_scales_groups_in_proportion(spec_dir):
 
 
 def test_apportioning_keeps_one_agent_per_group_and_the_total():
-    from avm.spec import _apportion
+    from avm.spec.model import _apportion
 
     assert _apportion([1, 1, 1000], 3) == [1, 1, 1]
     assert _apportion([1, 1, 1000], 10) == [1, 1, 8]
