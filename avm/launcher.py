@@ -129,11 +129,12 @@ async def run_fleet(spec: RunSpec, options: RunOptions | None = None) -> RunOutc
             raise LaunchError(f"{spec.source}: {exc}") from None
         assert dash is not None
         summary = dash.summary.to_json() if dash.summary is not None else {}
-        stats = vm.statistics()
+        stats = vm.statistics()  # after the VM's exit: the counts below include agents cancelled by Ctrl+C
         summary.update({
             "run_id": vm.run_id, "spec": spec.source, "interrupted": interrupted,
             "wall_s": round(time.perf_counter() - started, 3), "agents": stats.agents, "live": stats.live,
-            "ended": dict(stats.ended), "by_state": dict(stats.by_state), "energy_used": stats.energy_used,
+            "ended": dict(stats.ended), "by_state": dict(stats.by_state), "completions": stats.completions,
+            "faults": stats.faults, "energy_used": stats.energy_used, "energy_left": stats.energy_left,
             "energy_budget": stats.energy_budget, "effects": dict(stats.effects), "messages": stats.messages,
             "llm_errors": stats.llm_errors, "dashboard_cost_fraction": round(dash.cost_fraction, 5),
             "store": spec.store,

@@ -212,6 +212,7 @@ def test_sigint_cancels_flushes_prints_the_summary_and_exits_130(tmp_path, on_ex
     assert "Traceback" not in err and "interrupted" in err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["interrupted"] is True and summary["ended"] == {"cancelled": 40}
+    assert summary["completions"] == 40 and summary["live"] == 0
     # nothing stored is lost: every agent's record and the run's summary are in the store
     with avm.ContentStore(str(store)) as s:
         records = s.names(f"agents/{summary['run_id']}/")
