@@ -437,8 +437,6 @@ class AgentHandle:
         idle = self.vm.settings.hibernate_after_s
         if idle is not None and deadline > now + idle:
             found, message = await mailbox.receive(now + idle)
-            if not found:  # a sender may have queued a message as the idle deadline fired
-                found, message = mailbox.take()
             if found:
                 return message
             raise _Hibernate(deadline)

@@ -74,7 +74,7 @@ class Mailbox:
         return True, message
 
     async def receive(self, deadline: float = math.inf) -> tuple[bool, Any]:
-        """Take a message, parking until one arrives or ``deadline`` passes."""
+        """Take a message, parking until one arrives or ``deadline`` passes; (False, None) if none came."""
         found, message = self.take()
         if found:
             await trio.lowlevel.checkpoint()  # every receive is a checkpoint, as in trio's channels
@@ -85,7 +85,7 @@ class Mailbox:
             return True, await self._park()
         with trio.move_on_at(deadline):
             return True, await self._park()
-        return False, None
+        return self.take()  # a sender may have queued a message as the deadline fired
 
     async def _park(self) -> Any:
         self.receiver = current_task()
