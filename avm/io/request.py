@@ -62,6 +62,10 @@ class Message:
         content = self.content
         if type(content) is str:
             content = hash_bytes(content.encode("utf-8", "surrogatepass"))
+        return self.as_dict(content)
+
+    def as_dict(self, content: Any) -> dict[str, Any]:
+        """The message as a chat-completions dict, with ``content`` as given (text, or its hash)."""
         out: dict[str, Any] = {"role": self.role, "content": content}
         if self.name is not None:
             out["name"] = self.name

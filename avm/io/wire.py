@@ -129,9 +129,9 @@ class WireEncoder:
         elif t is str and len(content) >= self._share_min:  # type: ignore[arg-type]
             key = (m.role, content)
         else:
-            return dumps(self._message_dict(m, content))
+            return dumps(m.as_dict(content))
         if m.name is not None or m.tool_call_id is not None or m.tool_calls:
-            return dumps(self._message_dict(m, self.text(content) if t is Ref else content))  # type: ignore[arg-type]
+            return dumps(m.as_dict(self.text(content) if t is Ref else content))
         data = self._shared.get(key)
         if data is None:
             self.shared_misses += 1
@@ -141,17 +141,6 @@ class WireEncoder:
         else:
             self.shared_hits += 1
         return data
-
-    @staticmethod
-    def _message_dict(m: Message, content: Any) -> dict[str, Any]:
-        out: dict[str, Any] = {"role": m.role, "content": content}
-        if m.name is not None:
-            out["name"] = m.name
-        if m.tool_call_id is not None:
-            out["tool_call_id"] = m.tool_call_id
-        if m.tool_calls:
-            out["tool_calls"] = list(m.tool_calls)
-        return out
 
     def text(self, ref: Ref) -> str:
         """The text stored under ``ref`` (UTF-8); `RequestError` if it is not there."""
