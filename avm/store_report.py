@@ -46,7 +46,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["add_bench_parser", "add_inspect_parser", "inspect_store", "load_report", "print_table"]
+__all__ = ["add_inspect_parser", "inspect_store", "load_report", "print_table"]
 
 AGENTS_PREFIX = b"agents/"
 RUNS_PREFIX = b"runs/"
@@ -504,9 +504,3 @@ def add_inspect_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_inspect, func=_cmd_inspect)
     return p  # type: ignore[no-any-return]
 
-
-def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``avm bench`` on an argparse subparsers object; the new parser."""
-    from avm.bench_runner import add_bench_parser as add
-
-    return add(subparsers)

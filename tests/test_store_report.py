@@ -17,27 +17,14 @@ from rich.console import Console
 
 import avm
 from avm.agent import AgentError
+from avm.bench_runner import add_bench_parser
 from avm.cli import CliError
 from avm.runtime import VM
-from avm.store_report import add_bench_parser, add_inspect_parser, inspect_store, load_report
+from avm.store_report import add_inspect_parser, inspect_store, load_report
+from tests.agent_programs import COUNT
 
 ROOT = Path(__file__).resolve().parent.parent
 
-COUNT = """
-    push 0
-    store i
-loop:
-    load i
-    push 1
-    add
-    store i
-    load i
-    load n
-    lt
-    jump_if loop
-    load i
-    return
-"""
 FAULT = "push 1\npush 0\nmod\nreturn\n"
 QUOTED = 'push "say \\"hi\\"\\nthen go"\nreturn\n'
 SLEEP_FOREVER = "push 1000\nsleep\nhalt\n"
