@@ -42,7 +42,6 @@ import argparse
 import gc
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -60,6 +59,7 @@ from avm.io.openai import OpenAIBackend
 from avm.io.request import LLMRequest, Message
 from avm.io.server import serve_llm
 from avm.memory import ContentStore
+from llm_server import start_server_process  # bench/ is on sys.path when a bench runs
 
 MODEL = "avm-embedded"
 _FILLER = ("The agent read the previous tool result and decided which file to open next; "
@@ -99,18 +99,6 @@ class GcTimer:
 
     def __exit__(self, *exc: object) -> None:
         gc.callbacks.remove(self)
-
-
-def start_server_process() -> tuple[subprocess.Popen[str], str]:
-    """``python -m avm serve-llm`` on a free port, and its base URL."""
-    proc = subprocess.Popen([sys.executable, "-m", "avm", "serve-llm", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("OPENAI_BASE_URL="):
-            return proc, line.split("=", 1)[1].strip()
-    proc.kill()
-    raise SystemExit("avm serve-llm did not start")
 
 
 @asynccontextmanager

@@ -106,7 +106,8 @@ async def _run_all(url: str, seconds: float, pid: int | None) -> dict[str, Any]:
     return results
 
 
-def _start_subprocess() -> tuple[subprocess.Popen[str], str]:
+def start_server_process() -> tuple[subprocess.Popen[str], str]:
+    """``python -m avm serve-llm`` on a free port, and its base URL (bench/io.py uses it too)."""
     proc = subprocess.Popen([sys.executable, "-m", "avm", "serve-llm", "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 return await _run_all(server.url, args.seconds, None)
         results = trio.run(in_process)
     else:
-        proc, url = _start_subprocess()
+        proc, url = start_server_process()
         try:
             results = trio.run(_run_all, url, args.seconds, proc.pid)
         finally:

@@ -209,6 +209,16 @@ async def wait_for(vm: Any, state: str, count: int, what: str) -> None:
         await trio.sleep(0.002)
 
 
+async def warm_up(vm: Any, code: Any, state: str, inputs: bool = True) -> None:
+    """Run 100 agents to ``state``, send each a message and let them end: the VM's caches and
+    trio's structures are sized before anything is measured."""
+    warm = [await vm.spawn(code, inputs={"n": -i - 1} if inputs else None) for i in range(100)]
+    await wait_for(vm, state, len(warm), "warm-up")
+    for h in warm:
+        await h.send(0)
+    await vm.join()
+
+
 class Tracer:
     """With --trace: tracemalloc by line and a census by type of the objects created since start()."""
 
@@ -286,12 +296,7 @@ async def phase_spawn(args: argparse.Namespace, inputs: bool) -> dict[str, Any]:
     rounds = 1 if inputs else SPAWN_ROUNDS
     out: dict[str, Any] = {"rounds_us": [], "wake_us": []}
     async with VM(hibernate_after_s=None) as vm:
-        warm = [await vm.spawn(code, inputs={"n": -i - 1} if inputs else None) for i in range(100)]
-        await wait_for(vm, "waiting_message", len(warm), "warm-up")
-        for h in warm:
-            await h.send(0)
-        await vm.join()
-        del warm, h
+        await warm_up(vm, code, "waiting_message", inputs)
         handles: list[Any] = [None] * n
         _prepare(args.freeze)
         tracer.start()
@@ -339,12 +344,7 @@ async def phase_hibernate(args: argparse.Namespace) -> dict[str, Any]:
     n, batch = HIBERNATE_N, args.batch
     out: dict[str, Any] = {}
     async with VM(hibernate_after_s=0.0) as vm:
-        warm = [await vm.spawn(code, inputs={"n": -i - 1}) for i in range(100)]
-        await wait_for(vm, "hibernated", len(warm), "warm-up")
-        for h in warm:
-            await h.send(0)
-        await vm.join()
-        del warm, h
+        await warm_up(vm, code, "hibernated")
         handles: list[Any] = [None] * n
         _prepare(args.freeze)
         tracer.start()
