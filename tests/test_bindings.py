@@ -17,27 +17,13 @@ import avm
 from avm.io.request import LLMRequest, LLMResponse, Usage
 from avm.io.tools import ToolDefinitionError
 from avm.scheduler.states import AgentState as S
+from tests.agent_programs import COUNT
 
 ROOT = Path(__file__).resolve().parent.parent
 
 ECHO_INPUT = "load x\nreturn\n"
 NAP_THEN_ECHO = "load nap\nsleep\npop\nload x\nreturn\n"  # sleep pushes null
 DIVIDE = "push 10\nload d\nmod\nreturn\n"  # d = 0 faults at line 3
-COUNT = """
-    push 0
-    store i
-loop:
-    load i
-    push 1
-    add
-    store i
-    load i
-    load n
-    lt
-    jump_if loop
-    load i
-    return
-"""
 WAIT_FOREVER = "push null\nrecv\nreturn\n"
 
 

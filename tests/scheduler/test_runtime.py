@@ -9,22 +9,7 @@ import avm
 from avm.agent import AgentError
 from avm.runtime import VM, VMError
 from avm.scheduler.states import AgentState as S
-
-COUNT = """
-    push 0
-    store i
-loop:
-    load i
-    push 1
-    add
-    store i
-    load i
-    load n
-    lt
-    jump_if loop
-    load i
-    return
-"""
+from tests.agent_programs import COUNT
 
 ECHO = """
     push null
