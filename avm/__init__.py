@@ -17,17 +17,31 @@ from avm.errors import (
     StoreError,
     StoreFormatError,
 )
-from avm.io.tools import Tool, ToolDenied, ToolError, ToolRegistry, tool
 from avm.lang.code import Code, CodeFormatError
 from avm.lang.compiler import compile_source as compile
 from avm.lang.disasm import disassemble
 from avm.lang.frame import Frame, FrameStateError
 from avm.lang.grammar import gbnf
-from avm.lang.outcomes import BudgetExceeded, Done, Effect, Fault, Outcome, Preempted, Stalled
-from avm.memory import ContentStore, Ref, StoreStatistics, TierStatistics, ValueFormatError
+from avm.lang.outcomes import (
+    BudgetExceeded,
+    Done,
+    Effect,
+    Fault,
+    Outcome,
+    Preempted,
+    Stalled,
+)
+from avm.memory import (
+    ContentStore,
+    Ref,
+    StoreStatistics,
+    TierStatistics,
+    ValueFormatError,
+)
 from avm.runtime import VM, VMError, VMSettings, VMStatistics
 from avm.scheduler.states import AgentState
 from avm.scheduler.supervision import RestartPolicy
+from avm.tools.registry import Tool, ToolDenied, ToolError, ToolRegistry, tool
 
 __version__ = "0.1.0"
 

@@ -26,10 +26,15 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from avm.conversation import MessageError, llm_error_value, reply_message, reply_value, to_messages
+from avm.conversation import (
+    MessageError,
+    llm_error_value,
+    reply_message,
+    reply_value,
+    to_messages,
+)
 from avm.errors import AvmError, LLMError
 from avm.io.request import Message, RequestError
-from avm.io.tools import ToolDenied, error_value
 from avm.lang.code import Code
 from avm.lang.frame import Frame
 from avm.lang.outcomes import BudgetExceeded, Done, Effect, Fault, Preempted, Stalled
@@ -38,6 +43,7 @@ from avm.memory.values import decode_value
 from avm.scheduler.mailbox import Mailbox
 from avm.scheduler.states import TERMINAL, WAITING_ON, AgentState
 from avm.scheduler.supervision import RestartHistory, RestartPolicy
+from avm.tools.registry import ToolDenied, error_value
 
 if TYPE_CHECKING:
     from avm.memory.ref import Ref

@@ -194,8 +194,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_serve_llm(args: argparse.Namespace) -> int:
     """Run the embedded LLM server in the foreground until SIGINT or SIGTERM."""
-    from avm.io.faults import LLMServerError, ServerSettings
-    from avm.io.server import LLMServer, run_server
+    from avm.io.embedded.faults import LLMServerError, ServerSettings
+    from avm.io.embedded.server import LLMServer, run_server
 
     try:
         settings = ServerSettings(

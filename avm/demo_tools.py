@@ -18,7 +18,7 @@ import ast
 import operator
 import re
 
-from avm.io.tools import ToolError, tool
+from avm.tools.registry import ToolError, tool
 
 NOTES = (
     "Octopuses have three hearts and blue, copper-based blood.",

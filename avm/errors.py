@@ -4,16 +4,16 @@
     ├── ProgramError              a fault of an agent's program, not of AVM
     │   ├── CompileError          source that does not compile (line, column, caret)
     │   ├── SnapshotError         a snapshot that is malformed or for another program
-    │   └── ToolDenied            a call of a tool the agent was not granted (avm.io.tools)
+    │   └── ToolDenied            a call of a tool the agent was not granted (avm.tools.registry)
     ├── StoreError                the content-addressed store
     │   ├── NotFound              a ref the store does not hold
     │   ├── CorruptObject         stored bytes whose digest does not match their ref
     │   ├── StoreFormatError      a directory that is not an AVM store, or of another version
     │   └── ValueFormatError      bytes that are not a canonical encoded value (avm.memory.values)
-    ├── ToolError                 raised inside a tool; reaches the program as an error value (avm.io.tools)
-    ├── ToolDefinitionError       a function that cannot be a tool (avm.io.tools)
+    ├── ToolError                 raised inside a tool; reaches the program as an error value (avm.tools.registry)
+    ├── ToolDefinitionError       a function that cannot be a tool (avm.tools.registry)
     ├── FrameStateError           a frame driven out of order by its host (avm.lang.frame)
-    ├── LLMServerError            the embedded LLM server cannot start or serve (avm.io.faults)
+    ├── LLMServerError            the embedded LLM server cannot start or serve (avm.io.embedded.faults)
     ├── LLMError                  an LLM request the gateway could not answer (avm.io.gateway)
     └── InternalError             a bug in AVM itself
 

@@ -61,8 +61,8 @@ class RunOutcome:
 
 async def _probe(spec: RunSpec) -> None:
     """An endpoint given by URL must answer and take the key before any agent depends on it."""
-    from avm.io.backends import Failure
-    from avm.io.openai import OpenAIBackend
+    from avm.io.client.backends import Failure
+    from avm.io.client.openai import OpenAIBackend
 
     assert spec.llm is not None
     try:

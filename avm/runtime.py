@@ -39,7 +39,6 @@ from avm.agent import AgentError, AgentHandle, child_result
 from avm.conversation import fill, placeholders
 from avm.errors import AvmError, CompileError, NotFound, StoreError, lone_exception
 from avm.io.request import LLMRequest, Message
-from avm.io.tools import ToolRegistry, error_value
 from avm.lang.code import Code, CodeFormatError
 from avm.lang.compiler import compile_source
 from avm.lang.frame import to_milli
@@ -51,6 +50,7 @@ from avm.scheduler.runqueue import RunQueue
 from avm.scheduler.states import TERMINAL, AgentState, priority_rank
 from avm.scheduler.supervision import RestartPolicy
 from avm.scheduler.timers import Timers
+from avm.tools.registry import ToolRegistry, error_value
 
 __all__ = ["VM", "AgentError", "VMError", "VMSettings", "VMStatistics"]
 
@@ -236,12 +236,12 @@ class VM:
         if llm is not None and not isinstance(llm, str):
             self.model = self.settings.model or getattr(llm, "model", None) or ""
             return llm  # a Gateway given by the caller, who owns it
+        from avm.io.client.openai import OpenAIBackend
         from avm.io.gateway import Gateway
-        from avm.io.openai import OpenAIBackend
 
         if llm is None:
-            from avm.io.faults import DEFAULT_MODEL
-            from avm.io.server import serve_llm
+            from avm.io.embedded.faults import DEFAULT_MODEL
+            from avm.io.embedded.server import serve_llm
 
             server = await stack.enter_async_context(serve_llm(**self.settings.llm_server))
             self.model = self.settings.model or DEFAULT_MODEL

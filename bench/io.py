@@ -55,11 +55,12 @@ try:
 except ModuleNotFoundError:  # run from a checkout without installing
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from avm.io.gateway import Gateway
-from avm.io.openai import OpenAIBackend
-from avm.io.request import LLMRequest, Message
-from avm.io.server import serve_llm
-from avm.memory import ContentStore
 from llm_server import start_server_process  # bench/ is on sys.path when a bench runs
+
+from avm.io.client.openai import OpenAIBackend
+from avm.io.embedded.server import serve_llm
+from avm.io.request import LLMRequest, Message
+from avm.memory import ContentStore
 
 MODEL = "avm-embedded"
 _FILLER = ("The agent read the previous tool result and decided which file to open next; "

@@ -1,4 +1,4 @@
-"""Throughput of the embedded LLM server (avm.io.server) from one httpx client.
+"""Throughput of the embedded LLM server (avm.io.embedded.server) from one httpx client.
 
 Run ``python bench/llm_server.py`` for readable lines, ``--json`` to also print
 one JSON object as the last line. By default the server runs in its own
@@ -30,10 +30,10 @@ import httpx
 import trio
 
 try:
-    from avm.io.server import serve_llm
+    from avm.io.embedded.server import serve_llm
 except ModuleNotFoundError:  # run from a checkout without installing
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from avm.io.server import serve_llm
+    from avm.io.embedded.server import serve_llm
 
 _FILLER = ("The agent read the previous tool result and decided which file to open next; "
            "the search returned several candidate modules with their line counts. ")

@@ -15,8 +15,8 @@ import trio
 
 import avm
 from avm.io.request import LLMRequest, LLMResponse, Usage
-from avm.io.tools import ToolDefinitionError
 from avm.scheduler.states import AgentState as S
+from avm.tools.registry import ToolDefinitionError
 from tests.agent_programs import COUNT
 
 ROOT = Path(__file__).resolve().parent.parent

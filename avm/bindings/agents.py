@@ -24,11 +24,11 @@ import trio
 
 from avm.agent import AgentError, AgentHandle
 from avm.bindings.plan import Plan, make_plan
-from avm.io.tools import Tool, ToolRegistry
 from avm.lang.code import Code
 from avm.memory.ref import Ref
 from avm.memory.store import ContentStore
 from avm.runtime import VM, VMError, VMStatistics
+from avm.tools.registry import Tool, ToolRegistry
 
 if TYPE_CHECKING:
     from avm.io.gateway import Gateway

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from avm.io.tools import Tool, ToolRegistry
 from avm.lang.code import Code
 from avm.lang.compiler import compile_source
 from avm.lang.frame import to_milli
@@ -24,6 +23,7 @@ from avm.memory.ref import Ref
 from avm.memory.store import ContentStore
 from avm.runtime import VMError, VMSettings
 from avm.scheduler.states import priority_rank
+from avm.tools.registry import Tool, ToolRegistry
 
 if TYPE_CHECKING:
     from avm.io.gateway import Gateway

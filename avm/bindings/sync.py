@@ -14,11 +14,11 @@ import trio
 
 from avm.bindings.agents import RunResults, current_async_library, execute
 from avm.bindings.plan import make_plan
-from avm.io.tools import Tool, ToolRegistry
 from avm.lang.code import Code
 from avm.memory.ref import Ref
 from avm.memory.store import ContentStore
 from avm.runtime import VMError
+from avm.tools.registry import Tool, ToolRegistry
 
 if TYPE_CHECKING:
     from avm.io.gateway import Gateway

@@ -31,7 +31,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from avm.io.backends import Reply
+from avm.io.client.backends import Reply
 
 __all__ = ["NAME_PREFIX", "Entry", "ResponseCache"]
 

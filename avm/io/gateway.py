@@ -65,11 +65,10 @@ from typing import Any, Self
 import trio
 
 from avm.errors import LLMError, lone_exception
-from avm.io.backends import Backend, Failure, Reply
 from avm.io.cache import ResponseCache
+from avm.io.client.backends import Backend, Failure, Reply
 from avm.io.gateway_settings import GatewaySettings, GatewayStatistics
 from avm.io.keys import RequestKeyer
-from avm.io.openai import OpenAIBackend
 from avm.io.request import LLMRequest, LLMResponse, RequestError, Usage
 from avm.io.wire import WireEncoder
 
@@ -133,14 +132,12 @@ def _ident(request: LLMRequest, key: bytes | None) -> str:
 class Gateway:
     """Caches, coalesces, queues, batches and sends LLM requests (see the module docstring)."""
 
-    def __init__(self, backend: Backend | None = None, *, store: Any = None,
+    def __init__(self, backend: Backend, *, store: Any = None,
                  settings: GatewaySettings | None = None, **overrides: Any):
         if settings is None:
             settings = GatewaySettings.from_mapping(overrides)
         elif overrides:
             settings = dataclasses.replace(settings, **overrides)
-        if backend is None:
-            backend = OpenAIBackend()  # from OPENAI_BASE_URL / OPENAI_API_KEY
         self.settings = settings
         self._backend = backend
         self._store = store

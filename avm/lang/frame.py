@@ -26,10 +26,18 @@ from typing import Any, Mapping
 
 from avm.errors import AvmError
 from avm.lang import opcodes as O
-from avm.lang.code import Code
-from avm.lang.outcomes import BudgetExceeded, Done, Effect, Fault, Outcome, Preempted, Stalled
-from avm.lang.values import VMError, equal, is_value, truthy, type_name
 from avm.lang import ops as H
+from avm.lang.code import Code
+from avm.lang.outcomes import (
+    BudgetExceeded,
+    Done,
+    Effect,
+    Fault,
+    Outcome,
+    Preempted,
+    Stalled,
+)
+from avm.lang.values import VMError, equal, is_value, truthy, type_name
 
 READY = "ready"
 WAITING = "waiting"  # an Effect is out; resume() is next

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from avm.errors import AvmError, CompileError
-from avm.io.tools import Tool
 from avm.lang.compiler import IDENT, compile_source
 from avm.lang.values import is_value
 from avm.scheduler.states import PRIORITIES
@@ -33,6 +32,7 @@ from avm.spec.model import (
     _check_url,
     _positive,
 )
+from avm.tools.registry import Tool
 
 __all__ = ["load_spec"]
 
@@ -299,7 +299,7 @@ class _Loader:
                 raise self.fail(where, f"unknown VM setting (allowed: {', '.join(allowed)})")
             settings[name] = self.setting(value, hints[name], where)
         if "llm_server" in settings:
-            from avm.io.faults import LLMServerError, ServerSettings
+            from avm.io.embedded.faults import LLMServerError, ServerSettings
 
             try:
                 ServerSettings.from_mapping(settings["llm_server"])

@@ -13,11 +13,11 @@ from typing import Any
 import trio
 
 from avm.errors import AvmError
-from avm.io.tools import Tool
 from avm.lang.code import Code
 from avm.lang.compiler import IDENT
 from avm.scheduler.states import PRIORITIES
 from avm.scheduler.supervision import MODES
+from avm.tools.registry import Tool
 
 __all__ = ["AUTO_INPUTS", "DEFAULT_BUDGET", "DEMO_SOURCE", "MAX_BUDGET", "MAX_COUNT", "AgentGroup", "Program",
            "RunSpec", "SpecError", "spawn_all", "spawn_group"]

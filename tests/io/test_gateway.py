@@ -9,10 +9,10 @@ import trio
 
 from avm.errors import LLMError
 from avm.io.cache import NAME_PREFIX
+from avm.io.client.openai import OpenAIBackend
+from avm.io.embedded.server import serve_llm
 from avm.io.gateway import Gateway
-from avm.io.openai import OpenAIBackend
 from avm.io.request import LLMRequest, Message
-from avm.io.server import serve_llm
 from avm.memory import ContentStore
 
 MODEL = "avm-embedded"

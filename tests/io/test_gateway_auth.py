@@ -9,8 +9,8 @@ import pytest
 import trio
 
 from avm.errors import LLMError
+from avm.io.client.openai import OpenAIBackend
 from avm.io.gateway import Gateway
-from avm.io.openai import OpenAIBackend
 from avm.io.request import LLMRequest, Message
 
 KEY = "sk-proj-TOPSECRET-9f8e7d6c5b4a39281706"

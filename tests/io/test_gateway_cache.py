@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gc
 
-from avm.io.backends import Reply
 from avm.io.cache import NAME_PREFIX, ResponseCache
+from avm.io.client.backends import Reply
 from avm.io.request import Usage
 from avm.memory import ContentStore
 

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from avm.errors import LLMError
-from avm.io.backends import Failure, Reply
+from avm.io.client.backends import Failure, Reply
 from avm.io.gateway import Gateway, GatewaySettings
 from avm.io.request import LLMRequest, Message, Usage
 from avm.memory import ContentStore, hash_bytes

@@ -2,7 +2,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import avm
-
 from tests.lang.programs import programs
 
 texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20)

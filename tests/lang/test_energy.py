@@ -6,7 +6,6 @@ from hypothesis import strategies as st
 import avm
 from avm.lang.frame import Frame
 from avm.lang.outcomes import BudgetExceeded, Effect
-
 from tests.lang.drive import drive
 from tests.lang.programs import effect_results, inputs, programs
 

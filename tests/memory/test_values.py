@@ -12,7 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from avm.errors import StoreError
-from avm.memory import ContentStore, Ref, ValueFormatError, decode_value, encode_value, hash_bytes
+from avm.memory import (
+    ContentStore,
+    Ref,
+    ValueFormatError,
+    decode_value,
+    encode_value,
+    hash_bytes,
+)
 from avm.memory.values import MAX_DEPTH
 
 refs = st.binary(min_size=32, max_size=32).map(Ref)

@@ -347,7 +347,7 @@ async def test_bad_spawns_are_clear_errors():
         await vm.spawn("push null\nrecv\nreturn\n", name="a")
         with pytest.raises(VMError, match="already alive"):
             await vm.spawn("halt\n", name="a")
-        with pytest.raises(avm.io.tools.ToolDefinitionError, match="unknown tool"):
+        with pytest.raises(avm.tools.ToolDefinitionError, match="unknown tool"):
             await vm.spawn("halt\n", tools=["nope"])
     with pytest.raises(VMError, match="unknown VM setting"):
         VM(quantm=3)

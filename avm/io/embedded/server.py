@@ -26,9 +26,9 @@ Endpoints (HTTP/1.1, keep-alive, bodies always with Content-Length except stream
 Errors are OpenAI-style ``{"error": {"message", "type", "param", "code"}}``:
 400 for malformed JSON or bad fields, 404 for unknown paths, 405 (with
 ``Allow``) for wrong methods, 413 for bodies above ``max_body_bytes``.
-Replies are described in `avm.io.replies`, latency and faults (which apply to
+Replies are described in `avm.io.embedded.replies`, latency and faults (which apply to
 the three completion endpoints, one decision per HTTP request) in
-`avm.io.faults`. ``model`` may be omitted or name any model; it is echoed.
+`avm.io.embedded.faults`. ``model`` may be omitted or name any model; it is echoed.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ import h11
 import trio
 
 from avm.errors import lone_exception
-from avm.io.faults import FaultModel, LLMServerError, Plan, ServerSettings
-from avm.io.replies import (
+from avm.io.embedded.faults import FaultModel, LLMServerError, Plan, ServerSettings
+from avm.io.embedded.replies import (
     UNSEEDED,
     BadRequest,
     Choice,
@@ -63,7 +63,7 @@ from avm.io.replies import (
 
 __all__ = ["LLMServer", "LLMServerError", "ServerSettings", "ServerStatistics", "run_server", "serve_llm"]
 
-log = logging.getLogger("avm.io.server")
+log = logging.getLogger("avm.io.embedded.server")
 
 HOST = "127.0.0.1"
 FINGERPRINT = "avm-embedded-1"

@@ -1,6 +1,6 @@
 """`OpenAIBackend`: an OpenAI-compatible server over one small httpx pool.
 
-The default backend, for the embedded server (`avm.io.server`) as for any
+The default backend, for the embedded server (`avm.io.embedded.server`) as for any
 OpenAI-compatible endpoint. The base URL and key come from the arguments, or
 from ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``.
 
@@ -17,7 +17,7 @@ from ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``.
   or 405 from that endpoint turns batching off for good and the items are
   sent one by one; ``batch=False`` never tries.
 * **Streams**: ``send_stream`` asks for ``"stream": true`` with
-  ``include_usage`` and assembles the server-sent events (`avm.io.sse`).
+  ``include_usage`` and assembles the server-sent events (`avm.io.client.sse`).
 * **Errors** are translated here, at the edge, into `Failure`: httpx
   timeouts, transport errors, HTTP statuses (with ``Retry-After`` /
   ``retry-after-ms``), bodies that are not the JSON expected.
@@ -32,19 +32,22 @@ import json
 import os
 import re
 import weakref
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
 from avm.errors import LLMError
-from avm.io.backends import Failure, Reply, error_detail, failure_for_status, parse_chat
-from avm.io.faults import DEFAULT_MODEL, ServerSettings
-from avm.io.server import serve_llm
-from avm.io.sse import ChatStream, SSEDecoder
+from avm.io.client.backends import (
+    Failure,
+    Reply,
+    error_detail,
+    failure_for_status,
+    parse_chat,
+)
+from avm.io.client.sse import ChatStream, SSEDecoder
 
-__all__ = ["OpenAIBackend", "embedded_backend"]
+__all__ = ["OpenAIBackend"]
 
 MAX_CONNECTIONS = 32  # the most connections a pool may have without insisting
 _KEYLIKE = re.compile(r"(?i)\b(sk-|bearer\s+)[A-Za-z0-9_\-.*]{3,}")
@@ -68,7 +71,7 @@ class OpenAIBackend:
                            "one client slower, not faster (allow_many_connections=True to insist)", kind="config")
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.base_url = url.rstrip("/")
-        self.model = model or DEFAULT_MODEL
+        self.model = model or ""  # for display: every request names its model
         self.max_connections = max_connections
         self.supports_batch = batch is not False
         self._batch_auto = batch is None
@@ -218,16 +221,3 @@ class OpenAIBackend:
             except Exception:  # noqa: BLE001 - a stream that cannot say is counted as open
                 live += 1
         self._peak = max(self._peak, live, 1)
-
-
-@asynccontextmanager
-async def embedded_backend(settings: ServerSettings | None = None, *, max_connections: int = 8,
-                           **overrides: Any) -> AsyncIterator[OpenAIBackend]:
-    """An embedded server (`serve_llm`, settings and overrides as there) and a backend for it."""
-    async with serve_llm(settings, **overrides) as server:
-        backend = OpenAIBackend(server.url, api_key="", model=server.settings.models[0],
-                                max_connections=max_connections)
-        try:
-            yield backend
-        finally:
-            await backend.aclose()

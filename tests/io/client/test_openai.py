@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from avm.errors import LLMError
-from avm.io.backends import Failure, Reply, parse_chat, retry_after
-from avm.io.openai import OpenAIBackend
+from avm.io.client.backends import Failure, Reply, parse_chat, retry_after
+from avm.io.client.openai import OpenAIBackend
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 

@@ -5,7 +5,14 @@ import pytest
 import trio
 
 import avm
-from avm.io.tools import ToolDefinitionError, ToolDenied, ToolRegistry, is_error_value, tool, validate
+from avm.tools.registry import (
+    ToolDefinitionError,
+    ToolDenied,
+    ToolRegistry,
+    is_error_value,
+    tool,
+    validate,
+)
 
 
 @tool

@@ -17,9 +17,9 @@ import pytest
 import trio
 
 import avm
-from avm.io.faults import FaultModel, LLMServerError, ServerSettings
-from avm.io.replies import PROGRAM_TEMPLATES, finish, tokens
-from avm.io.server import serve_llm
+from avm.io.embedded.faults import FaultModel, LLMServerError, ServerSettings
+from avm.io.embedded.replies import PROGRAM_TEMPLATES, finish, tokens
+from avm.io.embedded.server import serve_llm
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

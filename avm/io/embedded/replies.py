@@ -43,7 +43,7 @@ from typing import Any
 
 import blake3
 
-from avm.io.faults import LLMServerError
+from avm.io.embedded.faults import LLMServerError
 
 _DUMPS = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 _ASKS_PROGRAM = re.compile(r"\b(?:programs?|avm)\b", re.IGNORECASE)

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from avm.io.backends import Failure
-from avm.io.sse import ChatStream, SSEDecoder
+from avm.io.client.backends import Failure
+from avm.io.client.sse import ChatStream, SSEDecoder
 
 STREAM = ("data: {\"a\": 1}\n\n"
           ": a comment line\n\n"

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from avm.io.backends import Failure, Reply, failure_from_error, parse_usage
+from avm.io.client.backends import Failure, Reply, failure_from_error, parse_usage
 from avm.io.request import Usage
 
 __all__ = ["ChatStream", "SSEDecoder"]
