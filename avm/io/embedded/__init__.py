@@ -1,7 +1,10 @@
 """The embedded OpenAI-compatible LLM server (a fake model with latency and faults).
 
-`serve_llm` (avm.io.embedded.server) runs it; its replies are chosen in
-`avm.io.embedded.replies`, its latency and faults in `avm.io.embedded.faults`.
+It plays a vLLM server (``dialect="vllm"``, the default: with vLLM's
+``/v1/chat/completions/batch``) or OpenAI's API (``dialect="openai"``: no
+batch endpoint). `serve_llm` (avm.io.embedded.server) runs it; its replies
+are chosen in `avm.io.embedded.replies`, its latency and faults in
+`avm.io.embedded.faults`.
 `embedded_backend` is a server with a client backend connected to it.
 """
 
@@ -12,11 +15,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from avm.io.client.openai import OpenAIBackend
-from avm.io.embedded.faults import DEFAULT_MODEL, LLMServerError, ServerSettings
+from avm.io.embedded.faults import (
+    DEFAULT_MODEL,
+    DIALECTS,
+    LLMServerError,
+    ServerSettings,
+)
 from avm.io.embedded.server import LLMServer, ServerStatistics, run_server, serve_llm
 
-__all__ = ["DEFAULT_MODEL", "LLMServer", "LLMServerError", "ServerSettings", "ServerStatistics", "embedded_backend",
-           "run_server", "serve_llm"]
+__all__ = ["DEFAULT_MODEL", "DIALECTS", "LLMServer", "LLMServerError", "ServerSettings", "ServerStatistics",
+           "embedded_backend", "run_server", "serve_llm"]
 
 
 @asynccontextmanager

@@ -1,5 +1,9 @@
 """Settings, latency model and fault injection of the embedded LLM server.
 
+The ``dialect`` setting says which kind of server it plays: ``"vllm"`` (the
+default) also serves vLLM's ``POST /v1/chat/completions/batch``;
+``"openai"`` (OpenAI's API, llama.cpp) has no batch endpoint.
+
 Everything that makes the embedded server behave like a slow, unreliable
 remote model is decided here, away from HTTP:
 
@@ -42,6 +46,7 @@ from avm.errors import AvmError
 
 FAULT_KINDS: tuple[str, ...] = ("drop", "timeout", "429", "500", "malformed")
 JITTER_KINDS: tuple[str, ...] = ("uniform", "lognormal")
+DIALECTS: tuple[str, ...] = ("openai", "vllm")  # the kinds of server the embedded one plays
 DEFAULT_MODEL = "avm-embedded"
 _SEEN_CAP = 1 << 16
 _LOGNORMAL_CAP = 20.0
@@ -73,6 +78,7 @@ class ServerSettings:
     models: tuple[str, ...] = field(default=(DEFAULT_MODEL,))  # listed by /v1/models; first is the default
     max_body_bytes: int = 64 << 20  # larger request bodies get 413
     idle_timeout_s: float | None = None  # close keep-alive connections idle this long (None: never)
+    dialect: str = "vllm"  # "vllm": with vLLM's batch endpoint; "openai": without (as OpenAI, llama.cpp)
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
@@ -81,6 +87,8 @@ class ServerSettings:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise LLMServerError(f"{name} must be a finite number >= 0, not {value!r}")
+        if not isinstance(self.dialect, str) or self.dialect not in DIALECTS:
+            raise LLMServerError(f"dialect must be one of {', '.join(DIALECTS)}, not {self.dialect!r}")
         if self.jitter not in JITTER_KINDS:
             raise LLMServerError(f"jitter must be one of {', '.join(JITTER_KINDS)}, not {self.jitter!r}")
         total = 0.0

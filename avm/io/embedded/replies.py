@@ -565,6 +565,70 @@ def check_chat(body: Any, where: str = "") -> None:
     _check_tools(body, where)
 
 
+# vLLM's batch request (vllm-project/vllm: vllm/entrypoints/openai/chat_completion/protocol.py,
+# BatchChatCompletionRequest and its check_batch_mode validator; served by batch_serving.py).
+BATCH_DROPPED = ("messages", "tools")  # not passed on to a conversation's single request
+
+
+def check_batch(body: Any) -> list[dict[str, Any]]:
+    """Raise `BadRequest` unless `body` is a vLLM batch chat request; return its items.
+
+    The request is one object whose ``messages`` is a list of conversations
+    (each a non-empty list of messages) and whose other fields are shared by
+    all of them. Item ``i`` is the single chat request conversation ``i``
+    stands for: the shared fields without ``tools`` (vLLM accepts them and
+    ignores them: its batch ``tool_choice`` can only be ``"none"``), plus
+    ``messages``. Refused as vLLM refuses them: ``n`` other than 1 (or null),
+    ``tool_choice`` other than ``"none"`` (or null), ``use_beam_search``;
+    refused here although vLLM 0.26 answers them with empty text (its issue
+    #50026): ``stream: true``. Params are paths such as ``messages[1][0].role``.
+    """
+    if not isinstance(body, dict):
+        raise BadRequest(f"the request body must be a JSON object, not {_kind(body)}; "
+                         "a batch is one object whose messages is a list of conversations", "body", "invalid_type")
+    if body.get("use_beam_search"):
+        raise BadRequest("Batch chat completions do not support beam search. Please set `use_beam_search` to False.",
+                         "use_beam_search", "invalid_value")
+    n = body.get("n", 1)
+    if n is not None and (type(n) is not int or n != 1):
+        raise BadRequest(f"Batch chat completions do not support `n > 1`. Please set `n` to 1 (not {n!r}).",
+                         "n", "invalid_value")
+    choice = body.get("tool_choice")
+    if choice is not None and choice != "none":
+        raise BadRequest(f"Batch chat completions do not support tool use: tool_choice must be 'none' or null, "
+                         f"not {json.dumps(choice)}", "tool_choice", "invalid_value")
+    if body.get("stream") is True:
+        raise BadRequest("Batch chat completions do not support streaming: set `stream` to false or leave it out "
+                         "(or send each conversation to /v1/chat/completions)", "stream", "invalid_value")
+    messages = body.get("messages")
+    if messages is None:
+        raise BadRequest("messages is required: a list of conversations, each a list of messages", "messages",
+                         "missing_field")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages must be a non-empty list of conversations, each a list of messages",
+                         "messages", "invalid_type")
+    if body.get("tools") is not None:
+        _check_tools({"tools": body["tools"]}, "")  # shaped as in a single request, then ignored
+    shared = {k: v for k, v in body.items() if k not in BATCH_DROPPED}
+    items: list[dict[str, Any]] = []
+    for i, conversation in enumerate(messages):
+        at = f"messages[{i}]"
+        if not isinstance(conversation, list) or not conversation:
+            what = "an empty list" if isinstance(conversation, list) else _kind(conversation)
+            raise BadRequest(f"{at} must be a conversation: a non-empty list of messages, not {what}", at,
+                             "invalid_type")
+        item = {**shared, "messages": conversation}
+        try:
+            check_chat(item)
+        except BadRequest as exc:  # name the conversation in a message's path
+            if exc.param and exc.param.startswith("messages["):
+                raise BadRequest(at + exc.message[len("messages"):], at + exc.param[len("messages"):],
+                                 exc.code) from None
+            raise
+        items.append(item)
+    return items
+
+
 def check_completion(body: Any) -> list[str]:
     """Raise `BadRequest` unless `body` is a completions request; return its prompts."""
     _check_common(body, "")

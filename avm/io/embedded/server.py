@@ -1,9 +1,12 @@
 """The embedded OpenAI-compatible LLM server: trio + h11 on 127.0.0.1.
 
 The default backend of AVM, so that ``avm run`` needs no configuration, and a
-stand-in for a real model in tests and benchmarks (``avm serve-llm``)::
+stand-in for a real model in tests and benchmarks (``avm serve-llm``). It
+plays one of the two kinds of server users have, chosen by the ``dialect``
+setting: ``"vllm"`` (the default: a vLLM server, with vLLM's batch endpoint)
+or ``"openai"`` (OpenAI's API or llama.cpp: no batch endpoint)::
 
-    async with serve_llm(port=0, latency_ms=100) as server:
+    async with serve_llm(port=0, latency_ms=100, dialect="openai") as server:
         server.url          # "http://127.0.0.1:PORT/v1" (a base URL for OpenAI clients)
         server.statistics() # a frozen ServerStatistics
 
@@ -15,21 +18,36 @@ Endpoints (HTTP/1.1, keep-alive, bodies always with Content-Length except stream
 * ``POST /v1/chat/completions``; with ``"stream": true`` the answer is
   server-sent events: ``data: {chat.completion.chunk}\\n\\n`` ... ``data: [DONE]``,
   plus a last chunk carrying ``usage`` if ``stream_options.include_usage``;
-* ``POST /v1/chat/completions/batch`` (as vLLM): a JSON list of chat requests,
-  or ``{"requests": [...], ...}`` whose other keys are defaults for every
-  item; the answer is a JSON list of chat.completion objects, in order. Each
-  item gets exactly the reply it would get alone;
+* ``POST /v1/chat/completions/batch``, in the ``"vllm"`` dialect only (the
+  default; in the ``"openai"`` dialect, as with OpenAI's API or llama.cpp, the
+  path is unknown: 404). vLLM's format, exactly: the request is one JSON
+  object (``Content-Type: application/json``) whose ``messages`` is a list
+  of conversations, each a list of messages, and whose other fields
+  (``model``, ``temperature``, ``max_tokens``, ``seed``, ``stop``, ...) are
+  shared by all of them. The answer is one ``chat.completion`` whose choice
+  ``i`` (``index`` i) is exactly the reply conversation ``i`` gets as a
+  single chat request with the shared fields, and whose ``usage`` is the sum;
+  ``tools`` are accepted and ignored. Refusals are vLLM's: 400 with
+  ``{"error": {"message", "type": "Bad Request", "param", "code": 400}}``
+  for a body that is not one object (param ``body``), no conversations or an
+  empty one, ``n`` other than 1, ``tool_choice`` other than ``"none"``,
+  ``use_beam_search``, and (where vLLM 0.26 answers empty text) ``stream``;
 * ``POST /v1/completions``: ``prompt`` a string or a list of strings, one
   choice per prompt (``n`` per prompt: index ``prompt * n + j``); as in
   OpenAI's API, ``max_tokens`` defaults to 16 here.
 
-Errors are OpenAI-style ``{"error": {"message", "type", "param", "code"}}``:
+Other errors are OpenAI-style ``{"error": {"message", "type", "param", "code"}}``:
 400 for malformed JSON or bad fields, 404 for unknown paths, 405 (with
 ``Allow``) for wrong methods, 413 for bodies above ``max_body_bytes``.
 Replies are described in `avm.io.embedded.replies`, latency and faults (which apply to
 the three completion endpoints, one decision per HTTP request) in
 `avm.io.embedded.faults`. ``model`` may be omitted or name any model; it is echoed.
 """
+
+# The batch format is vLLM's /v1/chat/completions/batch (vLLM 0.19+, PR #38011), from
+# vllm-project/vllm: vllm/entrypoints/openai/chat_completion/protocol.py (BatchChatCompletionRequest,
+# ChatCompletionResponse), vllm/entrypoints/openai/chat_completion/batch_serving.py (the fan-out, the
+# summed usage), vllm/entrypoints/serve/exception_handling/handlers/validation.py (the 400 body).
 
 from __future__ import annotations
 
@@ -54,6 +72,7 @@ from avm.io.embedded.replies import (
     canonical,
     chat_choice,
     chat_prompt_tokens,
+    check_batch,
     check_chat,
     check_completion,
     completion_choice,
@@ -73,7 +92,7 @@ _DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _JSON = b"application/json"
 _CHAT, _BATCH, _COMPLETIONS, _MODELS, _HEALTH = (
     "/v1/chat/completions", "/v1/chat/completions/batch", "/v1/completions", "/v1/models", "/health")
-_ALLOWED = {_CHAT: b"POST", _BATCH: b"POST", _COMPLETIONS: b"POST", _MODELS: b"GET", _HEALTH: b"GET"}
+_ALLOWED = {_CHAT: b"POST", _COMPLETIONS: b"POST", _MODELS: b"GET", _HEALTH: b"GET"}  # + _BATCH for vllm
 _STREAM_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 _DONE = b"data: [DONE]\n\n"
 
@@ -90,7 +109,7 @@ class ServerStatistics:
     connections_open: int
     bytes_in: int
     bytes_out: int
-    batch_items: int  # chat requests answered through the batch endpoint
+    batch_items: int  # conversations answered through the batch endpoint
     prompts: int  # prompts answered through /v1/completions
     prompt_tokens: int
     completion_tokens: int
@@ -100,19 +119,26 @@ def _error_body(message: str, kind: str, code: str | None, param: str | None = N
     return _DUMPS({"error": {"message": message, "type": kind, "param": param, "code": code}}).encode()
 
 
+def _vllm_error_body(message: str, param: str | None) -> bytes:
+    """vLLM's answer to a request that fails validation (always with status 400)."""
+    return _DUMPS({"error": {"message": message, "type": "Bad Request", "param": param, "code": 400}}).encode()
+
+
 class _Close(Exception):
     """Close the connection after this request (an answer may have been sent)."""
 
 
 class _Peer:
-    """One client connection: its stream, its h11 state, and whether it asked HEAD."""
+    """One client connection: its stream, its h11 state, and the current request's method and headers."""
 
-    __slots__ = ("stream", "conn", "head")
+    __slots__ = ("stream", "conn", "head", "content_type", "request_id")
 
     def __init__(self, stream: trio.SocketStream):
         self.stream = stream
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=1 << 16)
         self.head = False
+        self.content_type = b""  # the media type, lower case, without parameters
+        self.request_id = b""  # X-Request-Id
 
 
 class LLMServer:
@@ -127,9 +153,12 @@ class LLMServer:
         self._faults = FaultModel(settings)
         self._port: int | None = None
         self._routes: dict[tuple[str, bytes], Callable[[_Peer, bytes], Awaitable[None]]] = {
-            (_CHAT, b"POST"): self._chat, (_BATCH, b"POST"): self._batch,
-            (_COMPLETIONS, b"POST"): self._completions, (_MODELS, b"GET"): self._models,
-            (_HEALTH, b"GET"): self._health}
+            (_CHAT, b"POST"): self._chat, (_COMPLETIONS, b"POST"): self._completions,
+            (_MODELS, b"GET"): self._models, (_HEALTH, b"GET"): self._health}
+        self._allowed = dict(_ALLOWED)
+        if settings.dialect == "vllm":
+            self._routes[(_BATCH, b"POST")] = self._batch
+            self._allowed[_BATCH] = b"POST"
         self._requests = 0
         self._by_endpoint: dict[str, int] = {}
         self._by_status: dict[int, int] = {}
@@ -248,9 +277,14 @@ class LLMServer:
             elif kind is h11.Request:
                 method, target = event.method, event.target  # type: ignore[union-attr]
                 c.head = method == b"HEAD"
+                c.content_type = c.request_id = b""
                 for name, value in event.headers:  # type: ignore[union-attr]
                     if name == b"content-length" and int(value) > limit:
                         await self._too_large(c)
+                    elif name == b"content-type":
+                        c.content_type = value.split(b";", 1)[0].strip().lower()
+                    elif name == b"x-request-id":
+                        c.request_id = value
             elif kind is h11.EndOfMessage:
                 path = target.split(b"?", 1)[0].decode("ascii", "replace")
                 return path, method, b"".join(chunks)
@@ -286,12 +320,12 @@ class LLMServer:
                         body: bytes) -> None:
         self._requests += 1
         handler = self._routes.get((path, b"GET" if method == b"HEAD" else method))
-        key = path if (path in _ALLOWED or path.startswith(_MODELS + "/")) else "other"
+        key = path if (path in self._allowed or path.startswith(_MODELS + "/")) else "other"
         self._by_endpoint[key] = self._by_endpoint.get(key, 0) + 1
         if handler is None:
             if path.startswith(_MODELS + "/") and method in (b"GET", b"HEAD"):
                 return await self._model(c, path[len(_MODELS) + 1:])
-            allowed = _ALLOWED.get(path) or (b"GET" if key != "other" else None)
+            allowed = self._allowed.get(path) or (b"GET" if key != "other" else None)
             if allowed is None:
                 message = f"unknown URL: {method.decode('ascii', 'replace')} {path}"
                 return await self._send(c, 404, _error_body(message, "invalid_request_error", "unknown_url"))
@@ -361,20 +395,25 @@ class LLMServer:
         except ValueError as exc:
             raise BadRequest(f"the request body is not valid JSON: {exc}", None, "invalid_json") from None
 
-    def _chat_completion(self, body: dict[str, Any], seed: bytes, created: int) -> tuple[dict[str, Any], int]:
+    def _chat_choices(self, body: dict[str, Any], seed: bytes) -> tuple[list[Choice], int, int]:
+        """The choices of a (validated) chat request, its prompt and completion tokens (counted)."""
         n = body.get("n") or 1
         final_after = self.settings.final_after
         choices = [chat_choice(body, seed, i, final_after) for i in range(n)]
+        prompt_tokens = chat_prompt_tokens(body)
+        completion_tokens = sum(c.tokens for c in choices)
+        self._prompt_tokens += prompt_tokens
+        self._completion_tokens += completion_tokens
+        return choices, prompt_tokens, completion_tokens
+
+    def _chat_completion(self, body: dict[str, Any], seed: bytes, created: int) -> tuple[dict[str, Any], int]:
+        choices, prompt_tokens, completion_tokens = self._chat_choices(body, seed)
         out = []
         for i, choice in enumerate(choices):
             message: dict[str, Any] = {"role": "assistant", "content": choice.content}
             if choice.tool_calls:
                 message["tool_calls"] = list(choice.tool_calls)
             out.append({"index": i, "message": message, "logprobs": None, "finish_reason": choice.finish_reason})
-        prompt_tokens = chat_prompt_tokens(body)
-        completion_tokens = sum(c.tokens for c in choices)
-        self._prompt_tokens += prompt_tokens
-        self._completion_tokens += completion_tokens
         return ({"id": f"chatcmpl-{seed[:12].hex()}", "object": "chat.completion", "created": created,
                  "model": body.get("model") or self.settings.models[0], "system_fingerprint": FINGERPRINT,
                  "choices": out, "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
@@ -398,39 +437,54 @@ class LLMServer:
         await self._send(c, 200, _DUMPS(response).encode())
 
     async def _batch(self, c: _Peer, raw: bytes) -> None:
-        body = self._parse(raw)
-        defaults: dict[str, Any] = {}
-        where = ""
-        if isinstance(body, dict):
-            if "requests" not in body:
-                raise BadRequest("requests is required", "requests", "missing_field")
-            defaults = {k: v for k, v in body.items() if k != "requests"}
-            body, where = body["requests"], "requests"
-        if not isinstance(body, list) or not body:
-            raise BadRequest("the batch must be a non-empty array of chat requests", where or None, "invalid_type")
-        items = []
-        seeds = []
-        for i, item in enumerate(body):
-            if defaults and isinstance(item, dict):
-                item = {**defaults, **item}
-            check_chat(item, f"{where}[{i}].")
-            items.append(item)
-            seeds.append(digest(canonical(item)))
-        plan = self._faults.decide(digest(b"".join(seeds)))
+        """vLLM's batch: one object, ``messages`` a list of conversations; one chat.completion back."""
+        try:
+            if c.content_type != _JSON:  # vLLM's validate_json_request; its error is a 400 too
+                raise BadRequest("Unsupported Media Type: Only 'application/json' is allowed", "body")
+            try:
+                body = json.loads(raw)
+            except ValueError as exc:
+                raise BadRequest(f"the request body is not valid JSON: {exc}", "body") from None
+            items = check_batch(body)
+        except BadRequest as exc:
+            return await self._send(c, 400, _vllm_error_body(exc.message, exc.param))
+        seeds = [digest(canonical(item)) for item in items]
+        whole = digest(b"".join(seeds))
+        if c.request_id:
+            ident = "chatcmpl-" + c.request_id.decode("ascii", "replace")
+        elif isinstance(body.get("request_id"), str):
+            ident = "chatcmpl-" + body["request_id"]
+        else:
+            ident = f"chatcmpl-{whole[:12].hex()}"
+        plan = self._faults.decide(whole)
         if plan.fault:
-            return await self._fault(c, plan, False, f"chatcmpl-{seeds[0][:12].hex()}")
+            return await self._fault(c, plan, False, ident)
         created = int(time.time())
-        longest = 0
+        longest = prompt_tokens = completion_tokens = 0
         out = []
-        for item, seed in zip(items, seeds):
-            response, item_longest = self._chat_completion(item, seed, created)
-            out.append(response)
-            longest = max(longest, item_longest)
+        for i, (item, seed) in enumerate(zip(items, seeds)):
+            (choice,), item_prompt, item_completion = self._chat_choices(item, seed)
+            prompt_tokens += item_prompt
+            completion_tokens += item_completion
+            longest = max(longest, choice.tokens)
+            # vLLM dumps its pydantic response without exclude_none: every null field is there.
+            message: dict[str, Any] = {"role": "assistant", "content": choice.content, "refusal": None,
+                                       "annotations": None, "audio": None, "function_call": None, "reasoning": None}
+            if choice.tool_calls:  # never without tools; vLLM omits an empty tool_calls
+                message["tool_calls"] = list(choice.tool_calls)
+            out.append({"index": i, "message": message, "logprobs": None, "finish_reason": choice.finish_reason,
+                        "stop_reason": None, "token_ids": None})
         self._batch_items += len(out)
+        response = {"id": ident, "object": "chat.completion", "created": created,
+                    "model": body.get("model") or self.settings.models[0], "choices": out, "service_tier": None,
+                    "system_fingerprint": FINGERPRINT,
+                    "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion_tokens,
+                              "completion_tokens": completion_tokens, "prompt_tokens_details": None},
+                    "prompt_logprobs": None, "prompt_token_ids": None, "kv_transfer_params": None}
         delay = plan.answer_delay(longest)
         if delay:
             await trio.sleep(delay)
-        await self._send(c, 200, _DUMPS(out).encode())
+        await self._send(c, 200, _DUMPS(response).encode())
 
     async def _completions(self, c: _Peer, raw: bytes) -> None:
         body = self._parse(raw)

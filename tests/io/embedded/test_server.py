@@ -19,7 +19,7 @@ import trio
 import avm
 from avm.io.embedded.faults import FaultModel, LLMServerError, ServerSettings
 from avm.io.embedded.replies import PROGRAM_TEMPLATES, finish, tokens
-from avm.io.embedded.server import serve_llm
+from avm.io.embedded.server import LLMServer, serve_llm
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -170,22 +170,275 @@ async def test_stream_of_a_tool_call(client):
     assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
 
-async def test_batch_answers_in_order_as_if_sent_alone(client):
-    requests = [chat(f"question number {i} about rivers", seed=i) for i in range(5)]
-    alone = [(await client.post("/chat/completions", json=q)).json() for q in requests]
-    listed = (await client.post("/chat/completions/batch", json=requests)).json()
-    assert [b["choices"] for b in listed] == [a["choices"] for a in alone]
-    assert [b["id"] for b in listed] == [a["id"] for a in alone]
-    wrapped = await client.post("/chat/completions/batch", json={
-        "model": "avm-embedded", "requests": [{"messages": q["messages"], "seed": q["seed"]} for q in requests]})
-    assert [b["choices"] for b in wrapped.json()] == [a["choices"] for a in alone]
+# ---------------------------------------------------------------- vLLM's batch endpoint
+
+def conversations() -> list[list[dict[str, Any]]]:
+    """Conversations of every reply kind: plain text, a program, a final answer, a multi-part message."""
+    return [[{"role": "user", "content": f"question number {i} about rivers and their deltas"}] for i in range(3)] + [
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Write an AVM program please"}],
+        conversation(3),
+        [{"role": "user", "content": [{"type": "text", "text": "Tell me about glaciers"}]}]]
 
 
-async def test_batch_errors_name_the_item(client):
-    r = await client.post("/chat/completions/batch", json=[chat(), {"model": "m"}])
-    assert r.status_code == 400 and r.json()["error"]["param"] == "[1].messages"
-    assert (await client.post("/chat/completions/batch", json=[])).status_code == 400
-    assert (await client.post("/chat/completions/batch", json={"items": []})).json()["error"]["code"] == "missing_field"
+async def batch_and_alone(client: httpx.AsyncClient, shared: dict[str, Any],
+                          convs: list[list[dict[str, Any]]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The batch's answer, and the answers of each conversation sent alone with the shared fields."""
+    r = await client.post("/chat/completions/batch", json={**shared, "messages": convs})
+    assert r.status_code == 200, r.text
+    alone = []
+    for conv in convs:
+        single = await client.post("/chat/completions", json={**shared, "messages": conv})
+        assert single.status_code == 200, single.text
+        alone.append(single.json())
+    return r.json(), alone
+
+
+SHARED = [
+    {},
+    {"model": "my-model", "max_tokens": 6},
+    {"temperature": 0.3, "top_p": 0.9, "seed": 5, "stop": ["e "], "presence_penalty": 0.1, "frequency_penalty": 0.2},
+    {"max_completion_tokens": 9, "max_tokens": 100, "n": 1, "tool_choice": "none", "stream": False, "user": "u1",
+     "top_k": 5, "min_p": 0.1},
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}}}, "seed": 2},
+]
+
+
+@pytest.mark.parametrize("shared", SHARED)
+async def test_batch_choice_i_is_conversation_i_sent_alone(client, shared):
+    convs = conversations()
+    batch, alone = await batch_and_alone(client, shared, convs)
+    assert batch["object"] == "chat.completion" and batch["id"].startswith("chatcmpl-")
+    assert batch["model"] == shared.get("model", "avm-embedded") and isinstance(batch["created"], int)
+    assert batch["system_fingerprint"] == alone[0]["system_fingerprint"]
+    assert [c["index"] for c in batch["choices"]] == list(range(len(convs)))
+    for choice, single in zip(batch["choices"], alone):
+        (expected,) = single["choices"]
+        assert choice["message"]["content"] == expected["message"]["content"]
+        assert choice["finish_reason"] == expected["finish_reason"]
+        assert choice["logprobs"] is None and choice["message"]["role"] == "assistant"
+        # vLLM's message carries null fields (refusal, audio, ...); the rest is the single reply's message
+        assert {k: v for k, v in choice["message"].items() if v is not None} == expected["message"]
+    usage = batch["usage"]
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        assert usage[key] == sum(a["usage"][key] for a in alone)
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    if "max_tokens" in shared or "max_completion_tokens" in shared:
+        assert "length" in {c["finish_reason"] for c in batch["choices"]}
+
+
+async def test_batch_replies_are_deterministic_and_the_shared_seed_matters(client):
+    convs = conversations()[:3]
+    one = (await client.post("/chat/completions/batch", json={"messages": convs, "seed": 1})).json()
+    again = (await client.post("/chat/completions/batch", json={"messages": convs, "seed": 1})).json()
+    other = (await client.post("/chat/completions/batch", json={"messages": convs, "seed": 2})).json()
+    assert one["choices"] == again["choices"] and one["id"] == again["id"] and one["usage"] == again["usage"]
+    assert [c["message"]["content"] for c in one["choices"]] != [c["message"]["content"] for c in other["choices"]]
+    assert len({c["message"]["content"] for c in one["choices"]}) == 3  # conversations get their own replies
+    single = (await client.post("/chat/completions/batch", json={"messages": convs[:1], "seed": 1})).json()
+    assert single["choices"] == one["choices"][:1]  # a choice does not depend on its neighbours
+
+
+async def test_batch_response_has_vllms_fields(client):
+    body = (await client.post("/chat/completions/batch", json={"messages": conversations()[:2]})).json()
+    assert {"id", "object", "created", "model", "choices", "usage", "system_fingerprint", "service_tier",
+            "prompt_logprobs", "prompt_token_ids", "kv_transfer_params"} <= set(body)
+    for choice in body["choices"]:
+        assert {"index", "message", "logprobs", "finish_reason", "stop_reason", "token_ids"} <= set(choice)
+        assert "tool_calls" not in choice["message"]  # vLLM omits an empty tool_calls
+    named = await client.post("/chat/completions/batch", json={"messages": conversations()[:1], "request_id": "r-7"})
+    assert named.json()["id"] == "chatcmpl-r-7"
+    header = await client.post("/chat/completions/batch", json={"messages": conversations()[:1]},
+                               headers={"x-request-id": "abc"})
+    assert header.json()["id"] == "chatcmpl-abc"
+
+
+async def test_batch_ignores_tools_as_vllm_does(client):
+    convs = [[{"role": "user", "content": "Search the archive for whales"}],
+             [{"role": "user", "content": "find something"}]]
+    with_tools = (await client.post("/chat/completions/batch", json={
+        "messages": convs, "seed": 4, "tools": [SEARCH_TOOL, CALC_TOOL], "parallel_tool_calls": True})).json()
+    without = (await client.post("/chat/completions/batch", json={
+        "messages": convs, "seed": 4, "parallel_tool_calls": True})).json()
+    assert with_tools["choices"] == without["choices"] and with_tools["usage"] == without["usage"]
+    assert all(c["finish_reason"] == "stop" and c["message"]["content"] for c in with_tools["choices"])
+    for choice, conv in zip(with_tools["choices"], convs):  # the same conversation alone, without the tools
+        alone = (await client.post("/chat/completions", json={
+            "messages": conv, "seed": 4, "parallel_tool_calls": True})).json()["choices"][0]
+        assert choice["message"]["content"] == alone["message"]["content"]
+    offered = (await client.post("/chat/completions", json={
+        "messages": convs[0], "seed": 4, "tools": [SEARCH_TOOL, CALC_TOOL], "parallel_tool_calls": True})).json()
+    assert offered["choices"][0]["finish_reason"] == "tool_calls"  # alone, the tools would have been used
+    tool_choice_none = (await client.post("/chat/completions/batch", json={
+        "messages": convs, "seed": 4, "tools": [CALC_TOOL], "tool_choice": "none"}))
+    assert tool_choice_none.status_code == 200
+    assert all(c["finish_reason"] == "stop" for c in tool_choice_none.json()["choices"])
+
+
+HELLO = [{"role": "user", "content": "hello"}]
+REFUSALS = [
+    ([HELLO, HELLO], "body"),  # a top-level list (the old format)
+    ([{"model": "m", "messages": HELLO}], "body"),
+    ("just text", "body"),
+    (42, "body"),
+    (None, "body"),
+    ({"model": "m"}, "messages"),
+    ({"requests": [{"messages": HELLO}]}, "messages"),  # the old wrapped format
+    ({"messages": []}, "messages"),
+    ({"messages": "hello"}, "messages"),
+    ({"messages": HELLO}, "messages[0]"),  # one conversation's messages, not a list of conversations
+    ({"messages": [HELLO, []]}, "messages[1]"),
+    ({"messages": [HELLO, "hello"]}, "messages[1]"),
+    ({"messages": [HELLO, ["hello"]]}, "messages[1][0]"),
+    ({"messages": [HELLO, [{"content": "no role"}]]}, "messages[1][0].role"),
+    ({"messages": [HELLO], "n": 2}, "n"),
+    ({"messages": [HELLO], "n": 0}, "n"),
+    ({"messages": [HELLO], "tool_choice": "auto", "tools": [CALC_TOOL]}, "tool_choice"),
+    ({"messages": [HELLO], "tool_choice": "required", "tools": [CALC_TOOL]}, "tool_choice"),
+    ({"messages": [HELLO], "tool_choice": {"type": "function", "function": {"name": "calc"}}, "tools": [CALC_TOOL]},
+     "tool_choice"),
+    ({"messages": [HELLO], "use_beam_search": True}, "use_beam_search"),
+    ({"messages": [HELLO], "stream": True}, "stream"),
+    ({"messages": [HELLO], "stream": True, "stream_options": {"include_usage": True}}, "stream"),
+    ({"messages": [HELLO], "max_tokens": "9"}, "max_tokens"),
+    ({"messages": [HELLO], "tools": {"calc": 1}}, "tools"),
+]
+
+
+@pytest.mark.parametrize(("body", "param"), REFUSALS)
+async def test_batch_refusals_are_vllms_400s(server, client, body, param):
+    r = await client.post("/chat/completions/batch", json=body)
+    assert r.status_code == 400, r.text
+    error = r.json()
+    assert set(error) == {"error"} and set(error["error"]) == {"message", "type", "param", "code"}
+    assert error["error"]["type"] == "Bad Request" and error["error"]["code"] == 400
+    assert error["error"]["param"] == param and error["error"]["message"]
+    if param == "stream":
+        assert "stream" in error["error"]["message"]
+    stats = server.statistics()
+    assert stats.batch_items == 0 and stats.completion_tokens == 0 and stats.responses_by_status == {400: 1}
+
+
+async def test_batch_accepts_what_vllm_accepts(client):
+    for extra in ({"n": 1}, {"n": None}, {"tool_choice": None}, {"tool_choice": "none"}, {"stream": False},
+                  {"use_beam_search": False}, {"some_vllm_extra": {"x": 1}}):
+        r = await client.post("/chat/completions/batch", json={"messages": [HELLO], **extra})
+        assert r.status_code == 200, (extra, r.text)
+
+
+async def test_batch_wants_a_json_object_with_a_json_content_type(client):
+    raw = json.dumps({"messages": [HELLO]}).encode()
+    for headers in ({"content-type": "text/plain"}, {}):
+        r = await client.post("/chat/completions/batch", content=raw, headers=headers)
+        assert r.status_code == 400 and r.json()["error"]["type"] == "Bad Request"
+    ok = await client.post("/chat/completions/batch", content=raw,
+                           headers={"content-type": "Application/JSON; charset=utf-8"})
+    assert ok.status_code == 200
+    bad = await client.post("/chat/completions/batch", content=b"{not json",
+                            headers={"content-type": "application/json"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "body"
+
+
+async def test_openai_dialect_has_no_batch_endpoint():
+    async with serve_llm(dialect="openai") as server, httpx.AsyncClient(base_url=server.url) as c:
+        r = await c.post("/chat/completions/batch", json={"messages": [HELLO]})
+        unknown = await c.post("/chat/completions/other", json={"messages": [HELLO]})
+        assert r.status_code == unknown.status_code == 404
+        assert r.json()["error"]["code"] == unknown.json()["error"]["code"] == "unknown_url"
+        assert r.json()["error"]["type"] == "invalid_request_error"
+        assert (await c.get("/chat/completions/batch")).status_code == 404
+        assert (await c.post("/chat/completions", json={"messages": HELLO})).status_code == 200
+        stats = server.statistics()
+        assert stats.requests_by_endpoint == {"other": 3, "/v1/chat/completions": 1} and stats.batch_items == 0
+    async with serve_llm() as server, httpx.AsyncClient(base_url=server.url) as c:  # vllm, the default
+        assert server.settings.dialect == "vllm"
+        wrong = await c.get("/chat/completions/batch")
+        assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize("kind", ["429", "500", "malformed", "drop"])
+async def test_faults_apply_to_a_batch_as_one_request(kind):
+    async with serve_llm(**{f"rate_{kind}": 1.0}) as server, httpx.AsyncClient(base_url=server.url) as c:
+        body = {"messages": conversations()}
+        if kind == "drop":
+            with pytest.raises(httpx.RemoteProtocolError):
+                await c.post("/chat/completions/batch", json=body)
+        else:
+            r = await c.post("/chat/completions/batch", json=body)
+            assert r.status_code == {"429": 429, "500": 500, "malformed": 200}[kind]
+            if kind == "malformed":
+                with pytest.raises(json.JSONDecodeError):
+                    r.json()
+        bad = await c.post("/chat/completions/batch", json={"messages": [HELLO], "n": 3})
+        assert bad.status_code == 400  # a refused batch is refused before any fault is drawn
+        stats = server.statistics()
+        assert stats.faults_by_kind == {kind: 1} and stats.batch_items == 0
+
+
+async def test_batch_fault_draws_are_one_per_batch():
+    async with serve_llm(rate_500=0.5, seed=11) as server, httpx.AsyncClient(base_url=server.url) as c:
+        statuses = []
+        for i in range(40):
+            convs = [[{"role": "user", "content": f"batch {i} item {j}"}] for j in range(4)]
+            r = await c.post("/chat/completions/batch", json={"messages": convs})
+            statuses.append(r.status_code)
+            if r.status_code == 200:
+                assert len(r.json()["choices"]) == 4
+        stats = server.statistics()
+        assert stats.faults_by_kind.get("500", 0) == statuses.count(500) and 5 < statuses.count(500) < 35
+        assert stats.batch_items == 4 * statuses.count(200)
+
+
+async def test_batch_timeout_fault(autojump_clock):
+    async with serve_llm(rate_timeout=1.0, timeout_hold_s=600) as server, \
+            httpx.AsyncClient(base_url=server.url, timeout=2.0) as c:
+        with pytest.raises(httpx.ReadTimeout):
+            await c.post("/chat/completions/batch", json={"messages": conversations()})
+    assert server.statistics().faults_by_kind == {"timeout": 1}
+
+
+async def test_batch_latency_is_the_longest_items(autojump_clock):
+    async with serve_llm(latency_ms=1500, per_token_ms=10) as server, httpx.AsyncClient(base_url=server.url) as c:
+        convs = conversations()
+        start = trio.current_time()
+        body = (await c.post("/chat/completions/batch", json={"messages": convs})).json()
+        elapsed = trio.current_time() - start
+        longest = max(tokens(ch["message"]["content"]) for ch in body["choices"])
+        assert elapsed == pytest.approx(1.5 + 0.01 * longest, abs=0.01)
+
+
+async def test_batch_statistics(server, client):
+    convs = conversations()
+    body = (await client.post("/chat/completions/batch", json={"messages": convs})).json()
+    stats = server.statistics()
+    assert stats.batch_items == len(convs) and stats.requests_by_endpoint == {"/v1/chat/completions/batch": 1}
+    assert stats.prompt_tokens == body["usage"]["prompt_tokens"]
+    assert stats.completion_tokens == body["usage"]["completion_tokens"]
+
+
+async def test_the_official_openai_client_against_the_openai_dialect():
+    openai = pytest.importorskip("openai")
+    request = {"model": "avm-embedded", "messages": [{"role": "user", "content": "Tell me about tides"}],
+               "max_tokens": 25, "seed": 3}
+    async with serve_llm(dialect="openai") as server, httpx.AsyncClient(base_url=server.url) as c:
+        expected = (await c.post("/chat/completions", json=request)).json()
+
+        def call() -> tuple[Any, str]:
+            client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=10.0)
+            try:
+                completion = client.chat.completions.create(**request)
+                stream = client.chat.completions.create(**request, stream=True)
+                text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+                return completion, text
+            finally:
+                client.close()
+
+        completion, streamed = await trio.to_thread.run_sync(call)
+    assert completion.object == "chat.completion" and completion.id == expected["id"]
+    assert completion.choices[0].message.content == expected["choices"][0]["message"]["content"]
+    assert completion.choices[0].finish_reason == expected["choices"][0]["finish_reason"]
+    assert completion.usage.total_tokens == expected["usage"]["total_tokens"]
+    assert streamed == completion.choices[0].message.content
 
 
 async def test_completions_with_prompt_lists(client):
@@ -456,6 +709,12 @@ def test_settings_are_validated():
         ServerSettings.from_mapping({"latency": 3})
     with pytest.raises(LLMServerError):
         ServerSettings(jitter="gaussian")
+    assert ServerSettings().dialect == "vllm" and ServerSettings(dialect="openai").dialect == "openai"
+    for dialect in ("tgi", "OpenAI", "", None):
+        with pytest.raises(LLMServerError, match="dialect must be one of openai, vllm"):
+            ServerSettings(dialect=dialect)
+    with pytest.raises(LLMServerError, match="dialect"):
+        LLMServer(dialect="vLLM")  # refused before anything listens
     assert ServerSettings.from_mapping({"rate_drop": 0.1}, seed=2).seed == 2
 
 
@@ -525,7 +784,7 @@ async def test_a_port_in_use_and_errors_of_the_block_come_out_plainly(server):
 
 async def test_statistics_are_a_frozen_snapshot(server, client):
     before = server.statistics()
-    await client.post("/chat/completions/batch", json=[chat("a"), chat("b")])
+    await client.post("/chat/completions/batch", json={"messages": [chat("a")["messages"], chat("b")["messages"]]})
     await client.post("/completions", json={"prompt": ["x", "y", "z"]})
     after = server.statistics()
     assert before.requests == 0 and after.requests == 2
@@ -555,6 +814,9 @@ def test_serve_llm_command_runs_until_sigint():
                 time.sleep(0.05)
         assert r.status_code == 200
         assert httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=chat()).status_code == 200
+        batch = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions/batch",  # vllm is the default dialect
+                           json={"messages": [chat()["messages"]] * 2})
+        assert batch.status_code == 200 and len(batch.json()["choices"]) == 2
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=10)
     finally:
@@ -569,6 +831,37 @@ def test_serve_llm_help_and_bad_flags():
     result = subprocess.run([sys.executable, "-m", "avm", "serve-llm", "--help"], capture_output=True, text=True,
                             cwd=ROOT, timeout=30)
     assert result.returncode == 0 and "--rate-429" in result.stdout and "--per-token-ms" in result.stdout
+    assert "--dialect {openai,vllm}" in result.stdout
+    result = subprocess.run([sys.executable, "-m", "avm", "serve-llm", "--dialect", "tgi"], capture_output=True,
+                            text=True, cwd=ROOT, timeout=30)
+    assert result.returncode == 2 and "--dialect" in result.stderr and "'tgi'" in result.stderr
     result = subprocess.run([sys.executable, "-m", "avm", "serve-llm", "--rate-500", "2"], capture_output=True,
                             text=True, cwd=ROOT, timeout=30)
     assert result.returncode == 2 and "rate_500" in result.stderr
+
+
+def test_serve_llm_command_with_the_openai_dialect():
+    proc = subprocess.Popen([sys.executable, "-m", "avm", "serve-llm", "--dialect", "openai", "--port", "0"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = []
+        url = None
+        for line in proc.stdout:  # ends if the process dies
+            lines.append(line)
+            if line.startswith("OPENAI_BASE_URL="):
+                url = line.split("=", 1)[1].strip()
+                break
+        assert url is not None and url.startswith("http://127.0.0.1:") and url.endswith("/v1"), lines
+        assert "openai" in lines[0]
+        assert httpx.post(url + "/chat/completions", json=chat(), timeout=10).status_code == 200
+        batch = httpx.post(url + "/chat/completions/batch", json={"messages": [chat()["messages"]]}, timeout=10)
+        assert batch.status_code == 404 and batch.json()["error"]["code"] == "unknown_url"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "stopped after 2 requests" in err
