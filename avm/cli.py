@@ -17,7 +17,9 @@ exits 130 after Ctrl+C, once the agents are cancelled and the store flushed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,6 +34,7 @@ from avm.lang.grammar import gbnf
 from avm.lang.values import is_value
 
 EXIT_OK = 0
+EXIT_FAILED = 1  # the run went, but nothing it needed from the LLM came back
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
@@ -150,10 +153,28 @@ def _load_run_spec(args: argparse.Namespace) -> Any:
                 raise CliError("--input is for a program file; a spec gives inputs per group")
             spec = load_spec(args.spec)
             agents = args.agents
-        return spec.with_overrides(agents=agents, llm=args.llm, model=args.model, store=args.store,
+        spec = spec.with_overrides(agents=agents, llm=args.llm, model=args.model, store=args.store,
                                    budget=args.budget)
+        if spec.llm is None and os.environ.get("OPENAI_BASE_URL"):  # the OpenAI SDK's convention
+            spec = dataclasses.replace(spec, llm=os.environ["OPENAI_BASE_URL"])
+        if args.llm_connections is not None:
+            spec = dataclasses.replace(spec, settings={**spec.settings, "llm_connections": args.llm_connections})
+        return spec
     except SpecError as exc:
         raise CliError(str(exc)) from None
+
+
+def _endpoint(spec: Any, args: argparse.Namespace) -> str:
+    """Which LLM endpoint a run uses, and where that came from."""
+    if spec.llm is None:
+        return "the embedded server (no network; --llm URL or OPENAI_BASE_URL for a real one)"
+    if args.llm:
+        source = "--llm"
+    elif os.environ.get("OPENAI_BASE_URL") == spec.llm:
+        source = "OPENAI_BASE_URL"
+    else:
+        source = spec.source
+    return f"{spec.llm} (from {source}), model {spec.model or os.environ.get('OPENAI_MODEL') or '(none)'}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -174,8 +195,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         for line in [f"avm run: {spec.description or spec.source}", *spec.describe()]:
             console.print(line, highlight=False, markup=False)
     try:
+        announce = f"avm run: LLM endpoint {_endpoint(spec, args)}" if display != "none" else None
         outcome = trio.run(run_fleet, spec, RunOptions(display=display, console=console,
-                                                       line_every_s=args.progress_every))
+                                                       line_every_s=args.progress_every, announce=announce))
     except LaunchError as exc:
         raise CliError(str(exc)) from None
     except KeyboardInterrupt:  # a Ctrl+C before the launcher's handler was in place, or a second one
@@ -189,6 +211,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if outcome.interrupted:
         print("avm run: interrupted (Ctrl+C): agents cancelled, store flushed", file=sys.stderr)
         return EXIT_INTERRUPTED
+    calls = outcome.summary.get("effects", {}).get("llm", 0)
+    if calls and outcome.summary.get("llm_errors", 0) >= calls:
+        first = outcome.summary.get("llm_first_errors") or {}
+        message = next(iter(first.values()), "see the summary")
+        print(f"avm run: every LLM call failed ({calls:,}); the first: {message}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -203,12 +231,13 @@ def cmd_serve_llm(args: argparse.Namespace) -> int:
             jitter_ms=args.jitter_ms, jitter=args.jitter, rate_429=args.rate_429, rate_500=args.rate_500,
             rate_timeout=args.rate_timeout, rate_malformed=args.rate_malformed, rate_drop=args.rate_drop,
             retry_after_s=args.retry_after_s, timeout_hold_s=args.timeout_hold_s, final_after=args.final_after,
-            models=tuple(args.model) if args.model else ServerSettings().models)
+            models=tuple(args.model) if args.model else ServerSettings().models, dialect=args.dialect)
     except LLMServerError as exc:
         raise CliError(str(exc)) from None
 
     def ready(server: LLMServer) -> None:
-        print(f"avm serve-llm: listening on {server.url} (Ctrl+C to stop)", flush=True)
+        print(f"avm serve-llm: listening on {server.url} as a {settings.dialect} server (Ctrl+C to stop)",
+              flush=True)
         print(f"OPENAI_BASE_URL={server.url}", flush=True)
 
     try:
@@ -234,9 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", nargs="?", metavar="SPEC", help="a spec file (.toml) or a program file (.avm)")
     p.add_argument("--agents", type=_positive_int, metavar="N", help="agents to run (the demo: 1,000; a spec: "
                    "its groups scaled in proportion; a program: N copies)")
-    p.add_argument("--llm", metavar="URL", help="an OpenAI-compatible endpoint (default: the embedded server; "
-                   "the key from OPENAI_API_KEY)")
+    p.add_argument("--llm", metavar="URL", help="an OpenAI-compatible endpoint (default: OPENAI_BASE_URL if set, else "
+                   "the embedded server; the key from OPENAI_API_KEY)")
     p.add_argument("--model", metavar="NAME", help="the model (default: the embedded one, or OPENAI_MODEL)")
+    p.add_argument("--llm-connections", type=_positive_int, metavar="N",
+                   help="LLM requests in flight at once, one HTTP connection each (default 1,024)")
     p.add_argument("--store", metavar="DIR", help="a store directory: the run's objects and a record of every "
                    "agent are kept there (see avm inspect)")
     p.add_argument("--budget", type=_positive_float, metavar="E", help="energy budget of every agent")
@@ -264,9 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve-llm", help="run the embedded OpenAI-compatible LLM server",
                        description="Serve deterministic replies on 127.0.0.1 (OpenAI-compatible: /v1/models, "
-                                   "/v1/chat/completions, /v1/chat/completions/batch, /v1/completions) until "
-                                   "Ctrl+C or SIGTERM, with a seeded latency model and fault injection.")
+                                   "/v1/chat/completions, /v1/completions; and as vLLM, its "
+                                   "/v1/chat/completions/batch) until Ctrl+C or SIGTERM, with a seeded latency "
+                                   "model and fault injection.")
     p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default 0: a free port, printed)")
+    p.add_argument("--dialect", choices=("openai", "vllm"), default="vllm",
+                   help="the server to play: vllm (default; with vLLM's /v1/chat/completions/batch) or openai "
+                        "(OpenAI's API, llama.cpp: no batch endpoint)")
     p.add_argument("--seed", type=int, default=0, help="seed of the latency jitter and fault draws (default 0)")
     p.add_argument("--latency-ms", type=float, default=0.0, metavar="MS", help="fixed latency per request")
     p.add_argument("--per-token-ms", type=float, default=0.0, metavar="MS", help="latency per output token")

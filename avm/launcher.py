@@ -20,19 +20,22 @@ run's summary is bound to ``runs/<run id>``: `avm inspect DIR` shows both.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import trio
 from rich.console import Console
 
 from avm.errors import AvmError, LLMError, StoreError, lone_exception
 from avm.memory.ref import Ref
 from avm.spec import RunSpec, spawn_all
+
+log = logging.getLogger("avm.launcher")
 
 __all__ = ["LaunchError", "RunOptions", "RunOutcome", "run_fleet", "summary_lines"]
 
@@ -49,6 +52,7 @@ class RunOptions:
     console: Console | None = None  # where the dashboard draws (default: stderr)
     line_every_s: float = 5.0  # the progress line's period
     handle_sigint: bool = True  # Ctrl+C cancels the agents (off when the caller handles it)
+    announce: str | None = None  # a first line printed to the console once the endpoint answered
 
 
 @dataclass
@@ -59,26 +63,44 @@ class RunOutcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+PROBE_ATTEMPTS = 6  # a busy server (429, 5xx) is asked again, this many times in all
+PROBE_WAIT_MAX_S = 30.0  # the longest wait between two attempts (a server's Retry-After is capped here)
+
+
 async def _probe(spec: RunSpec) -> None:
-    """An endpoint given by URL must answer and take the key before any agent depends on it."""
+    """An endpoint given by URL must answer and take the key before any agent depends on it.
+
+    A server that is busy (429, 5xx) is asked again after its ``Retry-After``
+    (or 1, 2, 4, ... s), up to `PROBE_ATTEMPTS` times; one that cannot be
+    reached or refuses the key is a one-line error at once.
+    """
     from avm.io.client.backends import Failure
     from avm.io.client.openai import OpenAIBackend
 
     assert spec.llm is not None
+    if not (spec.model or os.environ.get("OPENAI_MODEL")):
+        raise LaunchError(f"{spec.llm}: name the model to use with --model NAME (or OPENAI_MODEL, or model = "
+                          "in the spec)")
     try:
         backend = OpenAIBackend(spec.llm, model=spec.model)
-    except (LLMError, httpx.InvalidURL) as exc:
+    except LLMError as exc:
         raise LaunchError(f"{spec.llm}: {exc}") from None
     try:
-        await backend.probe()
-    except httpx.InvalidURL as exc:
-        raise LaunchError(f"{spec.llm}: not a usable URL: {exc}") from None
-    except Failure as failure:
-        if failure.kind == "auth":
-            raise LaunchError(f"{spec.llm}: {failure.message} (set OPENAI_API_KEY)") from None
-        if failure.kind in ("connection", "timeout", "config"):
-            raise LaunchError(f"{spec.llm}: cannot reach the LLM endpoint: {failure.message}") from None
-        raise LaunchError(f"{spec.llm}: the LLM endpoint answered with an error: {failure.message}") from None
+        for attempt in range(1, PROBE_ATTEMPTS + 1):
+            try:
+                await backend.probe()
+                return
+            except Failure as failure:
+                if failure.kind == "auth":
+                    raise LaunchError(f"{spec.llm}: {failure.message} (set OPENAI_API_KEY)") from None
+                if failure.kind in ("connection", "timeout", "config"):
+                    raise LaunchError(f"{spec.llm}: cannot reach the LLM endpoint: {failure.message}") from None
+                if failure.kind not in ("rate_limit", "server") or attempt == PROBE_ATTEMPTS:
+                    raise LaunchError(f"{spec.llm}: the LLM endpoint answered with an error: "
+                                      f"{failure.message}") from None
+                wait = failure.retry_after if failure.retry_after is not None else 2.0 ** (attempt - 1)
+                log.warning("%s: %s; asking again in %.1f s", spec.llm, failure.message, min(wait, PROBE_WAIT_MAX_S))
+                await trio.sleep(min(wait, PROBE_WAIT_MAX_S))
     finally:
         await backend.aclose()
 
@@ -92,6 +114,8 @@ async def run_fleet(spec: RunSpec, options: RunOptions | None = None) -> RunOutc
     options = options or RunOptions()
     if spec.llm is not None:
         await _probe(spec)
+    if options.announce:
+        (options.console or Console(stderr=True)).print(options.announce, highlight=False, markup=False)
     store = None
     if spec.store is not None:
         try:
@@ -139,6 +163,13 @@ async def run_fleet(spec: RunSpec, options: RunOptions | None = None) -> RunOutc
             "llm_errors": stats.llm_errors, "dashboard_cost_fraction": round(dash.cost_fraction, 5),
             "store": spec.store,
         })
+        gateway = getattr(vm.gateway, "statistics", None)
+        if gateway is not None:
+            g = gateway()
+            summary["llm_errors_by_kind"] = dict(g.errors_by_kind)
+            summary["llm_first_errors"] = dict(g.first_errors)  # kind -> the first such error, in full
+            summary["http_connections_max"] = g.http_connections_max
+            summary["batches_refused"] = g.batches_refused
         if len(handles) <= RESULTS_SHOWN:
             summary["results"] = [_result(h) for h in handles]
         if store is not None:

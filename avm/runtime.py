@@ -93,6 +93,9 @@ class VMSettings:
     # ``agents/<run id>/<agent id>`` (what `avm inspect` lists): id, name, parent, program, state, value,
     # error, energy used and budget. Leaving the VM records the agents it cancels.
     record_agents: bool = False
+    # Requests in flight to the LLM server at once, one HTTP/1.1 connection each (None: the gateway's
+    # max_connections, 1,024 by default). A fleet of N agents at full speed needs about N.
+    llm_connections: int | None = None
     llm_server: dict[str, Any] = field(default_factory=dict)  # ServerSettings of the embedded server
     gateway: dict[str, Any] = field(default_factory=dict)  # GatewaySettings of the gateway the VM opens
 
@@ -103,6 +106,8 @@ class VMSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
                 raise VMError(f"{name} must be a positive number, not {value!r}")
+        if self.llm_connections is not None and (type(self.llm_connections) is not int or self.llm_connections < 1):
+            raise VMError(f"llm_connections must be a positive int or None, not {self.llm_connections!r}")
         if self.hibernate_after_s is not None and not (
                 isinstance(self.hibernate_after_s, (int, float)) and self.hibernate_after_s >= 0):
             raise VMError(f"hibernate_after_s must be >= 0 seconds or None, not {self.hibernate_after_s!r}")
@@ -238,21 +243,31 @@ class VM:
             return llm  # a Gateway given by the caller, who owns it
         from avm.io.client.openai import OpenAIBackend
         from avm.io.gateway import Gateway
+        from avm.io.gateway_settings import GatewaySettings
 
+        gateway = dict(self.settings.gateway)
+        if self.settings.llm_connections is not None:
+            gateway["max_connections"] = self.settings.llm_connections
+        try:
+            gateway_settings = GatewaySettings.from_mapping(gateway)
+        except AvmError as exc:
+            raise VMError(f"gateway settings: {exc}") from None
+        connections = gateway_settings.max_connections
         if llm is None:
             from avm.io.embedded.faults import DEFAULT_MODEL
             from avm.io.embedded.server import serve_llm
 
             server = await stack.enter_async_context(serve_llm(**self.settings.llm_server))
             self.model = self.settings.model or DEFAULT_MODEL
-            backend = OpenAIBackend(server.url, api_key="", model=self.model)
+            backend = OpenAIBackend(server.url, api_key="", model=self.model, max_connections=connections)
         else:
             self.model = self.settings.model or os.environ.get("OPENAI_MODEL") or ""
             if not self.model:
-                raise VMError("name the model: VM(model=...) or OPENAI_MODEL, for an endpoint given by URL")
-            backend = OpenAIBackend(llm, model=self.model)  # the key from OPENAI_API_KEY
+                raise VMError("name the model (--model, VM(model=...) or OPENAI_MODEL) for the endpoint "
+                              f"{llm}")
+            backend = OpenAIBackend(llm, model=self.model, max_connections=connections)  # key: OPENAI_API_KEY
         self.llm_url = backend.base_url
-        return await stack.enter_async_context(Gateway(backend, store=self.store, **self.settings.gateway))
+        return await stack.enter_async_context(Gateway(backend, store=self.store, settings=gateway_settings))
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> bool:

@@ -93,10 +93,13 @@ class _Pending:
 
     __slots__ = (
         "attempts",
-        "body",
+        "batchable",
         "cacheable",
+        "conv",
+        "deadline",
         "done",
         "error",
+        "head",
         "key",
         "model",
         "rank",
@@ -106,10 +109,14 @@ class _Pending:
         "tasks",
     )
 
-    def __init__(self, request: LLMRequest, key: bytes, body: bytes, cacheable: bool, rank: float, seq: int):
+    def __init__(self, request: LLMRequest, key: bytes, head: bytes, conv: bytes, batchable: bool,
+                 cacheable: bool, rank: float, seq: int, deadline: float):
         self.key = key
         self.model = request.model
-        self.body = body
+        self.head = head  # shared by every request with the same parameters (the encoder keeps one)
+        self.conv = conv  # this request's own messages: the only bytes it holds alone
+        self.batchable = batchable  # vLLM's batch endpoint can take it (cleared after a refused batch)
+        self.deadline = deadline
         self.cacheable = cacheable
         self.rank = rank
         self.seq = seq
@@ -123,6 +130,12 @@ class _Pending:
     @property
     def ident(self) -> str:
         return f"{self.model}/{self.key.hex()[:12]}"
+
+
+def batchable(request: LLMRequest) -> bool:
+    """True if vLLM's batch endpoint can take ``request``: one choice, no tools (vLLM renders none)."""
+    return (request.tools is None and request.n in (None, 1) and request.tool_choice in (None, "none")
+            and not request.extra)
 
 
 def _ident(request: LLMRequest, key: bytes | None) -> str:
@@ -158,6 +171,7 @@ class Gateway:
         self._wake_on_free = False  # ... or when in-flight capacity frees up
         self._slots = trio.Semaphore(max(1, min(settings.max_connections,
                                                 getattr(backend, "max_connections", settings.max_connections))))
+        self._batches_refused = 0
         self._nursery: trio.Nursery | None = None
         self._stack: AsyncExitStack | None = None
         self._running = False
@@ -169,6 +183,7 @@ class Gateway:
         self._coalesced = self._sent = self._http = self._batches = self._batch_items = self._batch_max = 0
         self._streamed = self._retries = self._prompt_tokens = self._completion_tokens = 0
         self._errors: dict[str, int] = {}
+        self._first_errors: dict[str, str] = {}
         self._latencies: list[float] = []
         self._latency_seen = 0
 
@@ -186,6 +201,8 @@ class Gateway:
         self._stack = stack
         self._running = True
         self._nursery.start_soon(self._batcher)
+        if self.settings.request_timeout_s is not None:
+            self._nursery.start_soon(self._sweep_deadlines, self.settings.request_timeout_s)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -250,10 +267,13 @@ class Gateway:
         if self._auth is not None:
             raise self._raised(self._auth_error(_ident(request, key)))
         try:
-            body = self._encoder.body(request)
+            head, conv = self._encoder.parts(request)
         except RequestError as exc:
             raise self._raised(LLMError(str(exc), kind="bad_request", request=_ident(request, key))) from exc
-        pending = _Pending(request, key, body, cacheable, start + priority * self.settings.aging_s, next(self._seq))
+        s = self.settings
+        limit = s.request_timeout_s if timeout is None else timeout
+        pending = _Pending(request, key, head, conv, batchable(request) and not s.stream, cacheable,
+                           start + priority * s.aging_s, next(self._seq), _INF if limit is None else start + limit)
         if cacheable:
             self._flights[key] = pending
         self._live.add(pending)
@@ -266,9 +286,11 @@ class Gateway:
         Ten thousand agents waiting means ten thousand of these; each object
         a waiting request keeps alive is traversed by every full collection
         of the garbage collector, so a waiter holds only its task in
-        ``p.tasks`` and this frame.
+        ``p.tasks`` and this frame. An explicit ``timeout`` takes a cancel
+        scope here; the default deadline (``request_timeout_s``) costs none:
+        the deadline sweeper fails the request when it passes.
         """
-        limit = self.settings.request_timeout_s if timeout is None else timeout
+        limit = timeout
         task = _current_task()
         tasks = p.tasks
         tasks.append(task)
@@ -298,7 +320,10 @@ class Gateway:
         return LLMResponse(reply.text, reply.finish_reason, reply.usage, latency, False, reply.tool_calls)
 
     def _raised(self, error: LLMError) -> LLMError:
-        self._errors[error.kind] = self._errors.get(error.kind, 0) + 1
+        kind = error.kind
+        self._errors[kind] = self._errors.get(kind, 0) + 1
+        if kind not in self._first_errors:
+            self._first_errors[kind] = str(error)
         return error
 
     # ------------------------------------------------------------ the queue
@@ -359,33 +384,50 @@ class Gateway:
             self._wake_on_free = False
 
     async def _take(self) -> tuple[str, list[_Pending]]:
-        """The next batch to send (one model), once there is one and capacity for it."""
+        """What to send next in one HTTP request (one model): one request, or a batch with one head.
+
+        A batch is made only where the backend takes batches, of requests
+        it can batch (`batchable`) with the very same head (model and
+        sampling parameters). Anything else goes alone, at once: a fleet
+        whose requests carry tools sends each on its own connection.
+        """
         s = self.settings
         while True:
             if self._queued == 0:
                 await self._sleep_until(1)
                 continue
-            batching = s.batch and self._backend.supports_batch
-            size = s.batch_size if batching else 1
-            if batching and self._queued < size and s.batch_window_s > 0:
-                deadline = self._window_start + s.batch_window_s
-                if trio.current_time() < deadline:
-                    with trio.move_on_at(deadline):
-                        await self._sleep_until(size)
-                    continue
             model = self._pick()
             if model is None:  # at the in-flight limits: wait for a reply, or another model's request
                 await self._sleep_until(self._queued + 1, on_free=True)
                 continue
-            room = min(size, s.max_in_flight - self._in_flight,
-                       s.max_in_flight_per_model - self._in_flight_by_model.get(model, 0))
             queue = self._queues[model]
+            top = queue[0][2]
+            batching = s.batch and top.batchable and self._backend.supports_batch
+            if batching and self._queued < s.batch_size and s.batch_window_s > 0:
+                deadline = self._window_start + s.batch_window_s
+                if trio.current_time() < deadline:
+                    with trio.move_on_at(deadline):
+                        await self._sleep_until(s.batch_size)
+                    continue
+            room = min(s.batch_size if batching else 1, s.max_in_flight - self._in_flight,
+                       s.max_in_flight_per_model - self._in_flight_by_model.get(model, 0))
             items: list[_Pending] = []
-            while queue and len(items) < room:
-                p = heappop(queue)[2]
-                if p.state == _QUEUED:
-                    p.state = _SENT
-                    items.append(p)
+            aside: list[tuple[float, int, _Pending]] = []
+            looked = 0
+            head = top.head
+            while queue and len(items) < room and looked < 4 * room:
+                entry = heappop(queue)
+                p = entry[2]
+                if p.state != _QUEUED:
+                    continue
+                looked += 1
+                if items and not (p.batchable and p.head is head):
+                    aside.append(entry)  # another head, or not batchable: a later send takes it
+                    continue
+                p.state = _SENT
+                items.append(p)
+            for entry in aside:
+                heappush(queue, entry)
             if not queue:
                 del self._queues[model]
             if not items:
@@ -415,6 +457,17 @@ class Gateway:
                 slots.release()
                 raise
             self._nursery.start_soon(self._send, model, items)
+
+    async def _sweep_deadlines(self, limit: float) -> None:
+        """Fail requests past their deadline: one pass over the live requests every ``limit / 8`` (<= 1 s)."""
+        period = min(1.0, limit / 8)
+        while True:
+            await trio.sleep(period)
+            now = trio.current_time()
+            late = [p for p in self._live if p.deadline <= now]
+            for p in late:
+                if not p.done:
+                    self._finish(p, error=LLMError(f"no reply within {limit:g} s", kind="timeout", request=p.ident))
 
     def _fail_waiting(self, error: LLMError) -> None:
         """Fail every request that is queued or waiting to retry with ``error`` (its request named)."""
@@ -452,37 +505,55 @@ class Gateway:
             outcome: Reply | Failure
             with trio.move_on_after(s.attempt_timeout_s) as scope:
                 try:
-                    outcome = await send(p.body)
+                    outcome = await send((p.head, p.conv))
                 except Failure as failure:
                     outcome = failure
             if scope.cancelled_caught:
                 outcome = Failure("timeout", f"no reply within {s.attempt_timeout_s:g} s")
             self._settle([(p, outcome)])
             return
-        self._batches += 1
-        self._batch_items += len(items)
-        self._batch_max = max(self._batch_max, len(items))
         outcomes: list[Reply | Failure] | Failure
         with trio.move_on_after(s.attempt_timeout_s) as scope:
             try:
-                outcomes = await backend.send_batch([p.body for p in items])
+                outcomes = await backend.send_batch(items[0].head, [p.conv for p in items])
             except Failure as failure:
                 outcomes = failure
         if scope.cancelled_caught:
             outcomes = Failure("timeout", f"no reply within {s.attempt_timeout_s:g} s")
         if isinstance(outcomes, Failure):
             if outcomes.kind == "unsupported":
+                self._http -= 1  # the probe of a batch endpoint that is not there: not a request served
+                self._sent -= len(items)
                 self._unsupported(items)
                 return
+            if outcomes.kind in ("bad_request", "malformed"):
+                # the server fails a whole batch for one bad item: send each alone, so only that one fails
+                self._batches_refused += 1
+                self._sent -= len(items)
+                for p in items:
+                    p.batchable = False
+                    self._release(p)
+                    self._enqueue(p)
+                return
+            self._count_batch(items)
             self._settle([(p, outcomes) for p in items])
         else:
+            self._count_batch(items)
             self._settle(list(zip(items, outcomes)))
+
+    def _count_batch(self, items: list[_Pending]) -> None:
+        """A batch the server took (an error of its own, a 5xx or a timeout, still counts as sent)."""
+        self._batches += 1
+        self._batch_items += len(items)
+        self._batch_max = max(self._batch_max, len(items))
 
     def _settle(self, results: list[tuple[_Pending, Reply | Failure]]) -> None:
         """Deliver replies, schedule retries, fail the rest; one bad item never affects another."""
         retry: list[tuple[float, _Pending]] = []
         cached: list[tuple[bytes, Reply]] = []
         for p, outcome in results:
+            if p.done:  # failed meanwhile (its deadline passed, the gateway closed): the reply comes too late
+                continue
             try:
                 self._release(p)
                 if isinstance(outcome, Reply):
@@ -570,7 +641,7 @@ class Gateway:
     def _unsupported(self, items: list[_Pending]) -> None:
         if not self._unsupported_logged:
             self._unsupported_logged = True
-            log.info("LLM gateway: the backend has no batch endpoint; sending requests one by one")
+            log.debug("LLM gateway: the backend has no batch endpoint; sending requests one by one")
         for p in items:
             self._release(p)
             self._enqueue(p)
@@ -616,8 +687,9 @@ class Gateway:
             uncacheable=self._uncacheable, coalesced=self._coalesced, sent=self._sent, http_requests=self._http,
             batches=self._batches, batch_size_mean=self._batch_items / self._batches if self._batches else 0.0,
             batch_size_max=self._batch_max, streamed=self._streamed, retries=self._retries,
-            errors_by_kind=dict(self._errors), latency_p50_s=quantile(0.5), latency_p99_s=quantile(0.99),
+            errors_by_kind=dict(self._errors), first_errors=dict(self._first_errors), latency_p50_s=quantile(0.5), latency_p99_s=quantile(0.99),
             in_flight=self._in_flight, queued=self._queued, http_connections_opened=opened,
             http_connections_max=peak, prompt_tokens=self._prompt_tokens,
-            completion_tokens=self._completion_tokens, cache_errors=self._cache.errors)
+            completion_tokens=self._completion_tokens, cache_errors=self._cache.errors,
+            batches_refused=self._batches_refused, http_reconnects=getattr(self._backend, "reconnects", 0))
 

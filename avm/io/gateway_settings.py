@@ -26,12 +26,12 @@ class GatewaySettings:
     batch: bool = True  # send batches where the backend accepts them
     batch_size: int = 128  # most requests in one batch
     batch_window_s: float = 0.002  # gather a batch this long after the first request waits (<= 5 ms)
-    max_connections: int = 8  # HTTP requests in flight at once (also capped by the backend's pool)
-    max_in_flight: int = 4096  # requests sent and not yet answered, all models
-    max_in_flight_per_model: int = 4096  # the same, per model
+    max_connections: int = 1024  # HTTP requests in flight at once: one connection each (HTTP/1.1)
+    max_in_flight: int = 1 << 16  # requests sent and not yet answered, all models (a batch carries many)
+    max_in_flight_per_model: int = 1 << 16  # the same, per model
     aging_s: float = 1.0  # a request of priority p ranks as if it had arrived p * aging_s later
     attempt_timeout_s: float = 60.0  # one HTTP attempt
-    request_timeout_s: float | None = None  # a whole complete() call, queue and retries included (None: no limit)
+    request_timeout_s: float | None = 600.0  # a whole complete() call, queue and retries included (None: no limit)
     max_retries: int = 4  # more attempts after the first, for retryable failures
     backoff_s: float = 0.2  # delay before the first retry; doubles each time, with jitter
     backoff_max_s: float = 20.0  # cap on the backoff
@@ -106,6 +106,9 @@ class GatewayStatistics:
     prompt_tokens: int  # usage of replies from the network
     completion_tokens: int
     cache_errors: int  # store-tier reads or writes that failed (the gateway went on)
+    first_errors: dict[str, str] = dataclasses.field(default_factory=dict)  # kind -> the first such error's message
+    batches_refused: int = 0  # batches a server refused (their requests were sent singly)
+    http_reconnects: int = 0  # requests sent again at once because a kept-alive connection had been closed
 
     @property
     def hits(self) -> int:

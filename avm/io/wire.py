@@ -7,14 +7,21 @@ else the gateway does, so each shared part is resolved and encoded once and
 kept, as JSON bytes, in an LRU bounded by bytes:
 
 * a message whose content is a ``Ref``: its whole JSON object, keyed by
-  (role, ref); long texts (``share_min_chars`` and up) are kept the same way,
-  keyed by (role, text), so a prompt passed as text is also escaped once;
+  (role, ref). Texts are encoded per request and not kept: a text is what
+  an agent holds alone (a system prompt rendered with its inputs), and it
+  must live only while its request does. (``share_min_chars=N`` keeps texts
+  of N characters and up too, keyed by (role, text), for callers that pass
+  one long shared prompt as text.);
 * tools given as a ``Ref`` (to a list stored with ``store.put_value``): the
   JSON array, keyed by the ref;
 * the parameters (model, temperature, ...): the JSON members, keyed by their
   values, as in `avm.io.keys`.
 
-A body is then the concatenation of those fragments. Numbers that OpenAI
+A request is then two pieces (`parts`): the head (``{"model":...,
+<parameters>,"tools":...,"messages":[``, one shared object per distinct set
+of parameters) and its messages joined by commas; the body is
+``head + messages + "]}"`` (`body`), and a vLLM batch is one head with many
+message lists (`avm.io.client.openai`). Numbers that OpenAI
 reads as floats are sent as floats (``1`` as ``1.0``) and omitted parameters
 are left out (the server applies its defaults, which the cache key assumes).
 The encoder trusts what `RequestKeyer` already validated; what it finds
@@ -49,10 +56,10 @@ _FLOATS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
 class WireEncoder:
     """Encodes requests to JSON bodies, sharing the encoding of shared parts."""
 
-    def __init__(self, store: Any = None, *, shared_bytes: int = 32 << 20, share_min_chars: int = 2048):
+    def __init__(self, store: Any = None, *, shared_bytes: int = 32 << 20, share_min_chars: int | None = None):
         self._store = store
         self._shared: LRUCache[Any, Any] = LRUCache(maxsize=shared_bytes, getsizeof=len)
-        self._share_min = share_min_chars
+        self._share_min = share_min_chars if share_min_chars is not None else 1 << 62
         self._params: dict[tuple[Any, ...], bytes] = {}
         self.shared_hits = 0
         self.shared_misses = 0
@@ -61,14 +68,19 @@ class WireEncoder:
 
     def body(self, request: LLMRequest) -> bytes:
         """The JSON body of a chat completion request for ``request`` (without ``stream``)."""
+        head, messages = self.parts(request)
+        return head + messages + b"]}"
+
+    def parts(self, request: LLMRequest) -> tuple[bytes, bytes]:
+        """(head, messages) of ``request``'s body: the head is shared by requests with the same parameters."""
         try:
-            return self._body(request)
+            return self._parts(request)
         except RequestError:
             raise
         except (TypeError, ValueError) as exc:  # a value json cannot write (bytes, NaN, an object)
             raise RequestError(f"the request cannot be sent as JSON: {exc}") from exc
 
-    def _body(self, request: LLMRequest) -> bytes:
+    def _parts(self, request: LLMRequest) -> tuple[bytes, bytes]:
         r = request
         tools = r.tools
         choice = r.tool_choice
@@ -87,7 +99,7 @@ class WireEncoder:
         else:
             head = self._head(r)
         fragment = self._message
-        return head + b",".join([fragment(m) for m in r.messages]) + b"]}"
+        return head, b",".join([fragment(m) for m in r.messages])
 
     def _head(self, r: LLMRequest) -> bytes:
         """``{"model":...,<parameters>,"messages":[`` for this request's parameters."""

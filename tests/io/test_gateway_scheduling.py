@@ -59,16 +59,16 @@ class ScriptedBackend:
                 self.in_flight["*"] -= 1
         return [outcome for _, _, outcome in outcomes]
 
-    async def send(self, body: bytes) -> Reply:
-        outcome = (await self._run([body]))[0]
+    async def send(self, body: Sequence[bytes]) -> Reply:
+        outcome = (await self._run([b"".join(body) + b"]}"]))[0]
         if isinstance(outcome, Failure):
             raise outcome
         return outcome
 
     send_stream = send
 
-    async def send_batch(self, bodies: Sequence[bytes]) -> list[Reply | Failure]:
-        return await self._run(bodies)
+    async def send_batch(self, head: bytes, conversations: Sequence[bytes]) -> list[Reply | Failure]:
+        return await self._run([head + c + b"]}" for c in conversations])
 
     def connections(self) -> tuple[int, int]:
         return 0, 0
@@ -201,7 +201,7 @@ async def test_retryable_failures_give_up_after_max_retries_and_others_at_once(a
 
 
 async def test_one_failed_batch_item_fails_only_its_request(autojump_clock):
-    backend = ScriptedBackend(delay=0.1, script=lambda name, n: Failure("malformed", "garbled") if name == "x2" else None)
+    backend = ScriptedBackend(delay=0.1, script=lambda name, n: Failure("bad_request", "refused") if name == "x2" else None)
     results: dict[str, object] = {}
     async with Gateway(backend, batch_size=8) as gw:
 
@@ -216,7 +216,7 @@ async def test_one_failed_batch_item_fails_only_its_request(autojump_clock):
                 nursery.start_soon(one, f"x{i}")
     assert len(backend.calls) == 1
     error = results.pop("x2")
-    assert isinstance(error, LLMError) and error.kind == "malformed" and error.request.startswith("m/")
+    assert isinstance(error, LLMError) and error.kind == "bad_request" and error.request.startswith("m/")
     assert results == {f"x{i}": f"re: x{i}" for i in (0, 1, 3, 4)}
 
 
@@ -252,10 +252,10 @@ async def test_an_abandoned_queued_request_is_never_sent(autojump_clock):
 
 async def test_a_bug_while_sending_fails_that_send_only_and_the_gateway_goes_on(autojump_clock, caplog):
     class Buggy(ScriptedBackend):
-        async def send_batch(self, bodies):
-            if any(b"boom" in b for b in bodies):
+        async def send_batch(self, head, conversations):
+            if any(b"boom" in c for c in conversations):
                 raise RuntimeError("a bug in the backend")
-            return await super().send_batch(bodies)
+            return await super().send_batch(head, conversations)
 
     errors = []
     async with Gateway(Buggy(delay=0.1), batch_size=2, batch_window_s=0.01) as gw:

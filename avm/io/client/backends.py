@@ -1,16 +1,20 @@
 """The small async interface between the gateway and an LLM server.
 
 The gateway decides *what* to send and *when* (cache, single-flight, queue,
-batches, retries); a backend only moves bytes and reads replies. A backend
-takes request bodies already encoded as JSON (see `avm.io.wire`), so that a
-batch is the concatenation of its items and nothing is encoded twice::
+batches, retries); a backend only moves bytes and reads replies. A request
+comes already encoded as JSON (see `avm.io.wire`) in two pieces: the
+``head`` (``{"model":...,<parameters>,"messages":[``), shared by every
+request with the same parameters and encoded once, and the request's own
+messages (``{...},{...}``, without the brackets). A single body is
+``head + messages + "]}"``; a vLLM batch is one head and many message lists.
+Nothing is encoded twice, and no caller assembles a whole body::
 
     class Backend(Protocol):
         supports_batch: bool          # may turn False when the server refuses batches
-        max_connections: int          # the pool size; the gateway sends no more at once
-        async def send(self, body: bytes) -> Reply
-        async def send_stream(self, body: bytes) -> Reply
-        async def send_batch(self, bodies: Sequence[bytes]) -> list[Reply | Failure]
+        max_connections: int          # requests it can have in flight at once
+        async def send(self, body: Sequence[bytes]) -> Reply          # (head, messages)
+        async def send_stream(self, body: Sequence[bytes]) -> Reply   # the same, streamed (SSE)
+        async def send_batch(self, head: bytes, conversations: Sequence[bytes]) -> list[Reply | Failure]
         def connections(self) -> tuple[int, int]   # (opened so far, most open at once)
         async def aclose(self) -> None
 
@@ -37,10 +41,11 @@ from typing import Any, Protocol, runtime_checkable
 from avm.io.request import Usage
 
 __all__ = ["RETRYABLE", "Backend", "Failure", "Reply", "error_detail", "failure_for_status", "failure_from_error",
-           "parse_chat", "parse_usage", "retry_after"]
+           "parse_chat", "parse_choice", "parse_usage", "retry_after"]
 
-RETRYABLE = frozenset(("rate_limit", "server", "timeout", "connection"))
-"""Failure kinds worth another attempt (the issue's list: connection errors, timeouts, 429, 5xx)."""
+RETRYABLE = frozenset(("rate_limit", "server", "timeout", "connection", "malformed"))
+"""Failure kinds worth another attempt: connection errors, timeouts, 429, 5xx, and replies that are not
+the JSON expected (a body cut short, no choices: chat requests are idempotent, so another try is safe)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +80,11 @@ class Backend(Protocol):
     supports_batch: bool
     max_connections: int
 
-    async def send(self, body: bytes) -> Reply: ...
+    async def send(self, body: Sequence[bytes]) -> Reply: ...
 
-    async def send_stream(self, body: bytes) -> Reply: ...
+    async def send_stream(self, body: Sequence[bytes]) -> Reply: ...
 
-    async def send_batch(self, bodies: Sequence[bytes]) -> list[Reply | Failure]: ...
+    async def send_batch(self, head: bytes, conversations: Sequence[bytes]) -> list[Reply | Failure]: ...
 
     def connections(self) -> tuple[int, int]: ...
 
@@ -112,28 +117,34 @@ def parse_chat(obj: Any) -> Reply:
     choices = obj.get("choices")
     if choices is None and "error" in obj:
         raise failure_from_error(obj["error"])
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+    if not isinstance(choices, list) or not choices:
         raise Failure("malformed", "the reply has no choices")
-    choice = choices[0]
+    return parse_choice(choices[0], parse_usage(obj.get("usage")))
+
+
+def parse_choice(choice: Any, usage: Usage) -> Reply:
+    """One choice of a ``chat.completion`` as a `Reply` with ``usage``; `Failure` ("malformed") if fields are missing."""
+    if not isinstance(choice, dict):
+        raise Failure("malformed", "a choice is not an object")
     message = choice.get("message")
     if not isinstance(message, dict):
-        raise Failure("malformed", "choices[0] has no message")
+        raise Failure("malformed", "the choice has no message")
     text = message.get("content")
     if text is None:
         text = ""
     elif type(text) is not str:
-        raise Failure("malformed", "choices[0].message.content is not text")
+        raise Failure("malformed", "the choice's message.content is not text")
     reason = choice.get("finish_reason")
     if type(reason) is not str:
-        raise Failure("malformed", "choices[0].finish_reason is missing")
+        raise Failure("malformed", "the choice's finish_reason is missing")
     calls = message.get("tool_calls")
     if calls is None:
         calls = ()
     elif not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
-        raise Failure("malformed", "choices[0].message.tool_calls is not a list of objects")
+        raise Failure("malformed", "the choice's message.tool_calls is not a list of objects")
     else:
         calls = tuple(calls)
-    return Reply(text, reason, parse_usage(obj.get("usage")), calls)
+    return Reply(text, reason, usage, calls)
 
 
 def failure_from_error(error: Any) -> Failure:

@@ -1,26 +1,38 @@
-"""`OpenAIBackend`: an OpenAI-compatible server over one small httpx pool.
+"""`OpenAIBackend`: any OpenAI-compatible server (OpenAI, vLLM, llama.cpp, the embedded one).
 
-The default backend, for the embedded server (`avm.io.embedded.server`) as for any
-OpenAI-compatible endpoint. The base URL and key come from the arguments, or
-from ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``.
+The base URL and key come from the arguments, or from ``OPENAI_BASE_URL``
+and ``OPENAI_API_KEY``. Bytes move through AVM's own HTTP/1.1 pool
+(`avm.io.client.http`: trio + h11, O(1) per request, TLS for https).
 
-* **Few connections.** One ``httpx.AsyncClient`` with a pool of
-  ``max_connections`` (default 8, at most 32 unless you insist): on a small
-  machine a client's throughput *falls* as its concurrency rises, so the
-  gateway batches rather than opening more connections. Connections are
-  counted honestly: every TCP connect is seen through httpcore's ``trace``
-  extension, and the most open at once is measured at each connect by
-  asking each known socket whether it is still open.
-* **Batches**: ``POST /chat/completions/batch`` with a JSON list of request
-  bodies (vLLM's endpoint; the embedded server has it), answered by a list
-  of ``chat.completion`` objects in order. With ``batch=None`` (auto), a 404
-  or 405 from that endpoint turns batching off for good and the items are
-  sent one by one; ``batch=False`` never tries.
+* **Concurrency**: up to ``max_connections`` requests in flight (one per
+  connection); connections are opened as the work needs them and kept
+  alive. The default (1,024) serves a 1,000-agent fleet at full speed.
+* **Single requests**: ``POST {base}/chat/completions``; the body arrives
+  as pieces (the shared, already-encoded head and the request's own
+  messages) and is never assembled by the caller.
+* **Batches, as vLLM defines them** (vllm-project/vllm,
+  ``vllm/entrypoints/openai/chat_completion/protocol.py``:
+  ``BatchChatCompletionRequest``; the reply is built in
+  ``chat_completion/batch_serving.py``): ``POST {base}/chat/completions/batch``
+  with ONE object, ``{"model", <shared sampling parameters>, "messages":
+  [[conversation 1], [conversation 2], ...]}``, answered by ONE
+  ``chat.completion`` whose ``choices[i].index`` is i and whose usage is the
+  sum. vLLM takes ``n`` = 1 only and renders no tools, so the gateway sends
+  only such requests this way. Usage per item is not reported, so the total
+  is shared out in proportion to each conversation's size (prompt) and each
+  reply's length (completion), summing exactly to what the server counted.
+  With ``batch=None`` (auto) the first batch is a probe: 404, 405, 400, 422,
+  or a 5xx with an error body turns batching off for this endpoint (one log
+  line) and the gateway sends those requests singly; nothing fails for it.
+  Once a batch has been accepted, a refused batch is the batch's own
+  failure (vLLM fails a whole batch for one bad item): the gateway then
+  sends its items singly, so only the bad one fails.
 * **Streams**: ``send_stream`` asks for ``"stream": true`` with
   ``include_usage`` and assembles the server-sent events (`avm.io.client.sse`).
-* **Errors** are translated here, at the edge, into `Failure`: httpx
-  timeouts, transport errors, HTTP statuses (with ``Retry-After`` /
-  ``retry-after-ms``), bodies that are not the JSON expected.
+* **Errors** are translated here, at the edge, into `Failure`: HTTP
+  statuses (with ``Retry-After`` / ``retry-after-ms``), connection failures,
+  bodies that are not the JSON expected (kind "malformed", retried like a
+  5xx: the requests are idempotent).
 * **The key** is only ever in the ``Authorization`` header. It is not in
   ``repr``, and every message taken from a server (which may echo it) is
   scrubbed of it and of anything shaped like a key before it goes anywhere.
@@ -29,13 +41,12 @@ from ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
-import weakref
+import ssl
 from collections.abc import Sequence
 from typing import Any
-
-import httpx
 
 from avm.errors import LLMError
 from avm.io.client.backends import (
@@ -43,50 +54,62 @@ from avm.io.client.backends import (
     Reply,
     error_detail,
     failure_for_status,
+    failure_from_error,
     parse_chat,
+    parse_choice,
+    parse_usage,
 )
+from avm.io.client.http import ConnectionPool, HTTPError, HTTPResponse, parse_url
 from avm.io.client.sse import ChatStream, SSEDecoder
+from avm.io.request import Usage
 
-__all__ = ["OpenAIBackend"]
+__all__ = ["DEFAULT_MAX_CONNECTIONS", "OpenAIBackend"]
 
-MAX_CONNECTIONS = 32  # the most connections a pool may have without insisting
+log = logging.getLogger("avm.io.client")
+
+DEFAULT_MAX_CONNECTIONS = 1024
 _KEYLIKE = re.compile(r"(?i)\b(sk-|bearer\s+)[A-Za-z0-9_\-.*]{3,}")
-_STREAM_OPTIONS = b',"stream":true,"stream_options":{"include_usage":true}}'
+_END = b"]}"
+_STREAM_END = b'],"stream":true,"stream_options":{"include_usage":true}}'
+_POST = b"POST"
+_GET = b"GET"
+_BATCH_OFF = (400, 404, 405, 422)  # on the first batch: the server does not take vLLM's batches
 
 
 class OpenAIBackend:
     """Chat completions (single, batched, streamed) against an OpenAI-compatible URL."""
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, model: str | None = None, *,
-                 max_connections: int = 8, timeout: float = 60.0, batch: bool | None = None,
-                 keepalive_s: float = 60.0, transport: httpx.AsyncBaseTransport | None = None,
-                 allow_many_connections: bool = False):
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS, batch: bool | None = None,
+                 idle_expiry_s: float = 60.0, connect_timeout_s: float = 30.0,
+                 ssl_context: ssl.SSLContext | None = None):
         url = base_url or os.environ.get("OPENAI_BASE_URL")
         if not url:
             raise LLMError("no LLM endpoint configured: pass base_url or set OPENAI_BASE_URL", kind="config")
         if type(max_connections) is not int or max_connections < 1:
             raise LLMError(f"max_connections must be a positive int, not {max_connections!r}", kind="config")
-        if max_connections > MAX_CONNECTIONS and not allow_many_connections:
-            raise LLMError(f"max_connections {max_connections} is above {MAX_CONNECTIONS}: more connections make "
-                           "one client slower, not faster (allow_many_connections=True to insist)", kind="config")
+        try:
+            self._origin, prefix = parse_url(url)
+        except ValueError as exc:
+            raise LLMError(f"cannot use the LLM endpoint {url!r}: {exc}", kind="config") from None
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.base_url = url.rstrip("/")
         self.model = model or ""  # for display: every request names its model
         self.max_connections = max_connections
         self.supports_batch = batch is not False
         self._batch_auto = batch is None
+        self._batch_seen = False  # a batch was accepted once: the endpoint exists
         self._key = key or None
-        headers = {"content-type": "application/json", "accept": "application/json"}
+        headers = [(b"content-type", b"application/json"), (b"accept", b"application/json"),
+                   (b"user-agent", b"avm/0.1")]
         if self._key:
-            headers["authorization"] = f"Bearer {self._key}"
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
-                              keepalive_expiry=keepalive_s)
-        self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers, limits=limits,
-                                         timeout=httpx.Timeout(timeout), transport=transport)
-        self._extensions = {"trace": self._trace}
-        self._opened = 0
-        self._peak = 0
-        self._sockets: weakref.WeakSet[Any] = weakref.WeakSet()
+            headers.append((b"authorization", f"Bearer {self._key}".encode("latin-1")))
+        self._headers = headers
+        self._chat = (prefix + "/chat/completions").encode("ascii")
+        self._batch = (prefix + "/chat/completions/batch").encode("ascii")
+        self._models = (prefix + "/models").encode("ascii")
+        self._pool = ConnectionPool(max_connections=max_connections, idle_expiry_s=idle_expiry_s,
+                                    connect_timeout_s=connect_timeout_s, ssl_context=ssl_context)
 
     def __repr__(self) -> str:
         return (f"<OpenAIBackend {self.base_url} model={self.model} key={'set' if self._key else 'none'} "
@@ -94,109 +117,113 @@ class OpenAIBackend:
 
     # ------------------------------------------------------------ the interface
 
-    async def send(self, body: bytes) -> Reply:
-        """One chat completion."""
-        response = await self._post("/chat/completions", body)
-        return parse_chat(self._json(response))
+    async def send(self, body: Sequence[bytes]) -> Reply:
+        """One chat completion; ``body`` = (head, messages): ``head`` ends with ``"messages":[``."""
+        response = await self._request(_POST, self._chat, [*body, _END])
+        return parse_chat(self._json(response.body))
 
-    async def send_batch(self, bodies: Sequence[bytes]) -> list[Reply | Failure]:
-        """Chat completions for every body, in one HTTP request."""
+    async def send_batch(self, head: bytes, conversations: Sequence[bytes]) -> list[Reply | Failure]:
+        """Chat completions for every conversation (the same head), in one HTTP request (vLLM's format)."""
+        pieces = [head]
+        for i, conversation in enumerate(conversations):
+            pieces.append(b"[" if i == 0 else b"],[")
+            pieces.append(conversation)
+        pieces.append(b"]]}")
         try:
-            response = await self._post("/chat/completions/batch", b"[" + b",".join(bodies) + b"]")
+            response = await self._request(_POST, self._batch, pieces)
         except Failure as failure:
-            if self._batch_auto and failure.status in (404, 405):
+            if self._batch_auto and not self._batch_seen and (
+                    failure.status in _BATCH_OFF or (failure.status or 0) >= 500):
                 self.supports_batch = False
-                raise Failure("unsupported", "the server has no batch endpoint", status=failure.status) from None
+                log.warning("LLM client: %s does not take vLLM batches (%s); sending requests singly",
+                            self.base_url, failure.message)
+                raise Failure("unsupported", f"the server has no batch endpoint: {failure.message}",
+                              status=failure.status) from None
             raise
-        data = self._json(response)
-        if not isinstance(data, list):
-            raise Failure("malformed", "the batch reply is not a JSON list")
-        if len(data) != len(bodies):
-            raise Failure("malformed", f"the batch reply has {len(data)} items for {len(bodies)} requests")
-        out: list[Reply | Failure] = []
-        for item in data:
-            try:
-                out.append(parse_chat(item))
-            except Failure as failure:
-                out.append(failure)
-        return out
+        data = self._json(response.body)
+        self._batch_seen = True
+        return split_batch(data, conversations)
 
-    async def send_stream(self, body: bytes) -> Reply:
+    async def send_stream(self, body: Sequence[bytes]) -> Reply:
         """One chat completion, streamed as server-sent events and assembled."""
-        payload = body[:-1] + _STREAM_OPTIONS
         stream = ChatStream()
-        try:
-            async with self._client.stream("POST", "/chat/completions", content=payload,
-                                           extensions=self._extensions) as response:
-                if response.status_code != 200:
-                    raise self._status_failure(response, await response.aread())
-                if not response.headers.get("content-type", "").startswith("text/event-stream"):
-                    return parse_chat(self._json(response, await response.aread()))
-                decoder = SSEDecoder()
-                finished = False
-                async for chunk in response.aiter_bytes():
-                    if finished:  # read to the end, so the connection can be reused
-                        continue
-                    for data in decoder.feed(chunk):
-                        if stream.feed(data):
-                            finished = True
-                            break
-                if not finished:
-                    for data in decoder.close():
-                        stream.feed(data)
-        except httpx.TransportError as exc:
-            raise self._transport_failure(exc) from exc
+        decoder = SSEDecoder()
+        finished = False
+
+        def on_data(chunk: bytes) -> bool:
+            nonlocal finished
+            for data in decoder.feed(chunk):
+                if stream.feed(data):
+                    finished = True
+                    return True
+            return False
+
+        response = await self._request(_POST, self._chat, [*body, _STREAM_END], stream_to=on_data)
+        if response.body:  # not an event stream: a plain completion
+            return parse_chat(self._json(response.body))
+        if not finished:
+            for data in decoder.close():
+                stream.feed(data)
         return stream.reply()
 
     async def probe(self, timeout: float = 5.0) -> None:
         """Check the endpoint answers and takes the key, before agents depend on it.
 
-        ``GET /models``: a `Failure` (kind "connection", "timeout", "auth", ...) if the server
-        cannot be reached or refuses the key. A server without that route (404, 405) passes:
+        ``GET /models``: a `Failure` (kind "connection", "auth", "rate_limit", "server", ...) if the
+        server cannot be reached or refuses the key. A server without that route (404, 405) passes:
         it answered.
         """
+        import trio
+
         try:
-            response = await self._client.get("/models", timeout=timeout, extensions=self._extensions)
-        except httpx.TransportError as exc:
-            raise self._transport_failure(exc) from exc
-        if response.status_code not in (200, 404, 405):
-            raise self._status_failure(response, response.content)
+            with trio.fail_after(timeout):
+                response = await self._pool.request(self._origin, _GET, self._models, self._headers[1:])
+        except trio.TooSlowError:
+            raise Failure("timeout", f"{self.base_url} did not answer within {timeout:g} s") from None
+        except HTTPError as exc:
+            raise self._transport_failure(exc) from None
+        if response.status not in (200, 404, 405):
+            raise self._status_failure(response)
 
     def connections(self) -> tuple[int, int]:
-        """(TCP connections opened so far, the most that were open at once)."""
-        return self._opened, self._peak
+        """(connections opened so far, the most open at once)."""
+        return self._pool.opened, self._pool.peak
+
+    @property
+    def reconnects(self) -> int:
+        """Requests sent again at once because the kept-alive connection they took had been closed."""
+        return self._pool.reconnects
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._pool.aclose()
 
     # ------------------------------------------------------------ HTTP
 
-    async def _post(self, path: str, body: bytes) -> httpx.Response:
+    async def _request(self, method: bytes, target: bytes, body: Sequence[bytes], *,
+                       stream_to: Any = None) -> HTTPResponse:
         try:
-            response = await self._client.post(path, content=body, extensions=self._extensions)
-        except httpx.TransportError as exc:
-            raise self._transport_failure(exc) from exc
-        if response.status_code != 200:
-            raise self._status_failure(response, response.content)
+            response = await self._pool.request(self._origin, method, target, self._headers, body,
+                                                on_data=stream_to)
+        except HTTPError as exc:
+            raise self._transport_failure(exc) from None
+        if response.status != 200:
+            raise self._status_failure(response)
         return response
 
-    def _transport_failure(self, exc: httpx.TransportError) -> Failure:
-        """Timeouts and network errors are worth retrying; a URL or request httpx refuses is not."""
-        what = self.scrub(f"{type(exc).__name__}: {exc}")
-        if isinstance(exc, httpx.TimeoutException):
-            return Failure("timeout", f"no reply in time ({type(exc).__name__})")
-        if isinstance(exc, httpx.UnsupportedProtocol):
-            return Failure("config", f"cannot reach {self.base_url}: {what}")
-        if isinstance(exc, httpx.LocalProtocolError):
-            return Failure("bad_request", what)
+    def _transport_failure(self, exc: HTTPError) -> Failure:
+        """Connections that fail or break are worth retrying; a TLS failure is a configuration matter."""
+        what = self.scrub(exc.message)
+        if exc.kind == "tls":
+            return Failure("connection", f"{what} (check the certificate, or SSL_CERT_FILE)")
         return Failure("connection", what)
 
-    def _status_failure(self, response: httpx.Response, content: bytes) -> Failure:
-        return failure_for_status(response.status_code, response.headers, self.scrub(error_detail(content)))
+    def _status_failure(self, response: HTTPResponse) -> Failure:
+        return failure_for_status(response.status, response.headers, self.scrub(error_detail(response.body)))
 
-    def _json(self, response: httpx.Response, content: bytes | None = None) -> Any:
+    @staticmethod
+    def _json(content: bytes) -> Any:
         try:
-            return json.loads(response.content if content is None else content)
+            return json.loads(content)
         except ValueError:
             raise Failure("malformed", "the reply body is not JSON") from None
 
@@ -206,18 +233,52 @@ class OpenAIBackend:
             text = text.replace(self._key, "***")
         return _KEYLIKE.sub(lambda m: m.group(1) + "***", text)
 
-    async def _trace(self, name: str, info: dict[str, Any]) -> None:
-        if name != "connection.connect_tcp.complete":
-            return
-        self._opened += 1
-        stream = info.get("return_value")
-        if stream is not None:
-            self._sockets.add(stream)
-        live = 0
-        for s in list(self._sockets):
-            try:
-                sock = s.get_extra_info("socket")
-                live += sock is not None and sock.fileno() != -1
-            except Exception:  # noqa: BLE001 - a stream that cannot say is counted as open
-                live += 1
-        self._peak = max(self._peak, live, 1)
+
+def split_batch(data: Any, conversations: Sequence[bytes]) -> list[Reply | Failure]:
+    """The replies of a vLLM batch reply, one per conversation, in order.
+
+    ``choices[i].index`` names its conversation; a missing or malformed
+    choice fails its item only. The summed usage is shared out: prompt tokens
+    in proportion to each conversation's bytes, completion tokens to each
+    reply's characters (largest remainder, so the parts add up exactly).
+    """
+    if not isinstance(data, dict):
+        raise Failure("malformed", "the batch reply is not a JSON object")
+    if "error" in data and not data.get("choices"):
+        raise failure_from_error(data["error"])
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise Failure("malformed", "the batch reply has no choices")
+    n = len(conversations)
+    found: list[Any] = [None] * n
+    for choice in choices:
+        index = choice.get("index") if isinstance(choice, dict) else None
+        if type(index) is int and 0 <= index < n and found[index] is None:
+            found[index] = choice
+    usage = parse_usage(data.get("usage"))
+    out: list[Reply | Failure] = []
+    for i, choice in enumerate(found):
+        if choice is None:
+            out.append(Failure("malformed", f"the batch reply has no choice {i} (of {n})"))
+            continue
+        try:
+            out.append(parse_choice(choice, Usage()))
+        except Failure as failure:
+            out.append(failure)
+    prompt = _share(usage.prompt_tokens, [len(c) for c in conversations])
+    completion = _share(usage.completion_tokens, [len(r.text) + 1 if isinstance(r, Reply) else 0 for r in out])
+    return [Reply(r.text, r.finish_reason, Usage(prompt[i], completion[i]), r.tool_calls) if isinstance(r, Reply)
+            else r for i, r in enumerate(out)]
+
+
+def _share(total: int, weights: list[int]) -> list[int]:
+    """``total`` split in proportion to ``weights`` (largest remainder; the parts sum to ``total``)."""
+    whole = sum(weights)
+    if whole <= 0 or total <= 0:
+        return [0] * len(weights)
+    exact = [total * w / whole for w in weights]
+    parts = [int(x) for x in exact]
+    left = total - sum(parts)
+    for i in sorted(range(len(weights)), key=lambda i: exact[i] - parts[i], reverse=True)[:left]:
+        parts[i] += 1
+    return parts

@@ -1,19 +1,30 @@
-"""OpenAIBackend's protocol edges, over httpx.MockTransport (cases a real server cannot produce)."""
+"""OpenAIBackend against a real HTTP server it did not write (the standard library's http.server).
+
+Each test scripts the server's answers (tests/support/http_server.py); the
+client's requests go over real sockets, through AVM's own pool.
+"""
 
 from __future__ import annotations
 
 import email.utils
 import json
+import ssl
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-import httpx
 import pytest
+import trio
 
 from avm.errors import LLMError
 from avm.io.client.backends import Failure, Reply, parse_chat, retry_after
-from avm.io.client.openai import OpenAIBackend
+from avm.io.client.openai import OpenAIBackend, split_batch
+from tests.support.http_server import Answer, Seen, scripted_server
 
 KEY = "sk-test-SECRET-0123456789abcdef"
+HEAD = b'{"model":"m","messages":['
+CONV = b'{"role":"user","content":"hi"}'
+BODY = (HEAD, CONV)
 
 
 def completion(text="hi", reason="stop", usage=(3, 1), **extra):
@@ -24,30 +35,25 @@ def completion(text="hi", reason="stop", usage=(3, 1), **extra):
     return out
 
 
-def backend(handler, **kw) -> OpenAIBackend:
+@contextmanager
+def backend(handler: Callable[[Seen], Answer], seen: list[Seen] | None = None, *, tls: ssl.SSLContext | None = None,
+            **kw) -> Iterator[OpenAIBackend]:
     kw.setdefault("api_key", KEY)
-    return OpenAIBackend("http://llm.test/v1", transport=httpx.MockTransport(handler), **kw)
-
-
-BODY = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
+    with scripted_server(handler, seen=seen, tls=tls) as url:
+        yield OpenAIBackend(url, **kw)
 
 
 async def test_a_reply_is_parsed_and_the_key_goes_only_in_the_header():
-    seen = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, json=completion("Hello", usage=(5, 2)))
-
-    b = backend(handler)
-    reply = await b.send(BODY)
+    seen: list[Seen] = []
+    with backend(lambda r: Answer(200, completion("Hello", usage=(5, 2))), seen) as b:
+        reply = await b.send(BODY)
+        assert KEY not in repr(b) and "key=set" in repr(b)
+        await b.aclose()
     assert reply == Reply("Hello", "stop", reply.usage, ())
     assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (5, 2)
-    assert seen[0].url == "http://llm.test/v1/chat/completions"
+    assert (seen[0].method, seen[0].path) == ("POST", "/v1/chat/completions")
     assert seen[0].headers["authorization"] == f"Bearer {KEY}"
-    assert json.loads(seen[0].content) == json.loads(BODY)
-    assert KEY not in repr(b) and "key=set" in repr(b)
-    await b.aclose()
+    assert seen[0].json() == {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def test_base_url_and_key_come_from_the_environment(monkeypatch):
@@ -59,22 +65,82 @@ def test_base_url_and_key_come_from_the_environment(monkeypatch):
     with pytest.raises(LLMError, match="OPENAI_BASE_URL") as info:
         OpenAIBackend()
     assert info.value.kind == "config"
+    with pytest.raises(LLMError, match="not an http") as info:
+        OpenAIBackend("llm.test/v1")  # no scheme
+    assert info.value.kind == "config"
 
 
-def test_connection_pools_stay_small_unless_asked():
-    with pytest.raises(LLMError, match="above 32"):
-        OpenAIBackend("http://x.test/v1", max_connections=64)
-    assert OpenAIBackend("http://x.test/v1", max_connections=64, allow_many_connections=True).max_connections == 64
+async def test_a_thousand_concurrent_requests_hold_a_thousand_connections():
+    """One request per connection (HTTP/1.1): R in flight need R connections, and the pool opens them."""
+    seen: list[Seen] = []
+    with backend(lambda r: Answer(200, completion(r.json()["messages"][0]["content"]), delay=1.0), seen,
+                 max_connections=1000) as b:
+        replies: dict[int, str] = {}
+
+        async def one(i: int) -> None:
+            replies[i] = (await b.send((HEAD, b'{"role":"user","content":"%d"}' % i))).text
+
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for i in range(1000):
+                nursery.start_soon(one, i)
+        wall = trio.current_time() - start
+        assert replies == {i: str(i) for i in range(1000)}
+        assert b.connections() == (1000, 1000)
+        # ... and they are kept alive: a second round opens none
+        async with trio.open_nursery() as nursery:
+            for i in range(1000):
+                nursery.start_soon(one, i)
+        assert b.connections() == (1000, 1000) and len(seen) == 2000
+        await b.aclose()
+    assert wall < 30  # all at once (1 s each), not 1,000 s in a row
+
+
+async def test_the_connection_limit_holds_and_requests_wait_for_a_free_one():
+    with backend(lambda r: Answer(200, completion(), delay=0.05), max_connections=3) as b:
+        async with trio.open_nursery() as nursery:
+            for _ in range(12):
+                nursery.start_soon(b.send, BODY)
+        assert b.connections() == (3, 3)
+
+
+async def test_a_kept_alive_connection_the_server_closed_is_replaced_and_the_request_goes_through():
+    seen: list[Seen] = []
+    with backend(lambda r: Answer(200, completion(), silent_close=True), seen) as b:
+        for _ in range(3):
+            assert (await b.send(BODY)).text == "hi"
+            await trio.sleep(0.05)  # the server closes its side meanwhile
+        assert b.connections()[0] == 3 and len(seen) == 3
+
+
+async def test_https_with_the_trust_store_of_ssl_cert_file(tmp_path, monkeypatch):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    seen: list[Seen] = []
+    with scripted_server(lambda r: Answer(200, completion("secure")), tls=server_context, seen=seen) as url:
+        assert url.startswith("https://")
+        untrusted = OpenAIBackend(url, api_key=KEY)  # the system's store does not know this CA
+        with pytest.raises(Failure) as info:
+            await untrusted.send(BODY)
+        assert info.value.kind == "connection" and "certificate" in info.value.message.lower()
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+        trusted = OpenAIBackend(url, api_key=KEY)
+        assert (await trusted.send(BODY)).text == "secure"
+        assert (await trusted.send(BODY)).text == "secure"
+        assert trusted.connections() == (1, 1)  # kept alive over TLS too
+    assert seen[-1].headers["authorization"] == f"Bearer {KEY}"
 
 
 async def test_401_is_an_auth_failure_whose_message_never_holds_the_key():
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(401, json={"error": {"message": f"Incorrect API key provided: {KEY}. Also sk-abcd1234.",
-                                                   "type": "invalid_request_error", "code": "invalid_api_key"}})
-
-    b = backend(handler)
-    with pytest.raises(Failure) as info:
-        await b.send(BODY)
+    message = f"Incorrect API key provided: {KEY}. Also sk-abcd1234."
+    with backend(lambda r: Answer(401, {"error": {"message": message, "type": "invalid_request_error",
+                                                  "code": "invalid_api_key"}})) as b:
+        with pytest.raises(Failure) as info:
+            await b.send(BODY)
     failure = info.value
     assert failure.kind == "auth" and failure.status == 401 and not failure.retryable
     assert "Incorrect API key" in failure.message
@@ -93,9 +159,9 @@ async def test_401_is_an_auth_failure_whose_message_never_holds_the_key():
     (403, {}, "auth", None),
 ])
 async def test_statuses_become_failures_with_their_retry_after(status, headers, kind, after):
-    b = backend(lambda request: httpx.Response(status, headers=headers, text="<html>nope</html>"))
-    with pytest.raises(Failure) as info:
-        await b.send(BODY)
+    with backend(lambda r: Answer(status, b"<html>nope</html>", headers=headers)) as b:
+        with pytest.raises(Failure) as info:
+            await b.send(BODY)
     assert (info.value.kind, info.value.status, info.value.retry_after) == (kind, status, after)
     assert info.value.retryable == (kind in ("rate_limit", "server", "timeout"))
 
@@ -122,11 +188,11 @@ def test_retry_after_reads_seconds_milliseconds_and_dates():
     (b'{"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": "3"}}',
      "usage"),
 ])
-async def test_malformed_bodies_are_malformed_failures(body, message):
-    b = backend(lambda request: httpx.Response(200, content=body))
-    with pytest.raises(Failure, match=message) as info:
-        await b.send(BODY)
-    assert info.value.kind == "malformed" and not info.value.retryable
+async def test_malformed_bodies_are_malformed_failures_retried_like_a_5xx(body, message):
+    with backend(lambda r: Answer(200, body)) as b:
+        with pytest.raises(Failure, match=message) as info:
+            await b.send(BODY)
+    assert info.value.kind == "malformed" and info.value.retryable
 
 
 def test_missing_usage_counts_zero_and_null_content_is_empty_text():
@@ -135,57 +201,80 @@ def test_missing_usage_counts_zero_and_null_content_is_empty_text():
     assert (reply.text, reply.usage.total_tokens, reply.tool_calls) == ("", 0, ({"id": "1"},))
 
 
-async def test_transport_errors_are_connection_and_timeout_failures():
-    def refuse(request):
-        raise httpx.ConnectError(f"refused (Authorization: Bearer {KEY})", request=request)
-
-    def slow(request):
-        raise httpx.ReadTimeout("too slow", request=request)
-
+async def test_connection_failures_are_connection_failures_without_the_key():
+    with trio.socket.socket() as sock:  # a port nobody listens on
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    b = OpenAIBackend(f"http://127.0.0.1:{port}/v1", api_key=KEY)
     with pytest.raises(Failure) as info:
-        await backend(refuse).send(BODY)
-    assert info.value.kind == "connection" and KEY not in info.value.message
+        await b.send(BODY)
+    assert info.value.kind == "connection" and info.value.retryable and KEY not in info.value.message
+    with backend(lambda r: Answer(drop=True)) as dropping:
+        with pytest.raises(Failure) as info:
+            await dropping.send(BODY)
+    assert info.value.kind == "connection" and "closed" in info.value.message
+
+
+async def test_a_batch_is_one_request_in_vllms_format_and_each_choice_finds_its_request():
+    seen: list[Seen] = []
+    reply = {"id": "b", "object": "chat.completion", "model": "m",
+             "choices": [  # out of order, as a server may send them; choice 2 is missing
+                 {"index": 1, "message": {"role": "assistant", "content": "second one"}, "finish_reason": "stop"},
+                 {"index": 0, "message": {"role": "assistant", "content": "first"}, "finish_reason": "length"},
+                 {"index": 3, "message": {"role": "assistant"}}],
+             "usage": {"prompt_tokens": 40, "completion_tokens": 17, "total_tokens": 57}}
+    head = b'{"model":"m","temperature":0.0,"messages":['
+    convs = [CONV, b'{"role":"user","content":"a much longer question here"}', CONV, CONV]
+    with backend(lambda r: Answer(200, reply), seen) as b:
+        out = await b.send_batch(head, convs)
+    assert len(seen) == 1 and seen[0].path == "/v1/chat/completions/batch"
+    sent = seen[0].json()
+    assert sent == {"model": "m", "temperature": 0.0, "messages": [[json.loads(c)] for c in convs]}
+    assert isinstance(out[0], Reply) and (out[0].text, out[0].finish_reason) == ("first", "length")
+    assert isinstance(out[1], Reply) and out[1].text == "second one"
+    assert isinstance(out[2], Failure) and out[2].kind == "malformed" and "no choice 2" in out[2].message
+    assert isinstance(out[3], Failure) and out[3].kind == "malformed"
+    replies = [r for r in out if isinstance(r, Reply)]
+    assert sum(r.usage.prompt_tokens for r in replies) <= 40 and out[1].usage.prompt_tokens > out[0].usage.prompt_tokens
+
+
+def test_batch_usage_is_shared_out_exactly():
+    choices = [{"index": i, "message": {"content": "x" * (i + 1)}, "finish_reason": "stop"} for i in range(3)]
+    out = split_batch({"choices": choices, "usage": {"prompt_tokens": 100, "completion_tokens": 10}},
+                      [b"a" * 10, b"b" * 20, b"c" * 70])
+    assert [r.usage.prompt_tokens for r in out] == [10, 20, 70]
+    assert sum(r.usage.completion_tokens for r in out) == 10
+    with pytest.raises(Failure, match="not a JSON object"):
+        split_batch([], [b"x"])
     with pytest.raises(Failure) as info:
-        await backend(slow).send(BODY)
-    assert info.value.kind == "timeout"
+        split_batch({"error": {"message": "n must be 1", "type": "BadRequestError"}}, [b"x"])
+    assert "n must be 1" in info.value.message
 
 
-async def test_a_batch_is_one_request_and_each_item_fails_alone():
-    seen = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, json=[completion("one"), {"error": {"message": "bad item",
-                                                                       "type": "invalid_request_error"}},
-                                         {"nonsense": True}, completion("four")])
-
-    b = backend(handler)
-    out = await b.send_batch([BODY, BODY, BODY, BODY])
-    assert len(seen) == 1 and seen[0].url.path == "/v1/chat/completions/batch"
-    assert json.loads(seen[0].content) == [json.loads(BODY)] * 4
-    assert isinstance(out[0], Reply) and out[0].text == "one" and out[3].text == "four"
-    assert isinstance(out[1], Failure) and out[1].kind == "bad_request" and "bad item" in out[1].message
-    assert isinstance(out[2], Failure) and out[2].kind == "malformed"
-
-
-async def test_a_batch_reply_of_the_wrong_shape_fails_the_batch():
-    with pytest.raises(Failure, match="2 requests"):
-        await backend(lambda r: httpx.Response(200, json=[completion()])).send_batch([BODY, BODY])
-    with pytest.raises(Failure, match="not a JSON list"):
-        await backend(lambda r: httpx.Response(200, json=completion())).send_batch([BODY, BODY])
-
-
-async def test_a_server_without_a_batch_endpoint_turns_batching_off_in_auto_mode():
-    b = backend(lambda r: httpx.Response(404, json={"error": {"message": "unknown URL"}}))
-    assert b.supports_batch
-    with pytest.raises(Failure) as info:
-        await b.send_batch([BODY, BODY])
+@pytest.mark.parametrize("status", [404, 405, 400, 422, 500])
+async def test_a_server_that_refuses_the_first_batch_turns_batching_off_in_auto_mode(status):
+    with backend(lambda r: Answer(status, {"error": {"message": "no such thing"}})) as b:
+        assert b.supports_batch
+        with pytest.raises(Failure) as info:
+            await b.send_batch(HEAD, [CONV, CONV])
     assert info.value.kind == "unsupported" and not b.supports_batch
-    forced = backend(lambda r: httpx.Response(404, json={"error": {"message": "unknown URL"}}), batch=True)
-    with pytest.raises(Failure) as info:
-        await forced.send_batch([BODY, BODY])
+
+
+async def test_after_a_batch_was_accepted_a_refused_batch_is_that_batches_failure():
+    answers = iter([Answer(200, completion("ok")), Answer(400, {"error": {"message": "bad item"}})])
+    with backend(lambda r: next(answers)) as b:
+        await b.send_batch(HEAD, [CONV])
+        with pytest.raises(Failure) as info:
+            await b.send_batch(HEAD, [CONV, CONV])
+    assert info.value.kind == "bad_request" and b.supports_batch
+
+
+async def test_forced_and_disabled_batching():
+    with backend(lambda r: Answer(404, {"error": {"message": "unknown URL"}}), batch=True) as forced:
+        with pytest.raises(Failure) as info:
+            await forced.send_batch(HEAD, [CONV, CONV])
     assert info.value.kind == "bad_request" and forced.supports_batch
-    assert not backend(lambda r: httpx.Response(200), batch=False).supports_batch
+    assert not OpenAIBackend("http://x.test/v1", batch=False).supports_batch
 
 
 def sse(*events: object, done: bool = True) -> bytes:
@@ -193,47 +282,48 @@ def sse(*events: object, done: bool = True) -> bytes:
     return out + (b"data: [DONE]\n\n" if done else b"")
 
 
-async def test_streaming_asks_for_usage_and_assembles_the_events():
-    seen = []
+EVENT_STREAM = {"content-type": "text/event-stream"}
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(json.loads(request.content))
-        body = sse({"choices": [{"index": 0, "delta": {"content": "Hel"}}]},
-                   {"choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]},
-                   {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2}})
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
 
-    reply = await backend(handler).send_stream(BODY)
-    assert seen[0]["stream"] is True and seen[0]["stream_options"] == {"include_usage": True}
+async def test_streaming_asks_for_usage_and_assembles_the_events_as_they_come():
+    seen: list[Seen] = []
+    events = [{"choices": [{"index": 0, "delta": {"content": "Hel"}}]},
+              {"choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]},
+              {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2}}]
+    body = sse(*events)
+    with backend(lambda r: Answer(200, b"", headers=EVENT_STREAM, chunks=[body[:7], body[7:40], body[40:]]),
+                 seen) as b:
+        reply = await b.send_stream(BODY)
+        again = await b.send_stream(BODY)  # the connection was read to its end: it is reused
+        assert b.connections() == (1, 1)
+    assert seen[0].json()["stream"] is True and seen[0].json()["stream_options"] == {"include_usage": True}
     assert (reply.text, reply.finish_reason, reply.usage.completion_tokens) == ("Hello", "stop", 2)
+    assert again == reply
 
 
 async def test_stream_edge_cases():
-    def no_done(request):
-        body = sse({"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": "length"}]}, done=False)
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
-
-    def cut(request):
-        body = sse({"choices": [{"index": 0, "delta": {"content": "x"}}]}, done=False)
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
-
-    def plain_json(request):
-        return httpx.Response(200, json=completion("not streamed"))
-
-    def refused(request):
-        return httpx.Response(429, headers={"retry-after-ms": "20"}, json={"error": {"message": "slow down"}})
-
-    assert (await backend(no_done).send_stream(BODY)).finish_reason == "length"
-    with pytest.raises(Failure, match="ended before"):
-        await backend(cut).send_stream(BODY)
-    assert (await backend(plain_json).send_stream(BODY)).text == "not streamed"
-    with pytest.raises(Failure) as info:
-        await backend(refused).send_stream(BODY)
+    no_done = sse({"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": "length"}]}, done=False)
+    cut = sse({"choices": [{"index": 0, "delta": {"content": "x"}}]}, done=False)
+    with backend(lambda r: Answer(200, no_done, headers=EVENT_STREAM)) as b:
+        assert (await b.send_stream(BODY)).finish_reason == "length"
+    with backend(lambda r: Answer(200, cut, headers=EVENT_STREAM)) as b:
+        with pytest.raises(Failure, match="ended before") as info:
+            await b.send_stream(BODY)
+        assert info.value.retryable  # a truncated stream is tried again
+    with backend(lambda r: Answer(200, completion("not streamed"))) as b:
+        assert (await b.send_stream(BODY)).text == "not streamed"
+    with backend(lambda r: Answer(429, {"error": {"message": "slow down"}}, headers={"retry-after-ms": "20"})) as b:
+        with pytest.raises(Failure) as info:
+            await b.send_stream(BODY)
     assert info.value.kind == "rate_limit" and info.value.retry_after == 0.02
 
 
-async def test_a_url_httpx_cannot_use_is_a_config_failure_not_a_retry():
-    b = OpenAIBackend("llm.test/v1")  # no scheme
-    with pytest.raises(Failure) as info:
-        await b.send(BODY)
-    assert info.value.kind == "config" and not info.value.retryable and "llm.test" in info.value.message
+async def test_probe_reports_an_unreachable_server_and_a_refused_key():
+    with backend(lambda r: Answer(200, {"data": []})) as b:
+        await b.probe()
+    with backend(lambda r: Answer(404, {"error": {"message": "no such route"}})) as b:
+        await b.probe()  # it answered
+    with backend(lambda r: Answer(401, {"error": {"message": "bad key"}})) as b:
+        with pytest.raises(Failure) as info:
+            await b.probe()
+    assert info.value.kind == "auth"

@@ -1,0 +1,355 @@
+"""HTTP/1.1 on trio + h11, with a connection pool whose every step is O(1).
+
+An LLM takes 0.1-10 s per request, so a fleet keeps R requests in flight by
+holding R connections (HTTP/1.1 carries one request per connection at a
+time). The pool must then cost the same per request whether it holds 8
+connections or 10,000. httpcore's pool walks every connection on each
+checkout and release (measured: 60% of a client's CPU at 256 connections),
+so this module is AVM's own:
+
+* **One `_Host` per origin** (scheme, host, port): a `trio.Semaphore` of
+  ``max_connections`` bounds the requests in flight to it, and a deque holds
+  its idle connections, most recently used on the right. A request takes the
+  semaphore, pops the right end (or connects), sends, reads, and pushes the
+  connection back on the right: each step O(1).
+* **Idle expiry**: connections idle longer than ``idle_expiry_s`` are closed
+  from the left end (the oldest) whenever a request passes by; amortised
+  O(1) per request.
+* **Dead connections**: before reuse, a connection is asked (a non-blocking
+  ``MSG_PEEK``) whether the server closed it; a reused connection that fails
+  before any byte of the response arrives (the server closed it meanwhile)
+  is dropped and the request is sent again once on a fresh connection.
+  Requests are only ever replayed that way, when the server cannot have
+  started on them.
+* **TLS** for ``https`` origins: `trio.SSLStream` over the TCP stream with
+  ``ssl.create_default_context()``, which loads the system's trust store and
+  honours ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``; ALPN offers ``http/1.1``.
+* **Bodies as pieces**: a request body is a sequence of byte strings (shared
+  prefix, per-request part, suffix) so that a caller never has to build the
+  whole body up front; the pieces go out in one write.
+
+Errors are `HTTPError` with a ``kind``: "connect" (no connection could be
+made), "tls", "closed" (the server closed the connection before a complete
+response), "protocol" (a response h11 cannot parse). Timeouts are the
+caller's: wrap a request in a trio cancel scope; a cancelled request closes
+its connection (its state is unknown).
+
+The protocol is RFC 9112 as h11 implements it (python-hyper/h11,
+``h11/_connection.py``): one ``Connection`` per socket, ``start_next_cycle``
+between requests on a kept-alive connection.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import h11
+import trio
+
+__all__ = ["ConnectionPool", "HTTPError", "HTTPResponse", "Origin", "parse_url"]
+
+_RECV = 1 << 16
+_MAX_HEADERS = 1 << 16
+_PEEK_FLAGS = socket.MSG_PEEK | socket.MSG_DONTWAIT
+
+
+class HTTPError(Exception):
+    """A request that got no complete HTTP response; ``kind`` says why."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    scheme: str  # "http" or "https"
+    host: str
+    port: int
+
+    @property
+    def host_header(self) -> bytes:
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        text = host if self.port == default else f"{host}:{self.port}"
+        return text.encode("ascii") if text.isascii() else text.encode("idna")
+
+
+def parse_url(url: str) -> tuple[Origin, str]:
+    """(origin, path prefix without a trailing slash) of an http(s) URL; ValueError if it is not one."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"the URL names no host: {url!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"the URL's port is not a number in 0..65535: {url!r}") from None
+    if port is None:
+        port = 443 if scheme == "https" else 80
+    return Origin(scheme, parts.hostname, port), parts.path.rstrip("/")
+
+
+@dataclass(slots=True)
+class HTTPResponse:
+    status: int
+    headers: dict[str, str]  # names in lower case; a repeated header keeps its last value
+    body: bytes
+
+
+class _Conn:
+    """One connection: its stream, its socket, its h11 state, when it went idle."""
+
+    __slots__ = ("h11", "idle_since", "sock", "stream")
+
+    def __init__(self, stream: trio.abc.Stream, sock: Any):
+        self.stream = stream
+        self.sock = sock  # the trio socket under the stream (and TLS)
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEADERS)
+        self.idle_since = 0.0
+
+    def close(self) -> None:
+        """Close at once, through trio (which tells any waiter), without a TLS goodbye."""
+        self.sock.close()
+
+    def dead(self) -> bool:
+        """True if the server closed this idle connection (or sent something nobody asked for)."""
+        raw = getattr(self.sock, "_sock", None)  # the stdlib socket: trio's has no synchronous recv
+        if raw is None:
+            return False
+        try:
+            raw.recv(1, _PEEK_FLAGS)  # b"": the server closed it; data: a response to no request
+        except BlockingIOError:
+            return False
+        except OSError:
+            pass
+        return True
+
+
+class _Host:
+    """The connections to one origin."""
+
+    __slots__ = ("idle", "open", "slots")
+
+    def __init__(self, limit: int):
+        self.slots = trio.Semaphore(limit)
+        self.idle: deque[_Conn] = deque()
+        self.open = 0
+
+
+class ConnectionPool:
+    """Connections to any number of origins, at most ``max_connections`` to each (see the module docstring)."""
+
+    def __init__(self, *, max_connections: int = 1024, idle_expiry_s: float = 60.0,
+                 connect_timeout_s: float = 30.0, ssl_context: ssl.SSLContext | None = None):
+        if type(max_connections) is not int or max_connections < 1:
+            raise ValueError(f"max_connections must be a positive int, not {max_connections!r}")
+        self.max_connections = max_connections
+        self.idle_expiry_s = idle_expiry_s
+        self.connect_timeout_s = connect_timeout_s
+        self._ssl = ssl_context
+        self._hosts: dict[Origin, _Host] = {}
+        self.opened = 0  # connections made so far
+        self.peak = 0  # the most open at once (all origins)
+        self.reconnects = 0  # requests sent again because a reused connection had been closed
+        self._open = 0
+        self._closed = False
+
+    @property
+    def open(self) -> int:
+        """Connections open now."""
+        return self._open
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS context: the system's trust store (``SSL_CERT_FILE`` honoured), ALPN http/1.1."""
+        if self._ssl is None:
+            context = ssl.create_default_context()
+            context.set_alpn_protocols(["http/1.1"])
+            self._ssl = context
+        return self._ssl
+
+    # ------------------------------------------------------------ requests
+
+    async def request(self, origin: Origin, method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]],
+                      body: Sequence[bytes] = (), on_data: Callable[[bytes], Any] | None = None) -> HTTPResponse:
+        """Send one request and read its whole response.
+
+        ``headers`` must not hold Host or Content-Length (they are added).
+        With ``on_data``, the body of a 200 response of type
+        ``text/event-stream`` is handed to it piece by piece as it arrives
+        and the response's ``body`` is empty (any other response is read
+        whole, as without it); ``on_data`` may return True to say it has what
+        it needs (the rest is still read, so the connection can be reused).
+        """
+        if self._closed:
+            raise HTTPError("closed", "the connection pool is closed")
+        host = self._hosts.get(origin)
+        if host is None:
+            host = self._hosts[origin] = _Host(self.max_connections)
+        size = 0
+        for piece in body:
+            size += len(piece)
+        head = [(b"host", origin.host_header), *headers, (b"content-length", b"%d" % size)]
+        async with host.slots:
+            conn = self._checkout(host)
+            if conn is not None:
+                try:
+                    return await self._exchange(host, conn, method, target, head, body, on_data, reused=True)
+                except _Stale:
+                    self.reconnects += 1
+            conn = await self._connect(host, origin)
+            try:
+                return await self._exchange(host, conn, method, target, head, body, on_data, reused=False)
+            except _Stale as exc:
+                raise HTTPError("closed", str(exc)) from None
+
+    def _checkout(self, host: _Host) -> _Conn | None:
+        idle = host.idle
+        if not idle:
+            return None
+        expired = time.monotonic() - self.idle_expiry_s
+        while idle and idle[0].idle_since < expired:  # the oldest first: amortised O(1)
+            self._drop(host, idle.popleft())
+        while idle:
+            conn = idle.pop()
+            if not conn.dead():
+                return conn
+            self._drop(host, conn)
+        return None
+
+    def _drop(self, host: _Host, conn: _Conn) -> None:
+        conn.close()
+        host.open -= 1
+        self._open -= 1
+
+    async def _connect(self, host: _Host, origin: Origin) -> _Conn:
+        try:
+            with trio.fail_after(self.connect_timeout_s):
+                tcp = await trio.open_tcp_stream(origin.host, origin.port)
+        except trio.TooSlowError:
+            raise HTTPError("connect", f"no connection to {origin.host}:{origin.port} within "
+                                       f"{self.connect_timeout_s:g} s") from None
+        except OSError as exc:
+            raise HTTPError("connect", f"cannot connect to {origin.host}:{origin.port}: "
+                                       f"{exc.strerror or exc}") from None
+        stream: trio.abc.Stream = tcp
+        if origin.scheme == "https":
+            stream = trio.SSLStream(tcp, self.ssl_context(), server_hostname=origin.host, https_compatible=True)
+            try:
+                with trio.fail_after(self.connect_timeout_s):
+                    await stream.do_handshake()
+            except trio.TooSlowError:
+                tcp.socket.close()
+                raise HTTPError("tls", f"no TLS handshake with {origin.host}:{origin.port} within "
+                                       f"{self.connect_timeout_s:g} s") from None
+            except (trio.BrokenResourceError, ssl.SSLError) as exc:
+                tcp.socket.close()
+                cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ else exc
+                raise HTTPError("tls", f"TLS with {origin.host}:{origin.port} failed: {cause}") from None
+        self.opened += 1
+        host.open += 1
+        self._open += 1
+        if self._open > self.peak:
+            self.peak = self._open
+        return _Conn(stream, tcp.socket)
+
+    async def _exchange(self, host: _Host, conn: _Conn, method: bytes, target: bytes,
+                        headers: list[tuple[bytes, bytes]], body: Sequence[bytes],
+                        on_data: Callable[[bytes], Any] | None, reused: bool) -> HTTPResponse:
+        """One request and response on ``conn``; it goes back to the idle deque if it can be reused."""
+        done = False
+        got_bytes = False
+        h = conn.h11
+        try:
+            stream = conn.stream
+            out = [h.send(h11.Request(method=method, target=target, headers=headers))]
+            for piece in body:
+                if piece:
+                    out.append(h.send(h11.Data(data=piece)))
+            out.append(h.send(h11.EndOfMessage()))
+            try:
+                await stream.send_all(b"".join(out))  # type: ignore[arg-type]
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                if reused:
+                    raise _Stale("the server closed the connection") from None
+                raise HTTPError("closed", f"sending the request failed: {_cause(exc)}") from None
+            status = 0
+            response_headers: dict[str, str] = {}
+            chunks: list[bytes] = []
+            satisfied = False
+            streaming = False
+            while True:
+                event = h.next_event()
+                if event is h11.NEED_DATA:
+                    try:
+                        data = await stream.receive_some(_RECV)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        if reused and not got_bytes:
+                            raise _Stale("the server closed the connection") from None
+                        raise HTTPError("closed", f"the connection broke during the response: {_cause(exc)}") \
+                            from None
+                    if data:
+                        got_bytes = True
+                    elif reused and not got_bytes:
+                        raise _Stale("the server closed the connection")
+                    elif not status:
+                        raise HTTPError("closed", "the server closed the connection without answering")
+                    h.receive_data(data)
+                    continue
+                kind = type(event)
+                if kind is h11.Response:
+                    status = event.status_code  # type: ignore[union-attr]
+                    response_headers = {k.decode("latin-1"): v.decode("latin-1")
+                                        for k, v in event.headers}  # type: ignore[union-attr]
+                    streaming = on_data is not None and status == 200 and response_headers.get(
+                        "content-type", "").startswith("text/event-stream")
+                elif kind is h11.Data:
+                    data = bytes(event.data)  # type: ignore[union-attr]
+                    if not streaming:
+                        chunks.append(data)
+                    elif not satisfied:
+                        satisfied = bool(on_data(data))
+                elif kind is h11.EndOfMessage:
+                    break
+                elif kind is h11.ConnectionClosed:
+                    raise HTTPError("closed", "the server closed the connection before the response ended")
+                # InformationalResponse (100 Continue) and PAUSED cannot end a response: go on
+            done = True
+            return HTTPResponse(status, response_headers, b"".join(chunks) if len(chunks) != 1 else chunks[0])
+        except h11.RemoteProtocolError as exc:
+            raise HTTPError("protocol", f"the server's response is not valid HTTP/1.1: {exc}") from None
+        finally:
+            if done and h.our_state is h11.DONE and h.their_state is h11.DONE and not self._closed:
+                h.start_next_cycle()
+                conn.idle_since = time.monotonic()
+                host.idle.append(conn)
+            else:
+                self._drop(host, conn)
+
+    # ------------------------------------------------------------ lifetime
+
+    async def aclose(self) -> None:
+        """Close every idle connection; requests in flight close theirs when they end."""
+        self._closed = True
+        for host in self._hosts.values():
+            while host.idle:
+                self._drop(host, host.idle.pop())
+
+
+class _Stale(Exception):
+    """A reused connection turned out to be closed before the server saw the request."""
+
+
+def _cause(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__ or exc
+    return f"{type(cause).__name__}: {cause}"
