@@ -224,3 +224,151 @@ async def test_a_request_timeout_bounds_the_whole_call():
             await gw.complete(ask("slow"), timeout=0.05)
         assert info.value.kind == "timeout"
         assert gw.statistics().errors_by_kind == {"timeout": 1}
+
+
+TOOLS = ({"type": "function", "function": {"name": "lookup", "description": "Look a topic up.",
+                                           "parameters": {"type": "object", "properties": {"q": {"type": "string"}},
+                                                          "required": ["q"]}}},)
+
+
+async def test_vllm_batches_only_what_it_can_batch_and_sends_tool_requests_singly_at_full_concurrency():
+    """vLLM renders no tools in a batch: tool-bearing requests go alone, each on its own connection."""
+    async with serve_llm(port=0, dialect="vllm", latency_ms=200) as server:
+        async with Gateway(OpenAIBackend(server.url), batch_size=64) as gw:
+            replies: dict[str, Any] = {}
+
+            async def one(name: str, request: LLMRequest) -> None:
+                replies[name] = await gw.complete(request)
+
+            start = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                for i in range(100):
+                    nursery.start_soon(one, f"plain{i}", ask(f"Task {i}: summarise"))
+                    nursery.start_soon(one, f"tool{i}", ask(f"Task {i}: look it up", tools=TOOLS))
+            wall = trio.current_time() - start
+            stats = gw.statistics()
+        server_stats = server.statistics()
+    assert all(replies[f"tool{i}"].tool_calls for i in range(100))  # tools reached the server: singly
+    assert not any(replies[f"plain{i}"].tool_calls for i in range(100))
+    assert server_stats.batch_items == 100 and server_stats.requests_by_endpoint["/v1/chat/completions"] == 100
+    assert stats.batches >= 2 and stats.http_connections_max >= 100 - 64  # the singles went at once
+    assert wall < 2.0  # about one latency, not 100 of them
+    assert stats.errors_by_kind == {} and stats.batches_refused == 0
+
+
+@pytest.mark.parametrize("status", [400, 404, 422, 500])
+async def test_a_server_refusing_the_first_batch_turns_batching_off_and_no_request_fails(status):
+    from tests.support.http_server import Answer, Seen, scripted_server
+
+    def handler(request: Seen) -> Answer:
+        if request.path.endswith("/batch"):
+            return Answer(status, {"error": {"message": "unknown route", "type": "invalid_request_error"}})
+        return Answer(200, {"choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": "re: " + request.json()["messages"][-1]["content"]}}]})
+
+    seen: list[Seen] = []
+    with scripted_server(handler, seen=seen) as url:
+        async with Gateway(OpenAIBackend(url), batch_size=16, batch_window_s=0.05) as gw:
+            texts: dict[int, str] = {}
+
+            async def one(i: int) -> None:
+                texts[i] = (await gw.complete(ask(f"q{i}"))).text
+
+            async with trio.open_nursery() as nursery:
+                for i in range(40):
+                    nursery.start_soon(one, i)
+            stats = gw.statistics()
+    assert texts == {i: f"re: q{i}" for i in range(40)}
+    assert [r.path for r in seen].count("/v1/chat/completions/batch") == 1  # tried once, then never again
+    assert stats.errors_by_kind == {} and stats.batches == 0 and stats.http_requests == 40
+
+
+async def test_a_batch_refused_after_batching_worked_is_sent_item_by_item_and_only_the_bad_one_fails():
+    """vLLM fails a whole batch for one bad item: the gateway then sends each alone."""
+    from tests.support.http_server import Answer, Seen, scripted_server
+
+    def choice(i: int, text: str) -> dict:
+        return {"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content": "re: " + text}}
+
+    def handler(request: Seen) -> Answer:
+        body = request.json()
+        if request.path.endswith("/batch"):
+            texts = [conversation[-1]["content"] for conversation in body["messages"]]
+            if any("poison" in t for t in texts):
+                return Answer(400, {"error": {"message": "a bad item", "type": "Bad Request", "code": 400}})
+            return Answer(200, {"choices": [choice(i, t) for i, t in enumerate(texts)],
+                                "usage": {"prompt_tokens": 10, "completion_tokens": 5}})
+        text = body["messages"][-1]["content"]
+        if "poison" in text:
+            return Answer(400, {"error": {"message": "a bad item", "type": "BadRequestError"}})
+        return Answer(200, {"choices": [choice(0, text)]})
+
+    seen: list[Seen] = []
+    with scripted_server(handler, seen=seen) as url:
+        async with Gateway(OpenAIBackend(url), batch_size=8, batch_window_s=0.05) as gw:
+            results: dict[str, Any] = {}
+
+            async def one(text: str) -> None:
+                try:
+                    results[text] = (await gw.complete(ask(text))).text
+                except LLMError as exc:
+                    results[text] = exc
+
+            for round_ in (["a", "b"], ["c", "poison", "d", "e"]):
+                async with trio.open_nursery() as nursery:
+                    for text in round_:
+                        nursery.start_soon(one, text)
+            stats = gw.statistics()
+    bad = results.pop("poison")
+    assert isinstance(bad, LLMError) and bad.kind == "bad_request" and "a bad item" in bad.message
+    assert results == {t: f"re: {t}" for t in "abcde"}
+    assert stats.batches_refused == 1 and stats.batches == 1  # only batches a server accepted count
+    assert [r.path for r in seen].count("/v1/chat/completions") == 4
+
+
+async def test_the_default_deadline_fails_a_request_the_server_never_answers(autojump_clock):
+    from avm.io.client.backends import Reply
+
+    class Silent:
+        supports_batch = False
+        max_connections = 4
+
+        async def send(self, body):
+            await trio.sleep_forever()
+
+        send_stream = send
+
+        async def send_batch(self, head, conversations):
+            raise AssertionError("no batches here")
+
+        def connections(self):
+            return 0, 0
+
+        async def aclose(self):
+            pass
+
+    async with Gateway(Silent(), request_timeout_s=30.0, attempt_timeout_s=1000.0) as gw:
+        start = trio.current_time()
+        with pytest.raises(LLMError, match="no reply within 30 s") as info:
+            await gw.complete(ask("anyone?"))
+        assert info.value.kind == "timeout" and 30.0 <= trio.current_time() - start <= 35.0
+        assert gw.statistics().in_flight == 0
+    assert Reply  # the scripted backend above answers nothing
+
+
+async def test_a_truncated_stream_is_retried():
+    from tests.support.http_server import Answer, Seen, scripted_server
+
+    chunk = {"choices": [{"index": 0, "delta": {"content": "whole"}, "finish_reason": "stop"}]}
+    good = b"data: " + __import__("json").dumps(chunk).encode() + b"\n\ndata: [DONE]\n\n"
+    cut = b'data: {"choices": [{"index": 0, "delta": {"content": "who'
+    answers = iter([cut, good])
+
+    def handler(request: Seen) -> Answer:
+        return Answer(200, next(answers), headers={"content-type": "text/event-stream"})
+
+    with scripted_server(handler) as url:
+        async with Gateway(OpenAIBackend(url), stream=True, backoff_s=0.001) as gw:
+            reply = await gw.complete(ask("stream it"))
+            stats = gw.statistics()
+    assert reply.text == "whole" and stats.retries == 1 and stats.errors_by_kind == {}

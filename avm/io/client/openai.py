@@ -48,6 +48,8 @@ import ssl
 from collections.abc import Sequence
 from typing import Any
 
+import trio
+
 from avm.errors import LLMError
 from avm.io.client.backends import (
     Failure,
@@ -99,6 +101,7 @@ class OpenAIBackend:
         self.supports_batch = batch is not False
         self._batch_auto = batch is None
         self._batch_seen = False  # a batch was accepted once: the endpoint exists
+        self._probing: trio.Lock | None = None
         self._key = key or None
         headers = [(b"content-type", b"application/json"), (b"accept", b"application/json"),
                    (b"user-agent", b"avm/0.1")]
@@ -129,6 +132,16 @@ class OpenAIBackend:
             pieces.append(b"[" if i == 0 else b"],[")
             pieces.append(conversation)
         pieces.append(b"]]}")
+        if self._batch_auto and not self._batch_seen:  # the first batch is a probe: one at a time
+            if self._probing is None:
+                self._probing = trio.Lock()
+            async with self._probing:
+                if not self.supports_batch:  # the probe before this one failed: send nothing
+                    raise Failure("unsupported", "the server has no batch endpoint")
+                return await self._send_batch(pieces, conversations)
+        return await self._send_batch(pieces, conversations)
+
+    async def _send_batch(self, pieces: list[bytes], conversations: Sequence[bytes]) -> list[Reply | Failure]:
         try:
             response = await self._request(_POST, self._batch, pieces)
         except Failure as failure:
@@ -173,8 +186,6 @@ class OpenAIBackend:
         server cannot be reached or refuses the key. A server without that route (404, 405) passes:
         it answered.
         """
-        import trio
-
         try:
             with trio.fail_after(timeout):
                 response = await self._pool.request(self._origin, _GET, self._models, self._headers[1:])
