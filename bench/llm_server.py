@@ -106,9 +106,10 @@ async def _run_all(url: str, seconds: float, pid: int | None) -> dict[str, Any]:
     return results
 
 
-def start_server_process() -> tuple[subprocess.Popen[str], str]:
-    """``python -m avm serve-llm`` on a free port, and its base URL (bench/io.py uses it too)."""
-    proc = subprocess.Popen([sys.executable, "-m", "avm", "serve-llm", "--port", "0"],
+def start_server_process(*extra_args: str) -> tuple[subprocess.Popen[str], str]:
+    """``python -m avm serve-llm`` on a free port, and its base URL (bench/io.py and bench/fleet.py use it
+    too); ``extra_args`` are more serve-llm flags (``"--latency-ms", "1000"``)."""
+    proc = subprocess.Popen([sys.executable, "-m", "avm", "serve-llm", "--port", "0", *extra_args],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
