@@ -39,13 +39,12 @@ import json
 import re
 from typing import Any
 
-from avm.io.request import Message, RequestError
+from avm.io.request import PLACEHOLDER, Message, RequestError
 from avm.lang.values import render
 from avm.memory.ref import Ref
 from avm.memory.store import ContentStore
 from avm.tools.registry import error_value
 
-PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ROLES = ("user", "assistant", "system", "tool")
 
 

@@ -36,13 +36,14 @@ from typing import Any
 import trio
 
 from avm.agent import AgentError, AgentHandle, child_result
-from avm.conversation import fill, placeholders
+from avm.conversation import placeholders
 from avm.errors import AvmError, CompileError, NotFound, StoreError, lone_exception
-from avm.io.request import LLMRequest, Message
+from avm.io.request import Filled, LLMRequest, Message
 from avm.lang.code import Code, CodeFormatError
 from avm.lang.compiler import compile_source
 from avm.lang.frame import to_milli
 from avm.lang.outcomes import Effect, Fault
+from avm.lang.values import render
 from avm.memory.ref import Ref
 from avm.memory.store import ContentStore
 from avm.memory.values import encode_value
@@ -472,7 +473,11 @@ class VM:
             ref, names, text, message = self._prompts.get(agent.system) or self._prompt_entry(agent.system)
             inputs = agent.inputs
             if names and inputs and any(n in inputs for n in names):
-                message = Message("system", fill(text, inputs))  # rendered only for this request
+                # the shared template and this agent's values: the wire encoder sends the template's pieces
+                # with the values between them, so no agent holds a rendered copy of the prompt
+                message = Message("system", Filled(text, ref, {n: v if type(v) is str else render(v)
+                                                               for n in names if n in inputs
+                                                               for v in (inputs[n],)}))
             messages = (message, *conversation)
         else:
             messages = tuple(conversation)

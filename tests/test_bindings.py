@@ -14,7 +14,7 @@ import pytest
 import trio
 
 import avm
-from avm.io.request import LLMRequest, LLMResponse, Usage
+from avm.io.request import Filled, LLMRequest, LLMResponse, Usage
 from avm.scheduler.states import AgentState as S
 from avm.tools.registry import ToolDefinitionError
 from tests.agent_programs import COUNT
@@ -146,7 +146,10 @@ class RecordingGateway:
     async def complete(self, request: LLMRequest, priority: int = 1) -> LLMResponse:
         self.requests.append(request)
         system = request.messages[0]
-        text = system.content if system.role == "system" and isinstance(system.content, str) else "no system"
+        content = system.content
+        if isinstance(content, Filled):  # a template shared by the agents, with this agent's values
+            content = content.text()
+        text = content if system.role == "system" and isinstance(content, str) else "no system"
         return LLMResponse(text, "stop", Usage(10, 2), 0.0)
 
 

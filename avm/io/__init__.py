@@ -12,11 +12,12 @@ from avm.io.client.backends import Backend, Failure, Reply
 from avm.io.client.openai import OpenAIBackend
 from avm.io.embedded import embedded_backend
 from avm.io.gateway import Gateway, GatewaySettings, GatewayStatistics
-from avm.io.request import LLMRequest, LLMResponse, Message, RequestError, Usage
+from avm.io.request import Filled, LLMRequest, LLMResponse, Message, RequestError, Usage
 
 __all__ = [
     "Backend",
     "Failure",
+    "Filled",
     "Gateway",
     "GatewaySettings",
     "GatewayStatistics",

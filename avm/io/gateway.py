@@ -63,6 +63,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import trio
+from blake3 import blake3
 
 from avm.errors import LLMError, lone_exception
 from avm.io.cache import ResponseCache
@@ -109,7 +110,7 @@ class _Pending:
         "tasks",
     )
 
-    def __init__(self, request: LLMRequest, key: bytes, head: bytes, conv: bytes, batchable: bool,
+    def __init__(self, request: LLMRequest, key: bytes, head: bytes, conv: list[bytes], batchable: bool,
                  cacheable: bool, rank: float, seq: int, deadline: float):
         self.key = key
         self.model = request.model
@@ -238,11 +239,15 @@ class Gateway:
         self._requests += 1
         if priority not in PRIORITIES:
             raise ValueError(f"priority must be 0 (interactive), 1 (normal) or 2 (background), not {priority!r}")
+        cacheable = self.settings.cache and request.cacheable
         try:
-            key = self._keyer.digest(request)
+            if cacheable:
+                key = self._keyer.digest(request)
+            else:  # never cached nor joined: no key to compute (keying a long conversation costs ~0.2 ms)
+                self._keyer.check(request)
+                key = b""
         except RequestError as exc:
             raise self._raised(LLMError(str(exc), kind="bad_request", request=_ident(request, None))) from exc
-        cacheable = self.settings.cache and request.cacheable
         if cacheable:
             entry = self._cache.hot(key)
             if entry is not None:
@@ -269,7 +274,17 @@ class Gateway:
         try:
             head, conv = self._encoder.parts(request)
         except RequestError as exc:
-            raise self._raised(LLMError(str(exc), kind="bad_request", request=_ident(request, key))) from exc
+            if not key:  # on this path the cost of the key does not matter: name the request by it
+                try:
+                    key = self._keyer.digest(request)
+                except RequestError:
+                    pass
+            raise self._raised(LLMError(str(exc), kind="bad_request", request=_ident(request, key or None))) from exc
+        if not cacheable:  # a name for errors and logs: the hash of what is sent
+            hasher = blake3(head)
+            for piece in conv:
+                hasher.update(piece)
+            key = hasher.digest()
         s = self.settings
         limit = s.request_timeout_s if timeout is None else timeout
         pending = _Pending(request, key, head, conv, batchable(request) and not s.stream, cacheable,
@@ -505,7 +520,7 @@ class Gateway:
             outcome: Reply | Failure
             with trio.move_on_after(s.attempt_timeout_s) as scope:
                 try:
-                    outcome = await send((p.head, p.conv))
+                    outcome = await send([p.head, *p.conv])
                 except Failure as failure:
                     outcome = failure
             if scope.cancelled_caught:

@@ -33,7 +33,7 @@ from typing import Any
 
 from blake3 import blake3
 
-from avm.io.request import ROLES, LLMRequest, RequestError
+from avm.io.request import ROLES, Filled, LLMRequest, RequestError
 from avm.memory.ref import REF_SIZE, Ref
 from avm.memory.values import encode_value
 
@@ -79,9 +79,17 @@ class RequestKeyer:
         """The cache key of ``request``; `RequestError` if it cannot be sent."""
         return Ref(self.digest(request))
 
-    def digest(self, request: LLMRequest) -> bytes:
-        """The cache key as plain bytes (a dict key the garbage collector need not track)."""
-        r = request
+    def check(self, request: LLMRequest) -> None:
+        """`RequestError` if ``request``'s parameters cannot be sent (memoised: a lookup, once seen).
+
+        For requests that are never cached the messages need no key: this
+        validates what `digest` would and hashes nothing.
+        """
+        if self._param_parts(request) is None:
+            request.normalised()
+
+    def _param_parts(self, r: LLMRequest) -> tuple[bytes, bytes] | None:
+        """The encodings before and after the messages, memoised; None: take the definition's path."""
         tools = r.tools
         choice = r.tool_choice
         stop = r.stop
@@ -89,23 +97,31 @@ class RequestKeyer:
                 or (tools is not None and type(tools) is not Ref)
                 or (choice is not None and type(choice) is not str)
                 or (stop is not None and type(stop) is not str and type(stop) is not tuple)):
-            return self._slow(r)
+            return None
         for v in (r.temperature, r.top_p, r.presence_penalty, r.frequency_penalty):
             if v is not None and (type(v) not in _NUMBER or (v == 0 and _copysign(1.0, v) < 0)):
-                return self._slow(r)
+                return None
         for v in (r.max_tokens, r.seed, r.n):
             if v is not None and type(v) is not int:
-                return self._slow(r)
+                return None
         pk = (r.model, r.temperature, r.top_p, r.max_tokens, stop, r.seed, r.n, r.presence_penalty,
               r.frequency_penalty, r.grammar, tools, choice)
         parts = self._params.get(pk)
         if parts is None:
             parts = self._parts(r)
             if parts is None:
-                return self._slow(r)
+                return None
             if len(self._params) >= self._capacity:
                 self._params.clear()
             self._params[pk] = parts
+        return parts
+
+    def digest(self, request: LLMRequest) -> bytes:
+        """The cache key as plain bytes (a dict key the garbage collector need not track)."""
+        r = request
+        parts = self._param_parts(r)
+        if parts is None:
+            return self._slow(r)
         head, tail = parts
         messages = r.messages
         out = [head, _list_header(len(messages))]
@@ -115,6 +131,9 @@ class RequestKeyer:
             if m.name is None and m.tool_call_id is None and not m.tool_calls:
                 before, after, empty = _ROLE_PARTS[m.role]
                 t = type(content)
+                if t is Filled:
+                    content = content.text()  # type: ignore[union-attr]
+                    t = str
                 if t is str:
                     append(before)
                     append(blake3(content.encode("utf-8", "surrogatepass")).digest())  # type: ignore[union-attr]

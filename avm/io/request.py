@@ -19,6 +19,7 @@ explicit seed, or the caller opted in (`cache=True`).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,10 +45,41 @@ class RequestError(ValueError):
     """A request that cannot be sent (a bad parameter, an unknown role...)."""
 
 
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class Filled:
+    """A text made of a shared template and a few values: ``{name}`` replaced by ``values[name]``.
+
+    A thousand agents share one 8 KB system prompt template, each filled with
+    its own name and task. Rendering it for every request would hold 8 KB per
+    agent twice while the request waits (the text and its JSON); a `Filled`
+    holds the shared template (the same object for every agent) and the
+    values only, and the wire encoder (`avm.io.wire`) sends the template's
+    encoded pieces with the values between them. ``text()`` renders it for
+    the few who need the whole text (the cache key of a cacheable request).
+    A placeholder without a value stays as written.
+    """
+
+    __slots__ = ("ref", "template", "values")
+
+    def __init__(self, template: str, ref: Any, values: dict[str, str]):
+        self.template = template  # the shared text (never copied)
+        self.ref = ref  # its ref, which names the template's encoded pieces in the encoder's cache
+        self.values = values  # placeholder name -> text
+
+    def text(self) -> str:
+        values = self.values
+        return PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), self.template)
+
+    def __repr__(self) -> str:
+        return f"Filled({self.ref!r}, {self.values!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     role: str
-    content: str | Ref | None
+    content: str | Ref | Filled | None
     name: str | None = None
     tool_call_id: str | None = None
     tool_calls: tuple[Any, ...] = ()
@@ -55,11 +87,15 @@ class Message:
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise RequestError(f"unknown message role {self.role!r} (one of {', '.join(ROLES)})")
-        if self.content is not None and type(self.content) is not str and not isinstance(self.content, Ref):
-            raise RequestError(f"message content must be text or a Ref, not {type(self.content).__name__}")
+        content = self.content
+        if content is not None and type(content) is not str and type(content) is not Filled and not isinstance(
+                content, Ref):
+            raise RequestError(f"message content must be text or a Ref, not {type(content).__name__}")
 
     def canonical(self) -> dict[str, Any]:
         content = self.content
+        if type(content) is Filled:
+            content = content.text()
         if type(content) is str:
             content = hash_bytes(content.encode("utf-8", "surrogatepass"))
         return self.as_dict(content)

@@ -37,7 +37,7 @@ from typing import Any
 from cachetools import LRUCache
 
 from avm.errors import StoreError
-from avm.io.request import LLMRequest, Message, RequestError
+from avm.io.request import PLACEHOLDER, Filled, LLMRequest, Message, RequestError
 from avm.memory.ref import Ref
 
 __all__ = ["WireEncoder", "dumps"]
@@ -48,6 +48,24 @@ _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=F
 def dumps(value: Any) -> bytes:
     """Compact JSON bytes (ASCII, so texts with any code point survive)."""
     return _ENCODE(value).encode("ascii")
+
+
+def _inner(text: str) -> bytes:
+    """``text`` as the inside of a JSON string (escaped, without the quotes)."""
+    return dumps(text)[1:-1]
+
+
+def _template_parts(role: str, template: str) -> list[Any]:
+    """``[head, name, text, name, ..., tail]``: a message whose content is ``template``, cut at each
+    placeholder; the even items are encoded JSON (escaping is per character, so pieces join exactly)."""
+    cuts = PLACEHOLDER.split(template)  # text, name, text, name, ..., text
+    head = dumps({"role": role, "content": ""})[:-2]  # {"role":"system","content":"
+    parts: list[Any] = []
+    for i, cut in enumerate(cuts):
+        parts.append(_inner(cut) if i % 2 == 0 else cut)
+    parts[0] = head + parts[0]
+    parts[-1] = parts[-1] + b'"}'
+    return parts
 
 
 _FLOATS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
@@ -69,10 +87,11 @@ class WireEncoder:
     def body(self, request: LLMRequest) -> bytes:
         """The JSON body of a chat completion request for ``request`` (without ``stream``)."""
         head, messages = self.parts(request)
-        return head + messages + b"]}"
+        return head + b"".join(messages) + b"]}"
 
-    def parts(self, request: LLMRequest) -> tuple[bytes, bytes]:
-        """(head, messages) of ``request``'s body: the head is shared by requests with the same parameters."""
+    def parts(self, request: LLMRequest) -> tuple[bytes, list[bytes]]:
+        """(head, messages) of ``request``'s body: the head is shared by requests with the same parameters;
+        the messages are pieces whose concatenation is ``{...},{...}``, shared pieces among them."""
         try:
             return self._parts(request)
         except RequestError:
@@ -80,7 +99,7 @@ class WireEncoder:
         except (TypeError, ValueError) as exc:  # a value json cannot write (bytes, NaN, an object)
             raise RequestError(f"the request cannot be sent as JSON: {exc}") from exc
 
-    def _parts(self, request: LLMRequest) -> tuple[bytes, bytes]:
+    def _parts(self, request: LLMRequest) -> tuple[bytes, list[bytes]]:
         r = request
         tools = r.tools
         choice = r.tool_choice
@@ -98,8 +117,13 @@ class WireEncoder:
                 self._params[pk] = head
         else:
             head = self._head(r)
-        fragment = self._message
-        return head, b",".join([fragment(m) for m in r.messages])
+        pieces: list[bytes] = []
+        message = self._message
+        for i, m in enumerate(r.messages):
+            if i:
+                pieces.append(b",")
+            message(m, pieces)
+        return head, pieces
 
     def _head(self, r: LLMRequest) -> bytes:
         """``{"model":...,<parameters>,"messages":[`` for this request's parameters."""
@@ -133,17 +157,31 @@ class WireEncoder:
 
     # ------------------------------------------------------------ shared parts
 
-    def _message(self, m: Message) -> bytes:
+    def _message(self, m: Message, out: list[bytes]) -> None:
+        """Append the pieces of ``m``'s JSON object to ``out``.
+
+        A system message whose content is a ref is encoded once and kept
+        (a prompt shared by many agents); a `Filled` template is kept as its
+        encoded pieces, with this request's values between them; anything
+        else (what one agent holds alone) is encoded for this request only.
+        """
         content = m.content
         t = type(content)
+        plain = m.name is None and m.tool_call_id is None and not m.tool_calls
+        if t is Filled and plain:
+            self._filled(m.role, content, out)  # type: ignore[arg-type]
+            return
         if t is Ref:
-            key: Any = (m.role, content)
-        elif t is str and len(content) >= self._share_min:  # type: ignore[arg-type]
+            if plain and m.role == "system":
+                key: Any = (m.role, content)
+            else:
+                out.append(dumps(m.as_dict(self.text(content))))  # type: ignore[arg-type]
+                return
+        elif t is str and plain and len(content) >= self._share_min:  # type: ignore[arg-type]
             key = (m.role, content)
         else:
-            return dumps(m.as_dict(content))
-        if m.name is not None or m.tool_call_id is not None or m.tool_calls:
-            return dumps(m.as_dict(self.text(content) if t is Ref else content))
+            out.append(dumps(m.as_dict(content.text() if t is Filled else content)))  # type: ignore[union-attr]
+            return
         data = self._shared.get(key)
         if data is None:
             self.shared_misses += 1
@@ -152,16 +190,29 @@ class WireEncoder:
             self._remember(key, data)
         else:
             self.shared_hits += 1
-        return data
+        out.append(data)
+
+    def _filled(self, role: str, filled: Filled, out: list[bytes]) -> None:
+        """The pieces of ``{"role": role, "content": <filled>}``: the template's, kept, and the values'."""
+        key = ("template", role, filled.ref)
+        parts = self._shared.get(key)
+        if parts is None:
+            self.shared_misses += 1
+            parts = _template_parts(role, filled.template)
+            self._remember(key, parts, sum(len(p) for p in parts))
+        else:
+            self.shared_hits += 1
+        values = filled.values
+        for i, part in enumerate(parts):
+            if i % 2 == 0:
+                out.append(part)  # type: ignore[arg-type]
+                continue
+            value = values.get(part)  # type: ignore[call-overload]
+            out.append(_inner(value) if value is not None else _inner("{%s}" % part))
 
     def text(self, ref: Ref) -> str:
         """The text stored under ``ref`` (UTF-8); `RequestError` if it is not there."""
-        key = ("text", ref)
-        text = self._shared.get(key)
-        if text is None:
-            text = self._resolve(ref)
-            self._remember(key, text)
-        return text  # type: ignore[no-any-return]
+        return self._resolve(ref)
 
     def _resolve(self, ref: Ref) -> str:
         store = self._store
@@ -196,6 +247,6 @@ class WireEncoder:
         self._remember(key, data)
         return data
 
-    def _remember(self, key: Any, data: bytes | str) -> None:
-        if len(data) <= self._shared.maxsize:
+    def _remember(self, key: Any, data: Any, size: int | None = None) -> None:
+        if (len(data) if size is None else size) <= self._shared.maxsize:
             self._shared[key] = data

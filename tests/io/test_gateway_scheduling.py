@@ -68,7 +68,7 @@ class ScriptedBackend:
     send_stream = send
 
     async def send_batch(self, head: bytes, conversations: Sequence[bytes]) -> list[Reply | Failure]:
-        return await self._run([head + c + b"]}" for c in conversations])
+        return await self._run([head + b"".join(c) + b"]}" for c in conversations])
 
     def connections(self) -> tuple[int, int]:
         return 0, 0
@@ -253,7 +253,7 @@ async def test_an_abandoned_queued_request_is_never_sent(autojump_clock):
 async def test_a_bug_while_sending_fails_that_send_only_and_the_gateway_goes_on(autojump_clock, caplog):
     class Buggy(ScriptedBackend):
         async def send_batch(self, head, conversations):
-            if any(b"boom" in c for c in conversations):
+            if any(b"boom" in b"".join(c) for c in conversations):
                 raise RuntimeError("a bug in the backend")
             return await super().send_batch(head, conversations)
 

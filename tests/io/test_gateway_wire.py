@@ -104,3 +104,37 @@ def test_values_json_cannot_write_are_request_errors():
     for extra in ({"logit_bias": {"1": float("nan")}}, {"blob": b"\x00"}):
         with pytest.raises(RequestError, match="cannot be sent as JSON"):
             WireEncoder().body(LLMRequest("m", (Message("user", "x"),), extra=extra))
+
+
+def test_a_filled_template_is_sent_as_its_rendered_text_from_pieces_kept_once():
+    from avm.io.keys import RequestKeyer
+    from avm.io.request import Filled
+
+    template = 'You are {name} ("{role}"), on {task}. Unknown: {missing}. \u00e9\U0001F600 ' + "Be careful. " * 500
+    encoder = WireEncoder()
+    keyer = RequestKeyer()
+    for i, name in enumerate(["Ada", 'B"o\\', "C\u00e9\n"]):
+        values = {"name": name, "role": "lead", "task": f"task {i}"}
+        filled = LLMRequest("m", (Message("system", Filled(template, "t1", values)), Message("user", "go")),
+                            temperature=0)
+        text = Filled(template, "t1", values).text()
+        rendered = LLMRequest("m", (Message("system", text), Message("user", "go")), temperature=0)
+        assert json.loads(encoder.body(filled)) == json.loads(encoder.body(rendered))
+        assert json.loads(encoder.body(filled))["messages"][0]["content"].startswith(f'You are {name} ("lead")')
+        assert "{missing}" in text
+        # the cache key is the rendered text's, whichever way the request holds it
+        assert keyer.digest(filled) == keyer.digest(rendered) == bytes(rendered.cache_key())
+        assert bytes(filled.cache_key()) == bytes(rendered.cache_key())
+    head, pieces = encoder.parts(filled)
+    assert any(len(p) > 5000 for p in pieces)  # the template's text is one shared piece ...
+    _, again = encoder.parts(filled)
+    assert [p for p in again if len(p) > 5000][0] is [p for p in pieces if len(p) > 5000][0]  # ... the same object
+
+
+def test_only_shared_system_prompts_are_kept_encoded_and_texts_of_one_agent_are_not():
+    store = CountingStore()
+    tool_result = store.put(b"a result only this agent has")
+    encoder = WireEncoder(store)
+    for _ in range(3):
+        encoder.body(LLMRequest("m", (Message("user", tool_result), Message("user", "x" * 5000))))
+    assert encoder.shared_misses == encoder.shared_hits == 0  # nothing of one agent's is kept

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import avm
@@ -55,7 +57,11 @@ async def test_a_shared_system_prompt_is_stored_once_and_templates_render_per_ag
         grown = vm.store.statistics().unique_bytes - before
         assert grown < 2 * len(template)  # one template, not 50 rendered copies
         request = vm._request(handles[7], [])
-        assert request.messages[0].content == fill(template, {"topic": "tides", "name": "agent-7"})
+        content = request.messages[0].content  # the shared template and the agent's values, never a copy
+        assert content.template is template and content.values == {"topic": "tides", "name": "agent-7"}
+        assert content.text() == fill(template, {"topic": "tides", "name": "agent-7"})
+        body = json.loads(vm.gateway._encoder.body(request))
+        assert body["messages"][0]["content"] == fill(template, {"topic": "tides", "name": "agent-7"})
         plain = await vm.spawn(ASK, system=prompt, inputs={"topic": "x"})
         assert isinstance(vm._request(plain, []).messages[0].content, avm.Ref)  # no placeholders: sent as its ref
 

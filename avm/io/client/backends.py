@@ -2,19 +2,20 @@
 
 The gateway decides *what* to send and *when* (cache, single-flight, queue,
 batches, retries); a backend only moves bytes and reads replies. A request
-comes already encoded as JSON (see `avm.io.wire`) in two pieces: the
-``head`` (``{"model":...,<parameters>,"messages":[``), shared by every
-request with the same parameters and encoded once, and the request's own
-messages (``{...},{...}``, without the brackets). A single body is
+comes already encoded as JSON (see `avm.io.wire`): the ``head``
+(``{"model":...,<parameters>,"messages":[``), shared by every request with
+the same parameters and encoded once, and the request's messages
+(``{...},{...}``, without the brackets) as a list of pieces, some of them
+shared (a system prompt template's text). A single body is
 ``head + messages + "]}"``; a vLLM batch is one head and many message lists.
 Nothing is encoded twice, and no caller assembles a whole body::
 
     class Backend(Protocol):
         supports_batch: bool          # may turn False when the server refuses batches
         max_connections: int          # requests it can have in flight at once
-        async def send(self, body: Sequence[bytes]) -> Reply          # (head, messages)
+        async def send(self, body: Sequence[bytes]) -> Reply          # [head, *messages]
         async def send_stream(self, body: Sequence[bytes]) -> Reply   # the same, streamed (SSE)
-        async def send_batch(self, head: bytes, conversations: Sequence[bytes]) -> list[Reply | Failure]
+        async def send_batch(self, head: bytes, conversations: Sequence[Sequence[bytes]]) -> list[Reply | Failure]
         def connections(self) -> tuple[int, int]   # (opened so far, most open at once)
         async def aclose(self) -> None
 
@@ -84,7 +85,7 @@ class Backend(Protocol):
 
     async def send_stream(self, body: Sequence[bytes]) -> Reply: ...
 
-    async def send_batch(self, head: bytes, conversations: Sequence[bytes]) -> list[Reply | Failure]: ...
+    async def send_batch(self, head: bytes, conversations: Sequence[Sequence[bytes]]) -> list[Reply | Failure]: ...
 
     def connections(self) -> tuple[int, int]: ...
 

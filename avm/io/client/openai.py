@@ -121,16 +121,18 @@ class OpenAIBackend:
     # ------------------------------------------------------------ the interface
 
     async def send(self, body: Sequence[bytes]) -> Reply:
-        """One chat completion; ``body`` = (head, messages): ``head`` ends with ``"messages":[``."""
+        """One chat completion; ``body`` = (head, *messages): ``head`` ends with ``"messages":[``."""
         response = await self._request(_POST, self._chat, [*body, _END])
         return parse_chat(self._json(response.body))
 
-    async def send_batch(self, head: bytes, conversations: Sequence[bytes]) -> list[Reply | Failure]:
-        """Chat completions for every conversation (the same head), in one HTTP request (vLLM's format)."""
+    async def send_batch(self, head: bytes, conversations: Sequence[Sequence[bytes]]) -> list[Reply | Failure]:
+        """Chat completions for every conversation (the same head), in one HTTP request (vLLM's format).
+
+        A conversation is the pieces of its messages (see `avm.io.client.backends`)."""
         pieces = [head]
         for i, conversation in enumerate(conversations):
             pieces.append(b"[" if i == 0 else b"],[")
-            pieces.append(conversation)
+            pieces.extend(conversation)
         pieces.append(b"]]}")
         if self._batch_auto and not self._batch_seen:  # the first batch is a probe: one at a time
             if self._probing is None:
@@ -141,7 +143,8 @@ class OpenAIBackend:
                 return await self._send_batch(pieces, conversations)
         return await self._send_batch(pieces, conversations)
 
-    async def _send_batch(self, pieces: list[bytes], conversations: Sequence[bytes]) -> list[Reply | Failure]:
+    async def _send_batch(self, pieces: list[bytes], conversations: Sequence[Sequence[bytes]]
+                          ) -> list[Reply | Failure]:
         try:
             response = await self._request(_POST, self._batch, pieces)
         except Failure as failure:
@@ -245,7 +248,7 @@ class OpenAIBackend:
         return _KEYLIKE.sub(lambda m: m.group(1) + "***", text)
 
 
-def split_batch(data: Any, conversations: Sequence[bytes]) -> list[Reply | Failure]:
+def split_batch(data: Any, conversations: Sequence[Sequence[bytes]]) -> list[Reply | Failure]:
     """The replies of a vLLM batch reply, one per conversation, in order.
 
     ``choices[i].index`` names its conversation; a missing or malformed
@@ -276,7 +279,7 @@ def split_batch(data: Any, conversations: Sequence[bytes]) -> list[Reply | Failu
             out.append(parse_choice(choice, Usage()))
         except Failure as failure:
             out.append(failure)
-    prompt = _share(usage.prompt_tokens, [len(c) for c in conversations])
+    prompt = _share(usage.prompt_tokens, [sum(map(len, c)) for c in conversations])
     completion = _share(usage.completion_tokens, [len(r.text) + 1 if isinstance(r, Reply) else 0 for r in out])
     return [Reply(r.text, r.finish_reason, Usage(prompt[i], completion[i]), r.tool_calls) if isinstance(r, Reply)
             else r for i, r in enumerate(out)]

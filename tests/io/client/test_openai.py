@@ -224,12 +224,12 @@ async def test_a_batch_is_one_request_in_vllms_format_and_each_choice_finds_its_
                  {"index": 3, "message": {"role": "assistant"}}],
              "usage": {"prompt_tokens": 40, "completion_tokens": 17, "total_tokens": 57}}
     head = b'{"model":"m","temperature":0.0,"messages":['
-    convs = [CONV, b'{"role":"user","content":"a much longer question here"}', CONV, CONV]
+    convs = [[CONV], [b'{"role":"user","content":"a much longer question here"}'], [CONV], [CONV]]
     with backend(lambda r: Answer(200, reply), seen) as b:
         out = await b.send_batch(head, convs)
     assert len(seen) == 1 and seen[0].path == "/v1/chat/completions/batch"
     sent = seen[0].json()
-    assert sent == {"model": "m", "temperature": 0.0, "messages": [[json.loads(c)] for c in convs]}
+    assert sent == {"model": "m", "temperature": 0.0, "messages": [[json.loads(c[0])] for c in convs]}
     assert isinstance(out[0], Reply) and (out[0].text, out[0].finish_reason) == ("first", "length")
     assert isinstance(out[1], Reply) and out[1].text == "second one"
     assert isinstance(out[2], Failure) and out[2].kind == "malformed" and "no choice 2" in out[2].message
@@ -241,13 +241,13 @@ async def test_a_batch_is_one_request_in_vllms_format_and_each_choice_finds_its_
 def test_batch_usage_is_shared_out_exactly():
     choices = [{"index": i, "message": {"content": "x" * (i + 1)}, "finish_reason": "stop"} for i in range(3)]
     out = split_batch({"choices": choices, "usage": {"prompt_tokens": 100, "completion_tokens": 10}},
-                      [b"a" * 10, b"b" * 20, b"c" * 70])
+                      [[b"a" * 10], [b"b" * 5, b"b" * 15], [b"c" * 70]])
     assert [r.usage.prompt_tokens for r in out] == [10, 20, 70]
     assert sum(r.usage.completion_tokens for r in out) == 10
     with pytest.raises(Failure, match="not a JSON object"):
-        split_batch([], [b"x"])
+        split_batch([], [[b"x"]])
     with pytest.raises(Failure) as info:
-        split_batch({"error": {"message": "n must be 1", "type": "BadRequestError"}}, [b"x"])
+        split_batch({"error": {"message": "n must be 1", "type": "BadRequestError"}}, [[b"x"]])
     assert "n must be 1" in info.value.message
 
 
@@ -256,23 +256,23 @@ async def test_a_server_that_refuses_the_first_batch_turns_batching_off_in_auto_
     with backend(lambda r: Answer(status, {"error": {"message": "no such thing"}})) as b:
         assert b.supports_batch
         with pytest.raises(Failure) as info:
-            await b.send_batch(HEAD, [CONV, CONV])
+            await b.send_batch(HEAD, [[CONV], [CONV]])
     assert info.value.kind == "unsupported" and not b.supports_batch
 
 
 async def test_after_a_batch_was_accepted_a_refused_batch_is_that_batches_failure():
     answers = iter([Answer(200, completion("ok")), Answer(400, {"error": {"message": "bad item"}})])
     with backend(lambda r: next(answers)) as b:
-        await b.send_batch(HEAD, [CONV])
+        await b.send_batch(HEAD, [[CONV]])
         with pytest.raises(Failure) as info:
-            await b.send_batch(HEAD, [CONV, CONV])
+            await b.send_batch(HEAD, [[CONV], [CONV]])
     assert info.value.kind == "bad_request" and b.supports_batch
 
 
 async def test_forced_and_disabled_batching():
     with backend(lambda r: Answer(404, {"error": {"message": "unknown URL"}}), batch=True) as forced:
         with pytest.raises(Failure) as info:
-            await forced.send_batch(HEAD, [CONV, CONV])
+            await forced.send_batch(HEAD, [[CONV], [CONV]])
     assert info.value.kind == "bad_request" and forced.supports_batch
     assert not OpenAIBackend("http://x.test/v1", batch=False).supports_batch
 
