@@ -101,7 +101,8 @@ class LLMError(AvmError):
     (4xx, or a request the gateway cannot encode), ``"config"`` (no endpoint
     configured), ``"cancelled"`` (the gateway closed first) or ``"internal"``.
     ``request`` names the request (its model and the first 12 hex digits of
-    its cache key, e.g. ``"avm-embedded/3fa2c1d4e5f6"``) and ``status`` is
+    its cache key, e.g. ``"avm-embedded/3fa2c1d4e5f6"``, or ``#N`` for a
+    request that can never be cached, which is not keyed) and ``status`` is
     the HTTP status when there was one. The message names the request too,
     and never holds the API key.
     """

@@ -4,9 +4,12 @@ Agents never speak HTTP. An agent hands its `LLMRequest` to
 ``await gateway.complete(request, priority=...)`` and gets an `LLMResponse`
 or an `LLMError`. On the way:
 
-1. **Key.** The request's cache key (`avm.io.keys`: the same bytes as
-   `LLMRequest.cache_key()`, in a few microseconds). It also names the
-   request in errors: ``model/first-12-hex-of-the-key``.
+1. **Key.** The cache key of a request that can be cached (`avm.io.keys`:
+   the same bytes as `LLMRequest.cache_key()`, in a few microseconds). It
+   also names the request in errors: ``model/first-12-hex-of-the-key``. A
+   request that can never be cached is not keyed (keying a long
+   conversation costs more than sending it); its parameters are still
+   checked, and errors name it ``model/#N`` (the N-th request).
 2. **Cache** (cacheable requests only: temperature 0, a seed, or opted in):
    the hot LRU, then the store (`avm.io.cache`). A hit never touches the
    network and comes back with ``cached=True``.
@@ -63,7 +66,6 @@ from types import TracebackType
 from typing import Any, Self
 
 import trio
-from blake3 import blake3
 
 from avm.errors import LLMError, lone_exception
 from avm.io.cache import ResponseCache
@@ -130,7 +132,9 @@ class _Pending:
 
     @property
     def ident(self) -> str:
-        return f"{self.model}/{self.key.hex()[:12]}"
+        """The request's name in errors: its cache key's first 12 hex digits, or #N for the N-th
+        request sent that can never be cached (those are not keyed)."""
+        return f"{self.model}/{self.key.hex()[:12]}" if self.key else f"{self.model}/#{self.seq}"
 
 
 def batchable(request: LLMRequest) -> bool:
@@ -280,11 +284,6 @@ class Gateway:
                 except RequestError:
                     pass
             raise self._raised(LLMError(str(exc), kind="bad_request", request=_ident(request, key or None))) from exc
-        if not cacheable:  # a name for errors and logs: the hash of what is sent
-            hasher = blake3(head)
-            for piece in conv:
-                hasher.update(piece)
-            key = hasher.digest()
         s = self.settings
         limit = s.request_timeout_s if timeout is None else timeout
         pending = _Pending(request, key, head, conv, batchable(request) and not s.stream, cacheable,

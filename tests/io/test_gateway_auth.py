@@ -6,7 +6,6 @@ The server is the standard library's http.server, answering every request with 4
 from __future__ import annotations
 
 import logging
-
 from collections.abc import Iterator
 from contextlib import contextmanager
 

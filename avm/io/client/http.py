@@ -53,11 +53,18 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
+try:  # see ConnectionPool._headers
+    from h11._headers import Headers as _Headers
+    from h11._headers import normalize_and_validate as _normalize
+except ImportError:  # pragma: no cover - a future h11
+    _Headers = None
+
 __all__ = ["ConnectionPool", "HTTPError", "HTTPResponse", "Origin", "parse_url"]
 
 _RECV = 1 << 16
 _MAX_HEADERS = 1 << 16
 _PEEK_FLAGS = socket.MSG_PEEK | socket.MSG_DONTWAIT
+_IOV_MAX = 512  # pieces per sendmsg (Linux takes 1,024)
 
 
 class HTTPError(Exception):
@@ -110,11 +117,12 @@ class HTTPResponse:
 class _Conn:
     """One connection: its stream, its socket, its h11 state, when it went idle."""
 
-    __slots__ = ("h11", "idle_since", "sock", "stream")
+    __slots__ = ("h11", "idle_since", "sock", "stream", "tls")
 
     def __init__(self, stream: trio.abc.Stream, sock: Any):
         self.stream = stream
         self.sock = sock  # the trio socket under the stream (and TLS)
+        self.tls = not isinstance(stream, trio.SocketStream)
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEADERS)
         self.idle_since = 0.0
 
@@ -159,6 +167,7 @@ class ConnectionPool:
         self.connect_timeout_s = connect_timeout_s
         self._ssl = ssl_context
         self._hosts: dict[Origin, _Host] = {}
+        self._fixed: dict[Any, list[Any]] = {}
         self.opened = 0  # connections made so far
         self.peak = 0  # the most open at once (all origins)
         self.reconnects = 0  # requests sent again because a reused connection had been closed
@@ -196,22 +205,46 @@ class ConnectionPool:
         host = self._hosts.get(origin)
         if host is None:
             host = self._hosts[origin] = _Host(self.max_connections)
-        size = 0
-        for piece in body:
-            size += len(piece)
-        head = [(b"host", origin.host_header), *headers, (b"content-length", b"%d" % size)]
+        told, head = self._headers(origin, method, target, headers)
         async with host.slots:
             conn = self._checkout(host)
             if conn is not None:
                 try:
-                    return await self._exchange(host, conn, method, target, head, body, on_data, reused=True)
+                    return await self._exchange(host, conn, method, target, told, head, body, on_data, reused=True)
                 except _Stale:
                     self.reconnects += 1
             conn = await self._connect(host, origin)
             try:
-                return await self._exchange(host, conn, method, target, head, body, on_data, reused=False)
+                return await self._exchange(host, conn, method, target, told, head, body, on_data, reused=False)
             except _Stale as exc:
                 raise HTTPError("closed", str(exc)) from None
+
+    def _headers(self, origin: Origin, method: bytes, target: bytes,
+                 headers: Sequence[tuple[bytes, bytes]]) -> tuple[Any, bytes]:
+        """(what h11 is told, the request's head as written but its Content-Length), made once per kind.
+
+        h11 validates the headers once here; afterwards it is told of each
+        request as one without a body (its Request and EndOfMessage events:
+        all it needs to read the response), while the pool writes the head
+        with the real Content-Length and the body's pieces itself, so that
+        h11 does not copy every piece, and no piece is copied before the
+        kernel takes it (`_send`). ``Headers`` lives in ``h11._headers``
+        (h11 0.14-0.16); without it, h11 validates the plain list each time.
+        """
+        key = (origin, method, target, tuple(headers))
+        made = self._fixed.get(key)
+        if made is None:
+            fixed = [(b"host", origin.host_header), *headers, (b"content-length", b"0")]
+            told: Any = fixed
+            if _Headers is not None:
+                told = _normalize(fixed)
+            head = b"%s %s HTTP/1.1\r\n" % (method, target) + b"".join(
+                b"%s: %s\r\n" % (name, value) for name, value in fixed[:-1])
+            h11.Request(method=method, target=target, headers=fixed)  # validates method and target too
+            if len(self._fixed) > 64:
+                self._fixed.clear()
+            made = self._fixed[key] = (told, head)
+        return made
 
     def _checkout(self, host: _Host) -> _Conn | None:
         idle = host.idle
@@ -264,7 +297,7 @@ class ConnectionPool:
         return _Conn(stream, tcp.socket)
 
     async def _exchange(self, host: _Host, conn: _Conn, method: bytes, target: bytes,
-                        headers: list[tuple[bytes, bytes]], body: Sequence[bytes],
+                        told: Any, head: bytes, body: Sequence[bytes],
                         on_data: Callable[[bytes], Any] | None, reused: bool) -> HTTPResponse:
         """One request and response on ``conn``; it goes back to the idle deque if it can be reused."""
         done = False
@@ -272,14 +305,17 @@ class ConnectionPool:
         h = conn.h11
         try:
             stream = conn.stream
-            out = [h.send(h11.Request(method=method, target=target, headers=headers))]
+            h.send(h11.Request(method=method, target=target, headers=told))
+            h.send(h11.EndOfMessage())
+            size = 0
             for piece in body:
-                if piece:
-                    out.append(h.send(h11.Data(data=piece)))
-            out.append(h.send(h11.EndOfMessage()))
+                size += len(piece)
             try:
-                await stream.send_all(b"".join(out))  # type: ignore[arg-type]
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                if conn.tls:
+                    await stream.send_all(_joined(head, size, body))
+                else:
+                    await _send(conn.sock, [head + b"content-length: %d\r\n\r\n" % size, *body])
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 if reused:
                     raise _Stale("the server closed the connection") from None
                 raise HTTPError("closed", f"sending the request failed: {_cause(exc)}") from None
@@ -344,6 +380,28 @@ class ConnectionPool:
         for host in self._hosts.values():
             while host.idle:
                 self._drop(host, host.idle.pop())
+
+
+def _joined(head: bytes, size: int, body: Sequence[bytes]) -> bytes:
+    """The whole request in one object (for TLS, which copies anyway); made here so no frame keeps it."""
+    return b"".join([head, b"content-length: %d\r\n\r\n" % size, *body])
+
+
+async def _send(sock: Any, pieces: list[bytes]) -> None:
+    """Write ``pieces`` with ``sendmsg`` (scatter/gather): the kernel copies from the pieces themselves,
+    so a body that waits for a slow server holds no copy of the shared parts (a 1,000-request burst of
+    27 KB bodies joined first held 27 MB until the server read them)."""
+    views = [memoryview(p) for p in pieces if p]
+    while views:
+        sent = await sock.sendmsg(views[:_IOV_MAX])
+        while sent:
+            first = len(views[0])
+            if sent >= first:
+                sent -= first
+                del views[0]
+            else:
+                views[0] = views[0][sent:]
+                sent = 0
 
 
 class _Stale(Exception):
