@@ -39,7 +39,7 @@ import json
 import re
 from typing import Any
 
-from avm.io.request import PLACEHOLDER, Message, RequestError
+from avm.io.request import PLACEHOLDER, Message, RequestError, ToolCall
 from avm.lang.values import render
 from avm.memory.ref import Ref
 from avm.memory.store import ContentStore
@@ -146,7 +146,7 @@ def reply_value(text: str | None, tool_calls: tuple[Any, ...]) -> Any:
 def reply_message(text: str | None, tool_calls: tuple[Any, ...], store: ContentStore) -> Message:
     """The assistant message appended to the conversation."""
     content = store.put(text.encode("utf-8", "surrogatepass")) if text else None
-    return Message("assistant", content, tool_calls=tuple(tool_calls))
+    return Message("assistant", content, tool_calls=tuple(ToolCall.of(c) for c in tool_calls))
 
 
 def llm_error_value(kind: str, message: str) -> dict[str, Any]:

@@ -196,7 +196,7 @@ class VM:
         self._budget_int = 0
         self._ended: dict[str, int] = {}
         self._fault_count = self._repeated_effects = self._tool_repeats = 0
-        self._tool_calls_seen: Any = None  # (agent id, tool call digest) -> None, an LRU made on first use
+        self._tool_calls_seen: dict[int, None] | None = None  # hashes of (agent, tool, arguments), oldest first
         self._top_ended: list[tuple[float, int, str | None, str]] = []  # a min-heap of the biggest ended agents
         self._faults: deque[tuple[int, str | None, int, str]] = deque(maxlen=self.settings.faults_kept)
         self._idle: trio.Event | None = None
@@ -631,18 +631,23 @@ class VM:
         return self._agents.get(key) if type(key) is int else self._names.get(key)  # type: ignore[arg-type]
 
     def _note_tool_call(self, agent: AgentHandle, name: str, arguments: Any) -> None:
-        """Count a tool call that repeats one the same agent made before (tool churn)."""
+        """Count a tool call that repeats one the same agent made before (tool churn).
+
+        The calls are remembered as 64-bit hashes in an insertion-ordered dict, the oldest forgotten
+        first: a fleet makes a call per agent per turn, and a tuple with the arguments' encoding in an
+        LRU cost ~250 bytes a call (a hash ~80)."""
         seen = self._tool_calls_seen
         if seen is None:
-            from cachetools import LRUCache
-
-            seen = self._tool_calls_seen = LRUCache(maxsize=_TOOL_CALLS_REMEMBERED)
+            seen = self._tool_calls_seen = {}
         try:
-            key = (agent.id, name, encode_value(arguments))
+            key = hash((agent.id, name, encode_value(arguments)))
         except (TypeError, ValueError):
             return
         if key in seen:
             self._tool_repeats += 1
+            return
+        if len(seen) >= _TOOL_CALLS_REMEMBERED:
+            del seen[next(iter(seen))]
         seen[key] = None
 
     def statistics(self, *, top: int = 0) -> VMStatistics:

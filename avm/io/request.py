@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from avm.memory.ref import Ref, hash_bytes
 from avm.memory.values import encode_value
@@ -76,13 +76,39 @@ class Filled:
         return f"Filled({self.ref!r}, {self.values!r})"
 
 
+class ToolCall(NamedTuple):
+    """A tool call of an assistant message, held compactly (a tuple, not three dicts: an agent keeps one
+    per turn) and sent as OpenAI's ``{"id", "type": "function", "function": {"name", "arguments"}}``."""
+
+    id: str
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+    @classmethod
+    def of(cls, call: Any) -> Any:
+        """A server's tool call as a `ToolCall` (one with other fields is kept as it came)."""
+        if isinstance(call, dict) and call.keys() <= {"id", "type", "function", "index"}:
+            function = call.get("function")
+            if (isinstance(function, dict) and function.keys() <= {"name", "arguments"}
+                    and call.get("type", "function") == "function" and type(call.get("id")) is str
+                    and type(function.get("name")) is str and type(function.get("arguments", "")) is str):
+                return cls(call["id"], function["name"], function.get("arguments", ""))
+        return call
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     role: str
     content: str | Ref | Filled | None
     name: str | None = None
     tool_call_id: str | None = None
-    tool_calls: tuple[Any, ...] = ()
+    tool_calls: tuple[Any, ...] = ()  # dicts as OpenAI writes them, or `ToolCall`s
+    # The message's JSON as the wire encoder made it, kept by the message for the next turns (an agent's
+    # conversation is sent again with every request); not part of the message's identity.
+    wire: bytes | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -108,7 +134,7 @@ class Message:
         if self.tool_call_id is not None:
             out["tool_call_id"] = self.tool_call_id
         if self.tool_calls:
-            out["tool_calls"] = list(self.tool_calls)
+            out["tool_calls"] = [c.as_dict() if type(c) is ToolCall else c for c in self.tool_calls]
         return out
 
 

@@ -165,6 +165,10 @@ class WireEncoder:
         encoded pieces, with this request's values between them; anything
         else (what one agent holds alone) is encoded for this request only.
         """
+        wire = m.wire
+        if wire is not None:
+            out.append(wire)
+            return
         content = m.content
         t = type(content)
         plain = m.name is None and m.tool_call_id is None and not m.tool_calls
@@ -174,13 +178,18 @@ class WireEncoder:
         if t is Ref:
             if plain and m.role == "system":
                 key: Any = (m.role, content)
-            else:
-                out.append(dumps(m.as_dict(self.text(content))))  # type: ignore[arg-type]
+            else:  # one agent's message: encoded once, kept by the message itself for its next requests
+                wire = dumps(m.as_dict(self.text(content)))  # type: ignore[arg-type]
+                object.__setattr__(m, "wire", wire)
+                out.append(wire)
                 return
         elif t is str and plain and len(content) >= self._share_min:  # type: ignore[arg-type]
             key = (m.role, content)
         else:
-            out.append(dumps(m.as_dict(content.text() if t is Filled else content)))  # type: ignore[union-attr]
+            wire = dumps(m.as_dict(content.text() if t is Filled else content))  # type: ignore[union-attr]
+            if t is not Filled:
+                object.__setattr__(m, "wire", wire)
+            out.append(wire)
             return
         data = self._shared.get(key)
         if data is None:

@@ -138,3 +138,25 @@ def test_only_shared_system_prompts_are_kept_encoded_and_texts_of_one_agent_are_
     for _ in range(3):
         encoder.body(LLMRequest("m", (Message("user", tool_result), Message("user", "x" * 5000))))
     assert encoder.shared_misses == encoder.shared_hits == 0  # nothing of one agent's is kept
+
+
+def test_tool_calls_are_held_compactly_and_each_message_is_encoded_once():
+    from avm.io.request import ToolCall
+
+    call = {"id": "c1", "type": "function", "function": {"name": "search", "arguments": '{"q": "tides"}'}}
+    compact = ToolCall.of(call)
+    assert compact == ToolCall("c1", "search", '{"q": "tides"}') and compact.as_dict() == call
+    odd = {"id": "c2", "type": "function", "function": {"name": "x", "arguments": "{}"}, "extra": 1}
+    assert ToolCall.of(odd) is odd  # a call with fields of its own is kept as it came
+    assistant = Message("assistant", None, tool_calls=(compact,))
+    tool = Message("tool", "3 results", tool_call_id="c1")
+    encoder = WireEncoder()
+    first = encoder.body(LLMRequest("m", (Message("user", "go"), assistant, tool)))
+    assert json.loads(first)["messages"][1] == {"role": "assistant", "content": None, "tool_calls": [call]}
+    wire = assistant.wire
+    assert wire is not None and tool.wire is not None
+    second = encoder.body(LLMRequest("m", (Message("user", "go"), assistant, tool, Message("user", "more"))))
+    assert assistant.wire is wire and second.startswith(first[:-2])  # the same bytes, not encoded again
+    assert assistant == Message("assistant", None, tool_calls=(compact,))  # the kept JSON is not its identity
+    assert LLMRequest("m", (assistant,)).cache_key() == LLMRequest("m", (Message(
+        "assistant", None, tool_calls=(call,)),)).cache_key()
