@@ -136,14 +136,13 @@ class _Stream:
 class H2Connection:
     """One TLS connection speaking HTTP/2, carrying up to ``limit`` requests at once (module docstring)."""
 
-    def __init__(self, stream: trio.abc.Stream, sock: Any, authority: bytes, stats: Any,
-                 on_close: Callable[[H2Connection], None]):
+    def __init__(self, stream: trio.abc.Stream, sock: Any, authority: bytes, stats: Any):
         self.stream = stream
         self.sock = sock  # the trio socket under the TLS stream
         self.authority = authority
         self.origin: H2Origin | None = None  # set when the pool takes the connection in
         self._stats = stats  # has a ``streams_peak`` to raise
-        self._on_close = on_close
+        self.on_close: Callable[[H2Connection], None] | None = None  # the pool's, once it counts the connection
         self.h2 = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True, header_encoding=None))
         self.streams: dict[int, _Stream] = {}
         self.parked: dict[int, _Stream] = {}  # streams whose task sleeps until it has news
@@ -204,7 +203,8 @@ class H2Connection:
         self.sock.close()
         if self.origin is not None:
             self.origin.conns.discard(self)
-        self._on_close(self)
+        if self.on_close is not None:
+            self.on_close(self)
 
     # ------------------------------------------------------------ one request
 
@@ -250,6 +250,10 @@ class H2Connection:
         stream_id = st.id
         view = memoryview(body[0] if len(body) == 1 else b"".join(body))
         while True:
+            if st.error is not None:
+                self._raise(st)
+            if st.ended:  # the server answered before taking the whole body
+                return
             window = min(h.local_flow_control_window(stream_id), len(view))
             frame = h.max_outbound_frame_size
             while window > 0:
@@ -265,10 +269,6 @@ class H2Connection:
             while not (st.ended or st.error) and h.local_flow_control_window(stream_id) <= 0:
                 self.blocked[stream_id] = st
                 await self._wait(st)
-            if st.error is not None:
-                self._raise(st)
-            if st.ended:  # the server answered before taking the whole body
-                return
 
     async def _response(self, st: _Stream) -> HTTPResponse:
         while True:
@@ -365,7 +365,7 @@ class H2Connection:
             return
         self.reads += 1
         try:
-            events = self.h2.receive_data(data)
+            events: list[Any] = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             self._fail("protocol", f"the server broke HTTP/2: {exc}")
             return

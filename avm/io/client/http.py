@@ -1,4 +1,4 @@
-"""HTTP/1.1 on trio + h11, with a connection pool whose every step is O(1).
+"""HTTP/1.1 on trio + h11 (and HTTP/2 where the server offers it), with a connection pool whose every step is O(1).
 
 An LLM takes 0.1-10 s per request, so a fleet keeps R requests in flight by
 holding R connections (HTTP/1.1 carries one request per connection at a
@@ -23,14 +23,27 @@ so this module is AVM's own:
   started on them.
 * **TLS** for ``https`` origins: `trio.SSLStream` over the TCP stream with
   ``ssl.create_default_context()``, which loads the system's trust store and
-  honours ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``; ALPN offers ``http/1.1``.
+  honours ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``; ALPN offers ``h2`` and
+  ``http/1.1`` (only ``http/1.1`` with ``http2=False`` or without the ``h2``
+  package). A context passed in gets the same ALPN list.
+* **HTTP/2** (`avm.io.client.h2`) where the server picks ``h2``: the first
+  connection to an https origin is made alone (the others wait for it) to
+  learn what the origin speaks. If ``h2``, the origin's requests are streams
+  multiplexed on few connections, up to the server's
+  SETTINGS_MAX_CONCURRENT_STREAMS each, a new connection being opened only
+  when all are full; ``max_connections`` still bounds the requests in flight
+  (the same semaphore). The connections are read by the requests waiting on
+  them, so no background task and no nursery are needed. If ``http/1.1``,
+  ``_Host.h2`` becomes None and the origin takes the HTTP/1.1 path below,
+  whose only added cost is that one ``if``.
 * **Bodies as pieces**: a request body is a sequence of byte strings (shared
   prefix, per-request part, suffix) so that a caller never has to build the
   whole body up front; the pieces go out in one write.
 
 Errors are `HTTPError` with a ``kind``: "connect" (no connection could be
-made), "tls", "closed" (the server closed the connection before a complete
-response), "protocol" (a response h11 cannot parse). Timeouts are the
+made), "tls", "closed" (the server closed the connection, or reset or
+refused the stream, before a complete response), "protocol" (a response h11
+or h2 cannot parse). Timeouts are the
 caller's: wrap a request in a trio cancel scope; a cancelled request closes
 its connection (its state is unknown).
 
@@ -147,30 +160,57 @@ class _Conn:
 class _Host:
     """The connections to one origin."""
 
-    __slots__ = ("idle", "open", "slots")
+    __slots__ = ("h2", "idle", "open", "slots")
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, h2: Any = None):
         self.slots = trio.Semaphore(limit)
         self.idle: deque[_Conn] = deque()
         self.open = 0
+        self.h2 = h2  # an `H2Origin` while the origin speaks (or may speak) HTTP/2; None: HTTP/1.1
+
+
+class _Attempt:
+    """A connection being made to an HTTP/2 origin, which the requests that need one wait for."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: HTTPError | None = None
+
+
+def _load_h2() -> Any:
+    """`avm.io.client.h2`, or None without the ``h2`` package (imported late: it imports this module)."""
+    try:
+        from avm.io.client import h2
+    except ImportError:
+        return None
+    return h2
 
 
 class ConnectionPool:
     """Connections to any number of origins, at most ``max_connections`` to each (see the module docstring)."""
 
     def __init__(self, *, max_connections: int = 1024, idle_expiry_s: float = 60.0,
-                 connect_timeout_s: float = 30.0, ssl_context: ssl.SSLContext | None = None):
+                 connect_timeout_s: float = 30.0, ssl_context: ssl.SSLContext | None = None,
+                 http2: bool = True):
         if type(max_connections) is not int or max_connections < 1:
             raise ValueError(f"max_connections must be a positive int, not {max_connections!r}")
         self.max_connections = max_connections
         self.idle_expiry_s = idle_expiry_s
         self.connect_timeout_s = connect_timeout_s
+        self._h2: Any = _load_h2() if http2 else None  # the module avm.io.client.h2
+        self.http2 = self._h2 is not None  # HTTP/2 is offered (ALPN) to https origins
         self._ssl = ssl_context
+        if ssl_context is not None:
+            ssl_context.set_alpn_protocols(self._alpn())
         self._hosts: dict[Origin, _Host] = {}
         self._fixed: dict[Any, list[Any]] = {}
-        self.opened = 0  # connections made so far
+        self.opened = 0  # connections made so far (TCP: an HTTP/2 connection counts once)
         self.peak = 0  # the most open at once (all origins)
-        self.reconnects = 0  # requests sent again because a reused connection had been closed
+        self.reconnects = 0  # requests sent again because a reused connection had been closed (or refused them)
+        self.h2_connections = 0  # of those opened, how many speak HTTP/2
+        self.streams_peak = 0  # the most requests at once on one HTTP/2 connection
         self._open = 0
         self._closed = False
 
@@ -180,12 +220,15 @@ class ConnectionPool:
         return self._open
 
     def ssl_context(self) -> ssl.SSLContext:
-        """The TLS context: the system's trust store (``SSL_CERT_FILE`` honoured), ALPN http/1.1."""
+        """The TLS context: the system's trust store (``SSL_CERT_FILE`` honoured), ALPN h2 and http/1.1."""
         if self._ssl is None:
             context = ssl.create_default_context()
-            context.set_alpn_protocols(["http/1.1"])
+            context.set_alpn_protocols(self._alpn())
             self._ssl = context
         return self._ssl
+
+    def _alpn(self) -> list[str]:
+        return ["h2", "http/1.1"] if self.http2 else ["http/1.1"]
 
     # ------------------------------------------------------------ requests
 
@@ -204,7 +247,10 @@ class ConnectionPool:
             raise HTTPError("closed", "the connection pool is closed")
         host = self._hosts.get(origin)
         if host is None:
-            host = self._hosts[origin] = _Host(self.max_connections)
+            h2 = self._h2.H2Origin() if self.http2 and origin.scheme == "https" else None
+            host = self._hosts[origin] = _Host(self.max_connections, h2)
+        if host.h2 is not None:
+            return await self._request_h2(host, origin, method, target, headers, body, on_data)
         told, head = self._headers(origin, method, target, headers)
         async with host.slots:
             conn = self._checkout(host)
@@ -214,10 +260,128 @@ class ConnectionPool:
                 except _Stale:
                     self.reconnects += 1
             conn = await self._connect(host, origin)
+            if type(conn) is not _Conn:  # the server chose HTTP/2 for this new connection: so does the origin
+                return await self._h2_exchange(host, origin, method, target, headers, body, on_data)
             try:
                 return await self._exchange(host, conn, method, target, told, head, body, on_data, reused=False)
             except _Stale as exc:
                 raise HTTPError("closed", str(exc)) from None
+
+    async def _h1_exchange(self, host: _Host, origin: Origin, method: bytes, target: bytes,
+                           headers: Sequence[tuple[bytes, bytes]], body: Sequence[bytes],
+                           on_data: Callable[[bytes], Any] | None) -> HTTPResponse:
+        """What `request` does for HTTP/1.1 (it has this inline), with a slot already held."""
+        told, head = self._headers(origin, method, target, headers)
+        conn = self._checkout(host)
+        if conn is not None:
+            try:
+                return await self._exchange(host, conn, method, target, told, head, body, on_data, reused=True)
+            except _Stale:
+                self.reconnects += 1
+        conn = await self._connect(host, origin)
+        if type(conn) is not _Conn:
+            return await self._h2_exchange(host, origin, method, target, headers, body, on_data)
+        try:
+            return await self._exchange(host, conn, method, target, told, head, body, on_data, reused=False)
+        except _Stale as exc:
+            raise HTTPError("closed", str(exc)) from None
+
+    # ------------------------------------------------------------ HTTP/2
+
+    async def _request_h2(self, host: _Host, origin: Origin, method: bytes, target: bytes,
+                          headers: Sequence[tuple[bytes, bytes]], body: Sequence[bytes],
+                          on_data: Callable[[bytes], Any] | None) -> HTTPResponse:
+        async with host.slots:
+            return await self._h2_exchange(host, origin, method, target, headers, body, on_data)
+
+    async def _h2_exchange(self, host: _Host, origin: Origin, method: bytes, target: bytes,
+                           headers: Sequence[tuple[bytes, bytes]], body: Sequence[bytes],
+                           on_data: Callable[[bytes], Any] | None) -> HTTPResponse:
+        """One request to an HTTP/2 origin (a slot held); a stream the server did not take is sent again once."""
+        refused = self._h2.Refused
+        for attempt in (0, 1):
+            conn = await self._h2_checkout(host, origin)
+            if conn is None:  # the origin speaks HTTP/1.1 after all
+                return await self._h1_exchange(host, origin, method, target, headers, body, on_data)
+            if type(conn) is _Conn:  # a new connection on which the server chose HTTP/1.1
+                told, head = self._headers(origin, method, target, headers)
+                try:
+                    return await self._exchange(host, conn, method, target, told, head, body, on_data,
+                                                reused=False)
+                except _Stale as exc:
+                    raise HTTPError("closed", str(exc)) from None
+            try:
+                return await conn.request(method, target, headers, body, on_data)
+            except refused as exc:
+                if attempt:
+                    raise HTTPError("closed", str(exc)) from None
+                self.reconnects += 1
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _h2_checkout(self, host: _Host, origin: Origin) -> Any:
+        """An HTTP/2 connection with room for a stream; else a new connection (one at a time per origin).
+
+        None if the origin turned out to speak HTTP/1.1; a `_Conn` if this
+        new connection does (it is used once, as HTTP/1.1)."""
+        while True:
+            state = host.h2
+            if state is None:
+                return None
+            conn = state.pick(time.monotonic() - self.idle_expiry_s)
+            if conn is not None:
+                return conn
+            attempt = state.connecting
+            if attempt is not None:  # someone is connecting: its connection may take us too
+                await attempt.done.wait()
+                if attempt.error is not None:
+                    raise HTTPError(attempt.error.kind, attempt.error.message)
+                continue
+            attempt = state.connecting = _Attempt()
+            try:
+                made = await self._connect(host, origin)
+            except HTTPError as exc:
+                attempt.error = exc
+                raise
+            finally:
+                state.connecting = None
+                attempt.done.set()
+            if type(made) is _Conn and host.h2 is state and not state.conns:
+                host.h2 = None  # no HTTP/2 connection to it: the origin speaks HTTP/1.1
+            return made
+
+    def _h2_closed(self, host: _Host) -> Callable[[Any], None]:
+        def closed(conn: Any) -> None:
+            host.open -= 1
+            self._open -= 1
+        return closed
+
+    async def _start_h2(self, host: _Host, origin: Origin, stream: trio.SSLStream, sock: Any) -> Any:
+        """An `H2Connection` on a TLS stream whose ALPN said h2, once the server's SETTINGS came."""
+        conn = self._h2.H2Connection(stream, sock, origin.host_header, self)
+        try:
+            with trio.fail_after(self.connect_timeout_s):
+                await conn.start()
+        except trio.TooSlowError:
+            sock.close()
+            raise HTTPError("connect", f"no HTTP/2 settings from {origin.host}:{origin.port} within "
+                                       f"{self.connect_timeout_s:g} s") from None
+        except BaseException:
+            sock.close()
+            raise
+        conn.on_close = self._h2_closed(host)
+        self.opened += 1
+        self.h2_connections += 1
+        host.open += 1
+        self._open += 1
+        if self._open > self.peak:
+            self.peak = self._open
+        state = host.h2
+        if state is None:
+            state = host.h2 = self._h2.H2Origin()
+        state.add(conn)
+        if self._closed:
+            conn.closing = True
+        return conn
 
     def _headers(self, origin: Origin, method: bytes, target: bytes,
                  headers: Sequence[tuple[bytes, bytes]]) -> tuple[Any, bytes]:
@@ -265,7 +429,8 @@ class ConnectionPool:
         host.open -= 1
         self._open -= 1
 
-    async def _connect(self, host: _Host, origin: Origin) -> _Conn:
+    async def _connect(self, host: _Host, origin: Origin) -> Any:
+        """A new connection: a `_Conn` (HTTP/1.1), or an `H2Connection` if the server chose h2 (ALPN)."""
         try:
             with trio.fail_after(self.connect_timeout_s):
                 tcp = await trio.open_tcp_stream(origin.host, origin.port)
@@ -289,6 +454,8 @@ class ConnectionPool:
                 tcp.socket.close()
                 cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ else exc
                 raise HTTPError("tls", f"TLS with {origin.host}:{origin.port} failed: {cause}") from None
+            if self.http2 and stream.selected_alpn_protocol() == "h2":
+                return await self._start_h2(host, origin, stream, tcp.socket)
         self.opened += 1
         host.open += 1
         self._open += 1
@@ -380,6 +547,11 @@ class ConnectionPool:
         for host in self._hosts.values():
             while host.idle:
                 self._drop(host, host.idle.pop())
+            if host.h2 is not None:
+                for conn in list(host.h2.conns):
+                    conn.closing = True
+                    if conn.active == 0:
+                        conn.close()
 
 
 def _joined(head: bytes, size: int, body: Sequence[bytes]) -> bytes:

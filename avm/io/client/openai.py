@@ -84,7 +84,7 @@ class OpenAIBackend:
     def __init__(self, base_url: str | None = None, api_key: str | None = None, model: str | None = None, *,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS, batch: bool | None = None,
                  idle_expiry_s: float = 60.0, connect_timeout_s: float = 30.0,
-                 ssl_context: ssl.SSLContext | None = None):
+                 ssl_context: ssl.SSLContext | None = None, http2: bool = True):
         url = base_url or os.environ.get("OPENAI_BASE_URL")
         if not url:
             raise LLMError("no LLM endpoint configured: pass base_url or set OPENAI_BASE_URL", kind="config")
@@ -112,7 +112,7 @@ class OpenAIBackend:
         self._batch = (prefix + "/chat/completions/batch").encode("ascii")
         self._models = (prefix + "/models").encode("ascii")
         self._pool = ConnectionPool(max_connections=max_connections, idle_expiry_s=idle_expiry_s,
-                                    connect_timeout_s=connect_timeout_s, ssl_context=ssl_context)
+                                    connect_timeout_s=connect_timeout_s, ssl_context=ssl_context, http2=http2)
 
     def __repr__(self) -> str:
         return (f"<OpenAIBackend {self.base_url} model={self.model} key={'set' if self._key else 'none'} "
