@@ -405,6 +405,7 @@ class AgentHandle:
         self._charge(usage.prompt_tokens * settings.energy_per_prompt_token
                      + usage.completion_tokens * settings.energy_per_completion_token)
         conversation.append(reply_message(response.text, response.tool_calls, store))
+        vm._tick_gc()  # the conversation grew: long-lived objects the cyclic GC need not scan again
         return reply_value(response.text, response.tool_calls)
 
     async def _tool(self, effect: Effect) -> Any:

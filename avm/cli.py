@@ -235,6 +235,10 @@ def cmd_serve_llm(args: argparse.Namespace) -> int:
     except LLMServerError as exc:
         raise CliError(str(exc)) from None
 
+    from avm.io.client.limits import raise_to_hard
+
+    raise_to_hard()  # a server takes as many connections as its clients open
+
     def ready(server: LLMServer) -> None:
         print(f"avm serve-llm: listening on {server.url} as a {settings.dialect} server (Ctrl+C to stop)",
               flush=True)

@@ -87,8 +87,10 @@ class VMSettings:
     on_exit: str = "cancel"  # leaving the VM: "cancel" live agents, or "wait" for them first
     faults_kept: int = 32  # recent faults kept for statistics()
     # Python's cyclic GC rescans every live agent on each full collection, for nothing: agent state is
-    # acyclic (refs, not object graphs). So after every this many spawns and hibernations the VM calls
-    # gc.freeze() (frozen objects are still freed by reference counting), and gc.unfreeze() at exit. 0: never.
+    # acyclic (refs, not object graphs). So after every this many spawns, hibernations and LLM replies
+    # (each grows an agent's conversation) the VM collects the young generations and calls gc.freeze()
+    # (frozen objects are still freed by reference counting), and gc.unfreeze() at exit. 0: never.
+    # Measured at 10,000 agents x 8 turns: without the LLM replies counted, 21 s of 59 s of CPU in the GC.
     gc_freeze_every: int = 2048
     # Keep a summary of every agent that ends in the store, bound to the name
     # ``agents/<run id>/<agent id>`` (what `avm inspect` lists): id, name, parent, program, state, value,
@@ -242,6 +244,7 @@ class VM:
         if llm is not None and not isinstance(llm, str):
             self.model = self.settings.model or getattr(llm, "model", None) or ""
             return llm  # a Gateway given by the caller, who owns it
+        from avm.io.client.limits import make_room
         from avm.io.client.openai import OpenAIBackend
         from avm.io.gateway import Gateway
         from avm.io.gateway_settings import GatewaySettings
@@ -253,7 +256,9 @@ class VM:
             gateway_settings = GatewaySettings.from_mapping(gateway)
         except AvmError as exc:
             raise VMError(f"gateway settings: {exc}") from None
-        connections = gateway_settings.max_connections
+        connections = make_room(gateway_settings.max_connections)  # raises the open-file limit if need be
+        if connections < gateway_settings.max_connections:
+            gateway_settings = replace(gateway_settings, max_connections=connections)
         if llm is None:
             from avm.io.embedded.faults import DEFAULT_MODEL
             from avm.io.embedded.server import serve_llm
@@ -365,6 +370,7 @@ class VM:
             if self._since_freeze >= every:
                 self._since_freeze = 0
                 self._froze = True
+                gc.collect(1)  # young garbage cycles (trio's, exceptions') are freed now, not frozen
                 gc.freeze()
 
     def _spawn_child(self, parent: AgentHandle, effect: Effect) -> AgentHandle | dict[str, Any]:

@@ -639,7 +639,7 @@ def target_lines(runs: list[dict[str, Any]], summary: dict[str, Any]) -> list[st
 def run_all(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     final_after = 2 * (args.turns - 1)
-    biggest = max(args.llm_connections or min(max(n, 64), 1024) for n in args.agents)
+    biggest = max(args.llm_connections or max(n, 64) for n in args.agents)
     warning = raise_nofile(2 * biggest + 256)  # inherited by the server and the clients
     if warning:
         print(f"fleet: {warning}")
@@ -657,7 +657,7 @@ def run_all(args: argparse.Namespace) -> int:
         try:
             server, url = start_server(dialect if has_dialect else None, args.latency, final_after)
             for agents in args.agents:
-                connections = args.llm_connections or min(max(agents, 64), 1024)
+                connections = args.llm_connections or max(agents, 64)  # one per agent: all in flight
                 run = run_child(url, dialect, agents, args, connections)
                 run["dialect_flag"] = has_dialect
                 runs.append(run)
@@ -701,7 +701,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=None, metavar="S", help="server latency (default 1.0 s)")
     parser.add_argument("--turns", type=int, default=8, metavar="K", help="LLM turns per agent (default 8)")
     parser.add_argument("--llm-connections", type=int, default=None, metavar="C",
-                        help="the client's HTTP connection limit (default max(N, 64), at most 1024)")
+                        help="the client's HTTP connection limit (default max(N, 64): every agent's request in flight; "
+                             "the open-file limit is raised for it, up to the hard limit)")
     parser.add_argument("--timeout", type=float, default=600.0, metavar="S", help="per run (default 600 s)")
     parser.add_argument("--quick", action="store_true", help="N=100 only, latency 0.2 s")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a client process: one run
