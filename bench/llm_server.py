@@ -10,7 +10,7 @@ Scenarios, all with zero latency and distinct requests (~1 KB conversations):
 
 * chat_c1 / chat_c8: POST /v1/chat/completions from 1 or 8 concurrent tasks
   (one keep-alive connection each);
-* batch64_c1: POST /v1/chat/completions/batch with 64 chat requests a batch.
+* batch64_c1: POST /v1/chat/completions/batch with 64 conversations a batch (vLLM's format).
 
 For a server in its own process, the server's CPU time per request is read
 from /proc (Linux only; omitted elsewhere).
@@ -72,11 +72,13 @@ async def _drive(url: str, concurrency: int, seconds: float, batch: int) -> tupl
             nonlocal done, counter
             while trio.current_time() < deadline:
                 counter += 1
-                if batch:
-                    body: Any = [chat_request(counter * batch + k) for k in range(batch)]
+                if batch:  # vLLM's batch format: shared parameters, one conversation per item
+                    items = [chat_request(counter * batch + k) for k in range(batch)]
+                    body: Any = {**{k: v for k, v in items[0].items() if k != "messages"},
+                                 "messages": [item["messages"] for item in items]}
                     response = await client.post("/chat/completions/batch", json=body)
                     response.raise_for_status()
-                    done += len(response.json())
+                    done += len(response.json()["choices"])
                 else:
                     response = await client.post("/chat/completions", json=chat_request(counter))
                     response.raise_for_status()

@@ -140,7 +140,9 @@ class OpenAIBackend:
             async with self._probing:
                 if not self.supports_batch:  # the probe before this one failed: send nothing
                     raise Failure("unsupported", "the server has no batch endpoint")
-                return await self._send_batch(pieces, conversations)
+                if not self._batch_seen:
+                    return await self._send_batch(pieces, conversations)
+            # the probe before this one succeeded: go on with the others, at once
         return await self._send_batch(pieces, conversations)
 
     async def _send_batch(self, pieces: list[bytes], conversations: Sequence[Sequence[bytes]]

@@ -327,3 +327,20 @@ async def test_probe_reports_an_unreachable_server_and_a_refused_key():
         with pytest.raises(Failure) as info:
             await b.probe()
     assert info.value.kind == "auth"
+
+
+async def test_after_the_first_batch_was_accepted_batches_go_out_together():
+    def handler(request: Seen) -> Answer:
+        n = len(request.json()["messages"])
+        return Answer(200, {"choices": [{"index": i, "finish_reason": "stop",
+                                         "message": {"role": "assistant", "content": str(i)}} for i in range(n)]},
+                      delay=0.3)
+
+    with backend(handler) as b:
+        await b.send_batch(HEAD, [[CONV], [CONV]])  # the probe: alone
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(b.send_batch, HEAD, [[CONV], [CONV]])
+        wall = trio.current_time() - start
+    assert wall < 0.9  # together (0.3 s), not one after another (1.2 s)
