@@ -249,28 +249,15 @@ class ConnectionPool:
         if host is None:
             h2 = self._h2.H2Origin() if self.http2 and origin.scheme == "https" else None
             host = self._hosts[origin] = _Host(self.max_connections, h2)
-        if host.h2 is not None:
-            return await self._request_h2(host, origin, method, target, headers, body, on_data)
-        told, head = self._headers(origin, method, target, headers)
         async with host.slots:
-            conn = self._checkout(host)
-            if conn is not None:
-                try:
-                    return await self._exchange(host, conn, method, target, told, head, body, on_data, reused=True)
-                except _Stale:
-                    self.reconnects += 1
-            conn = await self._connect(host, origin)
-            if type(conn) is not _Conn:  # the server chose HTTP/2 for this new connection: so does the origin
+            if host.h2 is not None:
                 return await self._h2_exchange(host, origin, method, target, headers, body, on_data)
-            try:
-                return await self._exchange(host, conn, method, target, told, head, body, on_data, reused=False)
-            except _Stale as exc:
-                raise HTTPError("closed", str(exc)) from None
+            return await self._h1_exchange(host, origin, method, target, headers, body, on_data)
 
     async def _h1_exchange(self, host: _Host, origin: Origin, method: bytes, target: bytes,
                            headers: Sequence[tuple[bytes, bytes]], body: Sequence[bytes],
                            on_data: Callable[[bytes], Any] | None) -> HTTPResponse:
-        """What `request` does for HTTP/1.1 (it has this inline), with a slot already held."""
+        """One HTTP/1.1 request (a slot held): on a kept-alive connection, else on a new one."""
         told, head = self._headers(origin, method, target, headers)
         conn = self._checkout(host)
         if conn is not None:
@@ -279,7 +266,7 @@ class ConnectionPool:
             except _Stale:
                 self.reconnects += 1
         conn = await self._connect(host, origin)
-        if type(conn) is not _Conn:
+        if type(conn) is not _Conn:  # the server chose HTTP/2 for this new connection: so does the origin
             return await self._h2_exchange(host, origin, method, target, headers, body, on_data)
         try:
             return await self._exchange(host, conn, method, target, told, head, body, on_data, reused=False)
@@ -287,12 +274,6 @@ class ConnectionPool:
             raise HTTPError("closed", str(exc)) from None
 
     # ------------------------------------------------------------ HTTP/2
-
-    async def _request_h2(self, host: _Host, origin: Origin, method: bytes, target: bytes,
-                          headers: Sequence[tuple[bytes, bytes]], body: Sequence[bytes],
-                          on_data: Callable[[bytes], Any] | None) -> HTTPResponse:
-        async with host.slots:
-            return await self._h2_exchange(host, origin, method, target, headers, body, on_data)
 
     async def _h2_exchange(self, host: _Host, origin: Origin, method: bytes, target: bytes,
                            headers: Sequence[tuple[bytes, bytes]], body: Sequence[bytes],
