@@ -393,7 +393,7 @@ class AgentHandle:
         try:
             response = await vm.gateway.complete(request, priority=self.rank)
         except LLMError as exc:
-            vm._llm_errors += 1
+            vm._note_llm_error(exc)
             return llm_error_value(exc.kind, str(exc))
         except RequestError as exc:
             frame.fail("RequestError", f"llm: {exc}")

@@ -163,11 +163,11 @@ async def run_fleet(spec: RunSpec, options: RunOptions | None = None) -> RunOutc
             "llm_errors": stats.llm_errors, "dashboard_cost_fraction": round(dash.cost_fraction, 5),
             "store": spec.store,
         })
+        summary["llm_errors_by_kind"] = dict(stats.llm_errors_by_kind)
+        summary["llm_first_errors"] = dict(stats.llm_first_errors)  # kind -> the first such error, in full
         gateway = getattr(vm.gateway, "statistics", None)
         if gateway is not None:
             g = gateway()
-            summary["llm_errors_by_kind"] = dict(g.errors_by_kind)
-            summary["llm_first_errors"] = dict(g.first_errors)  # kind -> the first such error, in full
             summary["http_connections_max"] = g.http_connections_max
             summary["batches_refused"] = g.batches_refused
         if len(handles) <= RESULTS_SHOWN:

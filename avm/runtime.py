@@ -37,7 +37,14 @@ import trio
 
 from avm.agent import AgentError, AgentHandle, child_result
 from avm.conversation import placeholders
-from avm.errors import AvmError, CompileError, NotFound, StoreError, lone_exception
+from avm.errors import (
+    AvmError,
+    CompileError,
+    LLMError,
+    NotFound,
+    StoreError,
+    lone_exception,
+)
 from avm.io.request import Filled, LLMRequest, Message
 from avm.lang.code import Code, CodeFormatError
 from avm.lang.compiler import compile_source
@@ -149,6 +156,8 @@ class VMStatistics:
     # stall detector sees them: always 0 with stall_limit=0)
     tool_repeats: int = 0  # tool calls with the same tool and arguments as an earlier call by the same agent
     top_agents: tuple[tuple[int, str | None, str, float], ...] = ()  # (id, name, state, energy), most first
+    llm_errors_by_kind: dict[str, int] = field(default_factory=dict)  # the llm_errors by LLMError kind
+    llm_first_errors: dict[str, str] = field(default_factory=dict)  # kind -> the first such error, in full
 
     @property
     def energy_left(self) -> float:
@@ -193,6 +202,8 @@ class VM:
         self._transitions = self._spawned = self._child_spawns = self._completions = 0
         self._restarts = self._hibernations = self._wakeups = self._preemptions = 0
         self._messages = self._llm_errors = self._prompt_tokens = self._completion_tokens = 0
+        self._llm_error_kinds: dict[str, int] = {}
+        self._llm_first_errors: dict[str, str] = {}
         self._energy = 0  # milli-units
         self._budgeted = 0  # milli-units granted by the host
         self._budget_int = 0
@@ -636,6 +647,13 @@ class VM:
         """A live agent by id or name."""
         return self._agents.get(key) if type(key) is int else self._names.get(key)  # type: ignore[arg-type]
 
+    def _note_llm_error(self, error: LLMError) -> None:
+        self._llm_errors += 1
+        kind = error.kind
+        self._llm_error_kinds[kind] = self._llm_error_kinds.get(kind, 0) + 1
+        if kind not in self._llm_first_errors:
+            self._llm_first_errors[kind] = str(error)
+
     def _note_tool_call(self, agent: AgentHandle, name: str, arguments: Any) -> None:
         """Count a tool call that repeats one the same agent made before (tool churn).
 
@@ -673,4 +691,5 @@ class VM:
             messages=self._messages, llm_errors=self._llm_errors, prompt_tokens=self._prompt_tokens,
             completion_tokens=self._completion_tokens, recent_faults=tuple(self._faults),
             energy_budget=self._budgeted / 1000, ended=dict(self._ended), faults=self._fault_count,
-            repeated_effects=self._repeated_effects, tool_repeats=self._tool_repeats, top_agents=top_agents)
+            repeated_effects=self._repeated_effects, tool_repeats=self._tool_repeats, top_agents=top_agents,
+            llm_errors_by_kind=dict(self._llm_error_kinds), llm_first_errors=dict(self._llm_first_errors))
