@@ -67,10 +67,9 @@ import h11
 import trio
 
 try:  # see ConnectionPool._headers
-    from h11._headers import Headers as _Headers
     from h11._headers import normalize_and_validate as _normalize
 except ImportError:  # pragma: no cover - a future h11
-    _Headers = None
+    _normalize = None  # type: ignore[assignment]
 
 __all__ = ["ConnectionPool", "HTTPError", "HTTPResponse", "Origin", "parse_url"]
 
@@ -205,7 +204,7 @@ class ConnectionPool:
         if ssl_context is not None:
             ssl_context.set_alpn_protocols(self._alpn())
         self._hosts: dict[Origin, _Host] = {}
-        self._fixed: dict[Any, list[Any]] = {}
+        self._fixed: dict[Any, tuple[Any, bytes]] = {}
         self.opened = 0  # connections made so far (TCP: an HTTP/2 connection counts once)
         self.peak = 0  # the most open at once (all origins)
         self.reconnects = 0  # requests sent again because a reused connection had been closed (or refused them)
@@ -381,7 +380,7 @@ class ConnectionPool:
         if made is None:
             fixed = [(b"host", origin.host_header), *headers, (b"content-length", b"0")]
             told: Any = fixed
-            if _Headers is not None:
+            if _normalize is not None:
                 told = _normalize(fixed)
             head = b"%s %s HTTP/1.1\r\n" % (method, target) + b"".join(
                 b"%s: %s\r\n" % (name, value) for name, value in fixed[:-1])
@@ -488,7 +487,7 @@ class ConnectionPool:
                         raise _Stale("the server closed the connection")
                     elif not status:
                         raise HTTPError("closed", "the server closed the connection without answering")
-                    h.receive_data(data)
+                    h.receive_data(data)  # type: ignore[arg-type]
                     continue
                 kind = type(event)
                 if kind is h11.Response:
@@ -501,7 +500,7 @@ class ConnectionPool:
                     data = bytes(event.data)  # type: ignore[union-attr]
                     if not streaming:
                         chunks.append(data)
-                    elif not satisfied:
+                    elif not satisfied and on_data is not None:
                         satisfied = bool(on_data(data))
                 elif kind is h11.EndOfMessage:
                     break
