@@ -283,3 +283,13 @@ def test_a_busy_endpoint_is_probed_again_and_a_run_where_every_call_fails_exits_
     summary = summary_of(result)
     assert summary["llm_errors_by_kind"] == {"bad_request": 3}
     assert "this model does not exist" in summary["llm_first_errors"]["bad_request"]
+
+
+def test_llm_connections_bounds_the_requests_in_flight(tmp_path):
+    program = tmp_path / "hello.avm"
+    program.write_text(HELLO)
+    result = avm_cmd("run", str(program), "--agents", "20", "--llm-connections", "3", "--no-dashboard", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = summary_of(result)
+    assert summary["ended"] == {"done": 20} and 1 <= summary["http_connections_max"] <= 3
+    assert result.stderr.splitlines()[0].startswith("avm run: LLM endpoint the embedded server")

@@ -144,3 +144,14 @@ async def test_llm_failures_reach_the_program_as_error_values():
         error = (await h.result())["error"]
         assert error["tool"] == "llm" and error["type"] == "server"
         assert vm.statistics().llm_errors == 1
+
+
+async def test_the_connection_limit_reaches_the_pool_from_every_place_it_can_be_set():
+    async with VM() as vm:
+        assert vm.gateway.settings.max_connections == 1024 and vm.gateway._backend.max_connections == 1024
+    async with VM(gateway={"max_connections": 5}) as vm:  # a spec's [vm.gateway]
+        assert vm.gateway._backend.max_connections == 5 and vm.gateway._backend._pool.max_connections == 5
+    async with VM(llm_connections=7, gateway={"max_connections": 5}) as vm:  # --llm-connections wins
+        assert vm.gateway.settings.max_connections == 7 and vm.gateway._backend._pool.max_connections == 7
+    with pytest.raises(avm.VMError, match="llm_connections"):
+        VM(llm_connections=0)
