@@ -483,6 +483,7 @@ async def run_fleet(url: str, agents: int, turns: int, latency: float, connectio
         "efficiency": round(turns * latency / wall, 4),
         "llm_calls": calls, "llm_calls_per_s": round(calls / wall, 1),
         "http_requests": g1.http_requests - g0.http_requests, "http_connections_max": g1.http_connections_max,
+        "retries": g1.retries - g0.retries, "http_reconnects": g1.http_reconnects - g0.http_reconnects,
         "batches": g1.batches - g0.batches, "batch_size_mean": round(g1.batch_size_mean, 1),
         "latency_p50_s": round(g1.latency_p50_s, 4), "latency_p99_s": round(g1.latency_p99_s, 4),
         "cpu_s": round(cpu, 3), "cpu_ms_per_call": round(cpu / calls * 1e3, 4) if calls else None,
