@@ -285,7 +285,7 @@ class Gateway:
                     pass
             raise self._raised(LLMError(str(exc), kind="bad_request", request=_ident(request, key or None))) from exc
         s = self.settings
-        limit = s.request_timeout_s if timeout is None else timeout
+        limit = s.request_timeout_s  # the sweeper's deadline; an explicit ``timeout`` is the waiter's own scope
         pending = _Pending(request, key, head, conv, batchable(request) and not s.stream, cacheable,
                            start + priority * s.aging_s, next(self._seq), _INF if limit is None else start + limit)
         if cacheable:
@@ -546,8 +546,7 @@ class Gateway:
                 self._sent -= len(items)
                 for p in items:
                     p.batchable = False
-                    self._release(p)
-                    self._enqueue(p)
+                    self._requeue(p)
                 return
             self._count_batch(items)
             self._settle([(p, outcomes) for p in items])
@@ -657,8 +656,15 @@ class Gateway:
             self._unsupported_logged = True
             log.debug("LLM gateway: the backend has no batch endpoint; sending requests one by one")
         for p in items:
-            self._release(p)
+            self._requeue(p)
+
+    def _requeue(self, p: _Pending) -> None:
+        """``p`` goes back to the queue from the wire (no attempt counted), unless nobody waits for it."""
+        self._release(p)
+        if p.tasks:
             self._enqueue(p)
+        else:
+            self._abandon(p)
 
     def _on_auth(self, failure: Failure) -> None:
         if self._auth is not None:
@@ -701,7 +707,8 @@ class Gateway:
             uncacheable=self._uncacheable, coalesced=self._coalesced, sent=self._sent, http_requests=self._http,
             batches=self._batches, batch_size_mean=self._batch_items / self._batches if self._batches else 0.0,
             batch_size_max=self._batch_max, streamed=self._streamed, retries=self._retries,
-            errors_by_kind=dict(self._errors), first_errors=dict(self._first_errors), latency_p50_s=quantile(0.5), latency_p99_s=quantile(0.99),
+            errors_by_kind=dict(self._errors), first_errors=dict(self._first_errors),
+            latency_p50_s=quantile(0.5), latency_p99_s=quantile(0.99),
             in_flight=self._in_flight, queued=self._queued, http_connections_opened=opened,
             http_connections_max=peak, prompt_tokens=self._prompt_tokens,
             completion_tokens=self._completion_tokens, cache_errors=self._cache.errors,
