@@ -61,7 +61,8 @@ try:
 except ModuleNotFoundError:  # run from a checkout without installing
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     import avm
-from llm_server import start_server_process  # bench/ is on sys.path when a bench runs
+from _measure import GcTimer, peak_rss_bytes  # bench/ is on sys.path when a bench runs
+from llm_server import start_server_process
 
 from avm.io.embedded.faults import DEFAULT_MODEL
 
@@ -329,36 +330,9 @@ def agent_inputs(i: int) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------
 
 
-class GcTimer:
-    """Total time in the cyclic garbage collector while installed."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self.collections = 0
-        self._start = 0.0
-
-    def __call__(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._start = time.perf_counter()
-        else:
-            self.seconds += time.perf_counter() - self._start
-            self.collections += 1
-
-
 def rss_bytes() -> int:
     with open("/proc/self/statm", "rb") as f:
         return int(f.read().split()[1]) * _PAGE
-
-
-def hwm_bytes() -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def reset_hwm() -> bool:
@@ -422,7 +396,7 @@ async def run_fleet(url: str, agents: int, turns: int, latency: float, connectio
         gc.collect()
         base = rss_bytes()
         hwm_reset = reset_hwm()
-        hwm0 = hwm_bytes()
+        hwm0 = peak_rss_bytes()
         peak = base
         timer = GcTimer()
 
@@ -448,7 +422,7 @@ async def run_fleet(url: str, agents: int, turns: int, latency: float, connectio
                 wall = time.perf_counter() - start
                 cpu = cpu_seconds() - cpu0
                 peak = max(peak, rss_bytes())
-                hwm1 = hwm_bytes()
+                hwm1 = peak_rss_bytes()
                 nursery.cancel_scope.cancel()
         finally:
             gc.callbacks.remove(timer)

@@ -39,14 +39,13 @@ message as text. GC time during the batched runs is measured with
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Self
+from typing import Any
 
 import trio
 
@@ -55,7 +54,8 @@ try:
 except ModuleNotFoundError:  # run from a checkout without installing
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from avm.io.gateway import Gateway
-from llm_server import start_server_process  # bench/ is on sys.path when a bench runs
+from _measure import GcTimer  # bench/ is on sys.path when a bench runs
+from llm_server import start_server_process
 
 from avm.io.client.openai import OpenAIBackend
 from avm.io.embedded.server import serve_llm
@@ -77,29 +77,6 @@ def conversation(system: Message, tag: str) -> LLMRequest:
 def system_prompt(store: ContentStore) -> Message:
     """The system message every agent holds: a ref to the prompt in the store."""
     return Message("system", store.put(SYSTEM_TEXT))
-
-
-class GcTimer:
-    """Total time spent in the cyclic garbage collector while installed."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self.collections = 0
-        self._start = 0.0
-
-    def __call__(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._start = time.perf_counter()
-        else:
-            self.seconds += time.perf_counter() - self._start
-            self.collections += 1
-
-    def __enter__(self) -> Self:
-        gc.callbacks.append(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        gc.callbacks.remove(self)
 
 
 @asynccontextmanager

@@ -85,6 +85,7 @@ try:
     from avm import VM
 except ImportError:  # not re-exported (yet)
     from avm.runtime import VM
+from _measure import peak_rss_bytes  # bench/ is on sys.path when a bench runs
 
 TARGETS = {  # figure: (target, unit)
     "spawn_us_per_agent": (10.0, "us"),
@@ -118,18 +119,6 @@ def rss_bytes() -> int:
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak if sys.platform == "darwin" else peak * 1024
-
-
-def peak_rss_bytes() -> int | None:
-    """High-water mark of the RSS (VmHWM), or None where /proc has none."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def settle() -> int:
