@@ -267,7 +267,9 @@ class VM:
             gateway_settings = GatewaySettings.from_mapping(gateway)
         except AvmError as exc:
             raise VMError(f"gateway settings: {exc}") from None
-        connections = make_room(gateway_settings.max_connections)  # raises the open-file limit if need be
+        # raises the open-file limit if need be; the embedded server in this process holds the other end of each
+        connections = make_room(gateway_settings.max_connections * (2 if llm is None else 1))
+        connections //= 2 if llm is None else 1
         if connections < gateway_settings.max_connections:
             gateway_settings = replace(gateway_settings, max_connections=connections)
         if llm is None:
@@ -381,7 +383,7 @@ class VM:
             if self._since_freeze >= every:
                 self._since_freeze = 0
                 self._froze = True
-                gc.collect(1)  # young garbage cycles (trio's, exceptions') are freed now, not frozen
+                gc.collect()  # garbage cycles since the last freeze (trio's, TLS streams') are freed, not frozen
                 gc.freeze()
 
     def _spawn_child(self, parent: AgentHandle, effect: Effect) -> AgentHandle | dict[str, Any]:
@@ -521,6 +523,9 @@ class VM:
         return True
 
     def _hibernate(self, agent: AgentHandle, deadline: float) -> None:
+        for message in agent.conversation or ():  # each message's JSON is in memory for the next request:
+            if message.wire is not None:  # a hibernated agent keeps refs only (the texts are in the store)
+                object.__setattr__(message, "wire", None)
         frame = agent.frame
         if frame is not None:
             ref = self.store.put(frame.snapshot())

@@ -261,6 +261,7 @@ class Gateway:
             pending = self._flights.get(key)
             if pending is not None:
                 self._coalesced += 1
+                pending.deadline = max(pending.deadline, self._deadline(start, timeout))  # the later one holds
                 return await self._wait(pending, start, timeout)
             entry = self._cache.stored(key)
             if entry is not None:
@@ -285,14 +286,19 @@ class Gateway:
                     pass
             raise self._raised(LLMError(str(exc), kind="bad_request", request=_ident(request, key or None))) from exc
         s = self.settings
-        limit = s.request_timeout_s  # the sweeper's deadline; an explicit ``timeout`` is the waiter's own scope
         pending = _Pending(request, key, head, conv, batchable(request) and not s.stream, cacheable,
-                           start + priority * s.aging_s, next(self._seq), _INF if limit is None else start + limit)
+                           start + priority * s.aging_s, next(self._seq), self._deadline(start, timeout))
         if cacheable:
             self._flights[key] = pending
         self._live.add(pending)
         self._enqueue(pending)
         return await self._wait(pending, start, timeout)
+
+    def _deadline(self, start: float, timeout: float | None) -> float:
+        """When the sweeper fails a request: ``request_timeout_s`` after it came, unless the caller gave its
+        own ``timeout`` (then the caller's cancel scope bounds it, and the sweeper never does)."""
+        limit = self.settings.request_timeout_s
+        return _INF if timeout is not None or limit is None else start + limit
 
     async def _wait(self, p: _Pending, start: float, timeout: float | None) -> LLMResponse:
         """Park this task until ``p`` is done (trio's low-level parking: no Event per request).

@@ -65,6 +65,8 @@ class GatewaySettings:
         for name in ("batch_window_s", "aging_s", "backoff_s", "backoff_max_s", "retry_after_max_s"):
             seconds(name)
         seconds("request_timeout_s", allow_none=True)
+        if self.request_timeout_s is not None and not self.request_timeout_s > 0:
+            raise LLMError("request_timeout_s must be > 0 seconds, or None for no limit", kind="config")
         seconds("attempt_timeout_s")
         if not self.attempt_timeout_s > 0:
             raise LLMError("attempt_timeout_s must be > 0", kind="config")

@@ -83,7 +83,7 @@ class RequestKeyer:
         """`RequestError` if ``request``'s parameters cannot be sent (memoised: a lookup, once seen).
 
         For requests that are never cached the messages need no key: this
-        validates what `digest` would and hashes nothing.
+        validates what `digest` would, and on the fast path hashes nothing.
         """
         if self._param_parts(request) is None:
             request.normalised()

@@ -353,6 +353,10 @@ async def test_the_default_deadline_fails_a_request_the_server_never_answers(aut
             await gw.complete(ask("anyone?"))
         assert info.value.kind == "timeout" and 30.0 <= trio.current_time() - start <= 35.0
         assert gw.statistics().in_flight == 0
+        start = trio.current_time()  # a caller's own timeout is its own, longer or not
+        with pytest.raises(LLMError, match="no reply within 90 s"):
+            await gw.complete(ask("patient"), timeout=90.0)
+        assert 90.0 <= trio.current_time() - start <= 91.0
     assert Reply  # the scripted backend above answers nothing
 
 

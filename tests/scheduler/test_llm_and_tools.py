@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import trio
 
 import avm
 from avm.agent import AgentError
@@ -155,3 +156,14 @@ async def test_the_connection_limit_reaches_the_pool_from_every_place_it_can_be_
         assert vm.gateway.settings.max_connections == 7 and vm.gateway._backend._pool.max_connections == 7
     with pytest.raises(avm.VMError, match="llm_connections"):
         VM(llm_connections=0)
+
+
+async def test_a_hibernated_agent_keeps_refs_not_the_json_of_its_conversation():
+    program = 'push "hello"\nllm\npop\npush null\nrecv\nreturn\n'
+    async with VM(hibernate_after_s=0.05) as vm:
+        h = await vm.spawn(program)
+        while h.state is not S.HIBERNATED:
+            await trio.sleep(0.02)
+        assert h.conversation and all(m.wire is None for m in h.conversation)
+        await h.send("wake")
+        assert await h.result() == "wake"

@@ -19,8 +19,10 @@ so this module is AVM's own:
   ``MSG_PEEK``) whether the server closed it; a reused connection that fails
   before any byte of the response arrives (the server closed it meanwhile)
   is dropped and the request is sent again once on a fresh connection.
-  Requests are only ever replayed that way, when the server cannot have
-  started on them.
+  That is the only replay here: the usual cause is a server that closed
+  an idle connection as the request went out, though a server that read
+  the request and then dropped the connection looks the same; chat
+  requests are idempotent, so sending it again is safe (RFC 9110, 9.2.2).
 * **TLS** for ``https`` origins: `trio.SSLStream` over the TCP stream with
   ``ssl.create_default_context()``, which loads the system's trust store and
   honours ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``; ALPN offers ``h2`` and
@@ -434,6 +436,9 @@ class ConnectionPool:
                 tcp.socket.close()
                 cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ else exc
                 raise HTTPError("tls", f"TLS with {origin.host}:{origin.port} failed: {cause}") from None
+            except BaseException:  # cancelled: the SSLStream is a cycle, so close the socket now, not at a GC
+                tcp.socket.close()
+                raise
             if self.http2 and stream.selected_alpn_protocol() == "h2":
                 return await self._start_h2(host, origin, stream, tcp.socket)
         self.opened += 1

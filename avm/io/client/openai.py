@@ -1,12 +1,14 @@
 """`OpenAIBackend`: any OpenAI-compatible server (OpenAI, vLLM, llama.cpp, the embedded one).
 
 The base URL and key come from the arguments, or from ``OPENAI_BASE_URL``
-and ``OPENAI_API_KEY``. Bytes move through AVM's own HTTP/1.1 pool
-(`avm.io.client.http`: trio + h11, O(1) per request, TLS for https).
+and ``OPENAI_API_KEY``. Bytes move through AVM's own connection pool
+(`avm.io.client.http`: trio + h11, O(1) per request, TLS for https, HTTP/2
+where the server offers it).
 
 * **Concurrency**: up to ``max_connections`` requests in flight (one per
-  connection); connections are opened as the work needs them and kept
-  alive. The default (1,024) serves a 1,000-agent fleet at full speed.
+  HTTP/1.1 connection, or streams on a few HTTP/2 ones); connections are
+  opened as the work needs them and kept alive. The default (1,024) serves
+  a 1,000-agent fleet at full speed.
 * **Single requests**: ``POST {base}/chat/completions``; the body arrives
   as pieces (the shared, already-encoded head and the request's own
   messages) and is never assembled by the caller.
@@ -151,7 +153,8 @@ class OpenAIBackend:
             response = await self._request(_POST, self._batch, pieces)
         except Failure as failure:
             if self._batch_auto and not self._batch_seen and (
-                    failure.status in _BATCH_OFF or (failure.status or 0) >= 500):
+                    failure.status in _BATCH_OFF or failure.status == 501
+                    or ((failure.status or 0) >= 500 and getattr(failure, "error_body", False))):
                 self.supports_batch = False
                 log.warning("LLM client: %s does not take vLLM batches (%s); sending requests singly",
                             self.base_url, failure.message)
@@ -234,7 +237,9 @@ class OpenAIBackend:
         return Failure("connection", what)
 
     def _status_failure(self, response: HTTPResponse) -> Failure:
-        return failure_for_status(response.status, response.headers, self.scrub(error_detail(response.body)))
+        failure = failure_for_status(response.status, response.headers, self.scrub(error_detail(response.body)))
+        failure.error_body = _is_error_body(response.body)  # type: ignore[attr-defined]
+        return failure
 
     @staticmethod
     def _json(content: bytes) -> Any:
@@ -248,6 +253,17 @@ class OpenAIBackend:
         if self._key and self._key in text:
             text = text.replace(self._key, "***")
         return _KEYLIKE.sub(lambda m: m.group(1) + "***", text)
+
+
+def _is_error_body(body: bytes) -> bool:
+    """True for a JSON object (OpenAI's ``{"error": ...}``, older vLLM's ``{"object": "error", ...}``,
+    FastAPI's ``{"detail": ...}``): the server refused the request; a proxy's or a crash's 5xx is text."""
+    if not body.lstrip().startswith(b"{"):
+        return False
+    try:
+        return isinstance(json.loads(body), dict)
+    except ValueError:
+        return False
 
 
 def split_batch(data: Any, conversations: Sequence[Sequence[bytes]]) -> list[Reply | Failure]:

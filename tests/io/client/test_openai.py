@@ -344,3 +344,10 @@ async def test_after_the_first_batch_was_accepted_batches_go_out_together():
                 nursery.start_soon(b.send_batch, HEAD, [[CONV], [CONV]])
         wall = trio.current_time() - start
     assert wall < 0.9  # together (0.3 s), not one after another (1.2 s)
+
+
+async def test_a_5xx_without_an_error_body_on_the_first_batch_is_a_passing_failure_not_a_verdict():
+    with backend(lambda r: Answer(503, b"Service Unavailable", headers={"content-type": "text/plain"})) as b:
+        with pytest.raises(Failure) as info:
+            await b.send_batch(HEAD, [[CONV], [CONV]])
+    assert info.value.kind == "server" and info.value.retryable and b.supports_batch  # tried again later
