@@ -292,6 +292,9 @@ class ConnectionPool:
                                                 reused=False)
                 except _Stale as exc:
                     raise HTTPError("closed", str(exc)) from None
+                finally:  # on an origin still on HTTP/2, used once: that path never takes an idle one back
+                    if host.h2 is not None and host.idle and host.idle[-1] is conn:
+                        self._drop(host, host.idle.pop())
             try:
                 return await conn.request(method, target, headers, body, on_data)
             except refused as exc:
