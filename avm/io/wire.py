@@ -50,6 +50,11 @@ def dumps(value: Any) -> bytes:
     return _ENCODE(value).encode("ascii")
 
 
+def _size(value: Any) -> int:
+    """Bytes a kept value costs: a text or bytes, or a template's parts (a list of them)."""
+    return len(value) if type(value) is not list else sum(len(p) for p in value)
+
+
 def _inner(text: str) -> bytes:
     """``text`` as the inside of a JSON string (escaped, without the quotes)."""
     return dumps(text)[1:-1]
@@ -76,7 +81,7 @@ class WireEncoder:
 
     def __init__(self, store: Any = None, *, shared_bytes: int = 32 << 20, share_min_chars: int | None = None):
         self._store = store
-        self._shared: LRUCache[Any, Any] = LRUCache(maxsize=shared_bytes, getsizeof=len)
+        self._shared: LRUCache[Any, Any] = LRUCache(maxsize=shared_bytes, getsizeof=_size)
         self._share_min = share_min_chars if share_min_chars is not None else 1 << 62
         self._params: dict[tuple[Any, ...], bytes] = {}
         self.shared_hits = 0
@@ -160,10 +165,12 @@ class WireEncoder:
     def _message(self, m: Message, out: list[bytes]) -> None:
         """Append the pieces of ``m``'s JSON object to ``out``.
 
-        A system message whose content is a ref is encoded once and kept
-        (a prompt shared by many agents); a `Filled` template is kept as its
-        encoded pieces, with this request's values between them; anything
-        else (what one agent holds alone) is encoded for this request only.
+        A system message whose content is a ref is encoded once and kept here
+        (a prompt shared by many agents); a `Filled` template is kept here as
+        its encoded pieces, with this request's values between them; any
+        other message (what one agent holds alone) is encoded once and kept
+        by the message itself (``Message.wire``), so it lives as long as the
+        agent's conversation and no longer.
         """
         wire = m.wire
         if wire is not None:
