@@ -23,7 +23,7 @@ where the server offers it).
   only such requests this way. Usage per item is not reported, so the total
   is shared out in proportion to each conversation's size (prompt) and each
   reply's length (completion), summing exactly to what the server counted.
-  With ``batch=None`` (auto) the first batch is a probe: 404, 405, 400, 422,
+  With ``batch=None`` (auto) the first batches are probes: 404, 405, 400, 422,
   or a 5xx with an error body turns batching off for this endpoint (one log
   line) and the gateway sends those requests singly; nothing fails for it.
   Once a batch has been accepted, a refused batch is the batch's own
@@ -103,7 +103,6 @@ class OpenAIBackend:
         self.supports_batch = batch is not False
         self._batch_auto = batch is None
         self._batch_seen = False  # a batch was accepted once: the endpoint exists
-        self._probing: trio.Lock | None = None
         self._key = key or None
         headers = [(b"content-type", b"application/json"), (b"accept", b"application/json"),
                    (b"user-agent", b"avm/0.1")]
@@ -136,28 +135,21 @@ class OpenAIBackend:
             pieces.append(b"[" if i == 0 else b"],[")
             pieces.extend(conversation)
         pieces.append(b"]]}")
-        if self._batch_auto and not self._batch_seen:  # the first batch is a probe: one at a time
-            if self._probing is None:
-                self._probing = trio.Lock()
-            async with self._probing:
-                if not self.supports_batch:  # the probe before this one failed: send nothing
-                    raise Failure("unsupported", "the server has no batch endpoint")
-                if not self._batch_seen:
-                    return await self._send_batch(pieces, conversations)
-            # the probe before this one succeeded: go on with the others, at once
-        return await self._send_batch(pieces, conversations)
-
-    async def _send_batch(self, pieces: list[bytes], conversations: Sequence[Sequence[bytes]]
-                          ) -> list[Reply | Failure]:
+        if not self.supports_batch:  # an earlier batch found the endpoint missing: send nothing
+            raise Failure("unsupported", "the server has no batch endpoint")
+        # Until a batch is accepted, every batch is a probe. They go at once (waiting for the first would
+        # cost a fleet one whole latency at its start); if the endpoint is missing, each comes back
+        # "unsupported" and its items go singly: a few refused requests, nothing lost.
         try:
             response = await self._request(_POST, self._batch, pieces)
         except Failure as failure:
             if self._batch_auto and not self._batch_seen and (
                     failure.status in _BATCH_OFF or failure.status == 501
                     or ((failure.status or 0) >= 500 and getattr(failure, "error_body", False))):
-                self.supports_batch = False
-                log.warning("LLM client: %s does not take vLLM batches (%s); sending requests singly",
-                            self.base_url, failure.message)
+                if self.supports_batch:
+                    self.supports_batch = False
+                    log.warning("LLM client: %s does not take vLLM batches (%s); sending requests singly",
+                                self.base_url, failure.message)
                 raise Failure("unsupported", f"the server has no batch endpoint: {failure.message}",
                               status=failure.status) from None
             raise
