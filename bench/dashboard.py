@@ -68,6 +68,7 @@ try:
 except ModuleNotFoundError:  # run from a checkout without installing
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     import avm
+from _measure import GcTimer  # bench/ is on sys.path when a bench runs
 from rich.console import Console
 
 from avm.dashboard import MAX_REFRESH_PER_SECOND, Dashboard
@@ -109,29 +110,6 @@ work:
 """
 
 
-class GcMeter:
-    """Seconds spent in the cyclic garbage collector while on (from gc.callbacks)."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self.collections = 0
-        self._t0 = 0.0
-
-    def _callback(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._t0 = time.perf_counter()
-        else:
-            self.seconds += time.perf_counter() - self._t0
-            self.collections += 1
-
-    def __enter__(self) -> GcMeter:
-        gc.callbacks.append(self._callback)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        gc.callbacks.remove(self._callback)
-
-
 @asynccontextmanager
 async def ticker(period_s: float) -> AsyncIterator[None]:
     """A task that wakes every ``period_s`` and does nothing (the control run)."""
@@ -156,7 +134,7 @@ async def one_run(code: avm.Code, args: argparse.Namespace, kind: str) -> dict[s
     server = {"latency_ms": args.latency_ms} if args.latency_ms else {}
     board = None
     async with VM(llm_server=server) as vm:
-        with GcMeter() as gc_meter:
+        with GcTimer() as gc_meter:
             start = time.perf_counter()
             cpu = time.process_time()
             if kind == "dashboard":
