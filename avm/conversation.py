@@ -36,10 +36,9 @@ request. A template without placeholders is sent as its ref.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
-from avm.io.request import PLACEHOLDER, Message, RequestError, ToolCall
+from avm.io.request import PLACEHOLDER, Filled, Message, RequestError, ToolCall
 from avm.lang.values import render
 from avm.memory.ref import Ref
 from avm.memory.store import ContentStore
@@ -60,13 +59,9 @@ def placeholders(template: str) -> tuple[str, ...]:
 def fill(template: str, inputs: dict[str, Any]) -> str:
     """The template with each {name} that names an input replaced by it (texts as is,
     other values as their JSON); a placeholder with no input stays as written."""
-    def one(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in inputs:
-            return match.group(0)
-        value = inputs[name]
-        return value if type(value) is str else render(value)
-    return PLACEHOLDER.sub(one, template)
+    values = {name: value if type(value) is str else render(value) for name, value in inputs.items()
+              if name in template}
+    return Filled(template, None, values).text()
 
 
 def _content_text(content: Any) -> str:
