@@ -27,7 +27,9 @@ pushes
 
 **What is stored.** Every message of a conversation is a `Message` whose
 content is a `Ref` into the store, so 1,000 agents holding the same text hold
-1,000 refs to one object. The system prompt is a template stored once: when
+1,000 refs to one object. A message's text goes to the store compressed (its
+warm tier) and the message keeps its JSON for the requests that follow, so
+memory holds one uncompressed copy of it, the one that is sent. The system prompt is a template stored once: when
 it has ``{name}`` placeholders they are filled from the agent's inputs while
 the request is built, and the rendered text lives only as long as the
 request. A template without placeholders is sent as its ref.
@@ -39,6 +41,7 @@ import json
 from typing import Any
 
 from avm.io.request import PLACEHOLDER, Filled, Message, RequestError, ToolCall
+from avm.io.wire import keep_wire
 from avm.lang.values import render
 from avm.memory.ref import Ref
 from avm.memory.store import ContentStore
@@ -87,7 +90,8 @@ def to_messages(operand: Any, store: ContentStore) -> list[Message]:
     out = []
     for item in items:
         if type(item) is str:
-            out.append(Message("user", store.put(item.encode("utf-8", "surrogatepass"))))
+            out.append(keep_wire(Message("user", store.put(item.encode("utf-8", "surrogatepass"), hot=False)),
+                                 item))
             continue
         if type(item) is not dict:
             raise MessageError(f"llm: a message is a text or a map, not {type(item).__name__}")
@@ -108,8 +112,9 @@ def to_messages(operand: Any, store: ContentStore) -> list[Message]:
             raise MessageError("llm: a message name is text")
         text = _content_text(item["content"])
         try:
-            out.append(Message(role, store.put(text.encode("utf-8", "surrogatepass")), name=name,
-                               tool_call_id=call_id if role == "tool" else None))
+            message = Message(role, store.put(text.encode("utf-8", "surrogatepass"), hot=False), name=name,
+                              tool_call_id=call_id if role == "tool" else None)
+            out.append(keep_wire(message, text))
         except RequestError as exc:  # pragma: no cover - roles are checked above
             raise MessageError(f"llm: {exc}") from None
     return out
@@ -140,8 +145,8 @@ def reply_value(text: str | None, tool_calls: tuple[Any, ...]) -> Any:
 
 def reply_message(text: str | None, tool_calls: tuple[Any, ...], store: ContentStore) -> Message:
     """The assistant message appended to the conversation."""
-    content = store.put(text.encode("utf-8", "surrogatepass")) if text else None
-    return Message("assistant", content, tool_calls=tuple(ToolCall.of(c) for c in tool_calls))
+    content = store.put(text.encode("utf-8", "surrogatepass"), hot=False) if text else None
+    return keep_wire(Message("assistant", content, tool_calls=tuple(ToolCall.of(c) for c in tool_calls)), text)
 
 
 def llm_error_value(kind: str, message: str) -> dict[str, Any]:

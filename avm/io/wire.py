@@ -40,7 +40,7 @@ from avm.errors import StoreError
 from avm.io.request import PLACEHOLDER, Filled, LLMRequest, Message, RequestError
 from avm.memory.ref import Ref
 
-__all__ = ["WireEncoder", "dumps"]
+__all__ = ["WireEncoder", "dumps", "keep_wire"]
 
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
 
@@ -48,6 +48,16 @@ _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=F
 def dumps(value: Any) -> bytes:
     """Compact JSON bytes (ASCII, so texts with any code point survive)."""
     return _ENCODE(value).encode("ascii")
+
+
+def keep_wire(message: Message, text: str | None) -> Message:
+    """``message``, holding its JSON from now on when the encoder keeps it per message (see
+    `WireEncoder._message`); ``text`` is its content's text. Made where the text is at hand, so that
+    the store need not keep an uncompressed copy for the encoder to read back."""
+    if not (message.role == "system" and message.name is None and message.tool_call_id is None
+            and not message.tool_calls):
+        object.__setattr__(message, "wire", dumps(message.as_dict(text)))
+    return message
 
 
 def _size(value: Any) -> int:

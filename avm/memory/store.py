@@ -183,8 +183,15 @@ class ContentStore:
 
     # --- the API -----------------------------------------------------------------
 
-    def put(self, data: bytes) -> Ref:
-        """Store ``data`` and return its ref; known content stores nothing new."""
+    def put(self, data: bytes, *, hot: bool = True) -> Ref:
+        """Store ``data`` and return its ref; known content stores nothing new.
+
+        ``hot=False`` places a new object in the warm tier (compressed) rather
+        than the hot one: for an object written once and seldom read, whose
+        reader keeps its own form of it (a conversation's message, whose JSON
+        the message itself keeps for its next requests), so that process
+        memory holds one uncompressed copy of it, not two.
+        """
         if type(data) is not bytes:
             data = _as_bytes(data)
         ref = Ref._trusted(blake3(data).digest())
@@ -201,7 +208,10 @@ class ContentStore:
             else:
                 if self._cold is not None:
                     self._cold.put(ref, data)
-                self._place(ref, data)
+                if hot:
+                    self._place(ref, data)
+                else:
+                    self._warm.put(ref, data)
                 if self._trainer.offer(data):
                     self._train()
         return ref
