@@ -44,6 +44,7 @@ INT = re.compile(r"-?[0-9]+\Z")
 FLOAT = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?\Z")
 COUNT_RE = re.compile(r"[0-9]+\Z")
 MAX_COUNT = 1 << 16
+_COUNT_DIGITS = 20  # longer counts are refused unread (leading zeros and all)
 MAX_INT_DIGITS = 300  # integer literals stay well inside the VM's 1024-bit integers
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}
 
@@ -287,8 +288,10 @@ def _operand(info: O.OpInfo, kind: str, tok: Token, line: _Line, ins: _Instr) ->
             raise line.error(f"bad tool name {word!r}", tok.column)
         return word
     if kind == O.COUNT:
-        if not COUNT_RE.match(word) or int(word) > MAX_COUNT:
-            raise line.error(f"bad count {word!r}: expected an integer from 0 to {MAX_COUNT}", tok.column)
+        # the length first: int() refuses (ValueError) a string of more than 4,300 digits
+        if not COUNT_RE.match(word) or len(word) > _COUNT_DIGITS or int(word) > MAX_COUNT:
+            shown = word if len(word) <= 20 else word[:20] + "..."
+            raise line.error(f"bad count {shown!r}: expected an integer from 0 to {MAX_COUNT}", tok.column)
         return int(word)
     if kind == O.ENERGY:
         if not FLOAT.match(word) or word.startswith("-"):

@@ -147,3 +147,16 @@ def test_integer_literals_are_bounded_so_code_always_reloads():
     assert "out of range" in err.message
     code = avm.compile("push " + "9" * 300 + "\nreturn")
     assert avm.Code.from_bytes(code.to_bytes()).id == code.id
+
+
+@pytest.mark.parametrize("source", [
+    "push 1\ncall upper {n}\nreturn",
+    "push 1\nlist {n}\nreturn",
+    "push 1\nmap {n}\nreturn",
+    "push 1\ntool search {n}\nreturn",
+    "push 1\nlist 0{zeros}1\nreturn",
+])
+def test_a_count_of_thousands_of_digits_is_a_compile_error(source):
+    big = source.format(n="9" * 5000, zeros="0" * 5000)
+    err = compile_error(big)
+    assert "bad count" in err.message and err.line == 2 and len(err.message) < 120

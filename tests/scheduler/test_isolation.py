@@ -111,3 +111,13 @@ async def test_a_timer_that_cannot_wake_an_agent_fails_it_and_not_the_vm(autojum
         with pytest.raises(AgentError, match="RuntimeError: no task for you"):
             await h.result()
         assert await other.result() == 1
+
+
+@pytest.mark.parametrize("kind", ["delegate", "spawn"])
+async def test_a_program_with_a_count_of_thousands_of_digits_is_an_error_value_for_its_parent(kind):
+    parent = f'push "list {"9" * 5000}\\nreturn\\n"\nmap 0\npush 5\n{kind}\nreturn\n'
+    async with VM() as vm:
+        h = await vm.spawn(parent, budget=100)
+        value = await h.result()
+        assert value["error"]["type"] == "ProgramError" and "bad count" in value["error"]["message"]
+        assert not vm._internal_errors and h.energy_used < 10
