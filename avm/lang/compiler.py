@@ -121,6 +121,15 @@ def tokenize(line: _Line) -> None:
             line.tokens.append(Token(raw[start:i], start + 1, False))
 
 
+def _refuse_surrogates(line: _Line) -> None:
+    """Text holds Unicode scalar values only: a lone surrogate anywhere in the source is an error."""
+    for column, ch in enumerate(line.raw, start=1):
+        if "\ud800" <= ch <= "\udfff":
+            shown = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in line.raw)  # printable
+            raise CompileError(f"a lone surrogate (U+{ord(ch):04X}) is not text: source is Unicode scalar values",
+                               line.number, column, shown)
+
+
 def parse_literal(tok: Token, line: _Line) -> Any:
     """The value of a `push` operand."""
     if tok.quoted:
@@ -166,6 +175,8 @@ def compile_source(source: str) -> Code:
     for number, raw in enumerate(source.split("\n"), start=1):
         raw = raw.rstrip("\r")
         line = _Line(number, raw)
+        if not raw.isascii():
+            _refuse_surrogates(line)
         tokenize(line)
         if not line.tokens:
             continue

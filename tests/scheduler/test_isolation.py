@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import trio
 
+import avm
 from avm.agent import AgentError
 from avm.errors import StoreError
-from avm.runtime import VM
+from avm.runtime import VM, VMError
 from avm.scheduler.states import AgentState as S
 
 # A value nested 202 levels deep: deeper than a snapshot can encode.
@@ -121,3 +122,23 @@ async def test_a_program_with_a_count_of_thousands_of_digits_is_an_error_value_f
         value = await h.result()
         assert value["error"]["type"] == "ProgramError" and "bad count" in value["error"]["message"]
         assert not vm._internal_errors and h.energy_used < 10
+
+
+async def test_text_with_a_lone_surrogate_fails_the_agent_as_a_fault_never_a_host_error():
+    @avm.tool
+    async def garbled() -> str:
+        return "bad \ud800 text"
+
+    made = 'push "[\\"push 1\\\\nreturn \\\\ud800\\"]"\ncall json_parse 1\npush 0\nget\nmap 0\npush 5\ndelegate\nreturn\n'
+    async with VM(tools=[garbled]) as vm:
+        parsed = await vm.spawn(made, budget=100)
+        told = await vm.spawn("tool garbled 0\nreturn\n", tools=["garbled"], budget=100)
+        for h in (parsed, told):
+            with pytest.raises(AgentError, match=r"ValueError: .*lone surrogate \(U\+D800\)") as info:
+                await h.result()
+            assert info.value.state is S.FAILED
+        with pytest.raises(avm.CompileError, match="lone surrogate"):
+            await vm.spawn('push "\ud800"\nreturn\n')
+        with pytest.raises(VMError, match="lone surrogate"):
+            await vm.spawn("halt\n", inputs={"x": "\udc00"})
+        assert not vm._internal_errors
