@@ -38,7 +38,7 @@ from avm.io.request import Message, RequestError
 from avm.lang.code import Code
 from avm.lang.frame import Frame
 from avm.lang.outcomes import BudgetExceeded, Done, Effect, Fault, Preempted, Stalled
-from avm.lang.values import is_value
+from avm.lang.values import is_value, lone_surrogate
 from avm.memory.values import decode_value
 from avm.scheduler.mailbox import Mailbox
 from avm.scheduler.states import TERMINAL, WAITING_ON, AgentState
@@ -171,6 +171,9 @@ class AgentHandle:
         """Put a VM value in the agent's mailbox (waiting while it is full); False if it ended."""
         if not is_value(value):
             raise TypeError(f"a message must be a VM value, not {type(value).__name__}")
+        bad = lone_surrogate(value)
+        if bad is not None:  # refused here, or the agent that receives it would fault
+            raise ValueError(f"a message holds a lone surrogate ({bad}), which is not text")
         return await self.vm._deliver(self, value)
 
     def add_budget(self, units: float) -> None:

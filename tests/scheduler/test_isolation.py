@@ -141,4 +141,8 @@ async def test_text_with_a_lone_surrogate_fails_the_agent_as_a_fault_never_a_hos
             await vm.spawn('push "\ud800"\nreturn\n')
         with pytest.raises(VMError, match="lone surrogate"):
             await vm.spawn("halt\n", inputs={"x": "\udc00"})
+        listener = await vm.spawn("push null\nrecv\nreturn\n")
+        with pytest.raises(ValueError, match="lone surrogate"):
+            await listener.send({"k": ["\ud800"]})
+        assert await listener.send("fine") and await listener.result() == "fine"
         assert not vm._internal_errors
