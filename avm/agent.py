@@ -38,7 +38,7 @@ from avm.io.request import Message, RequestError
 from avm.lang.code import Code
 from avm.lang.frame import Frame
 from avm.lang.outcomes import BudgetExceeded, Done, Effect, Fault, Preempted, Stalled
-from avm.lang.values import is_value
+from avm.lang.values import is_value, lone_surrogate
 from avm.memory.values import decode_value
 from avm.scheduler.mailbox import Mailbox
 from avm.scheduler.states import TERMINAL, WAITING_ON, AgentState
@@ -171,6 +171,9 @@ class AgentHandle:
         """Put a VM value in the agent's mailbox (waiting while it is full); False if it ended."""
         if not is_value(value):
             raise TypeError(f"a message must be a VM value, not {type(value).__name__}")
+        bad = lone_surrogate(value)
+        if bad is not None:  # refused here, or the agent that receives it would fault
+            raise ValueError(f"a message holds a lone surrogate ({bad}), which is not text")
         return await self.vm._deliver(self, value)
 
     def add_budget(self, units: float) -> None:
@@ -192,6 +195,12 @@ class AgentHandle:
     # --- the task ------------------------------------------------------------------
 
     async def _main(self, woken: bool = False) -> None:
+        try:
+            await self._live(woken)
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong handling this agent: it fails, the others go on
+            self._crashed(exc)
+
+    async def _live(self, woken: bool) -> None:
         vm = self.vm
         if self.cancel_requested:  # cancelled before it ever ran
             if woken:
@@ -213,19 +222,30 @@ class AgentHandle:
             if self.state not in TERMINAL:
                 self._finish(S.CANCELLED, "cancelled: the VM exited")
             raise
-        except Exception as exc:  # a bug in AVM: this agent fails, the others go on
-            self.scope = None
-            vm._internal_errors.append(exc)
-            if self.state not in TERMINAL:
-                self._finish(S.FAILED, f"InternalError: {type(exc).__name__}: {exc} (a bug in AVM)")
-            return
         self.scope = None
         if self.state not in TERMINAL:
             self._finish(S.CANCELLED, "cancelled")
 
+    def _crashed(self, exc: Exception) -> None:
+        """An exception escaped while the VM handled this agent (a bug in AVM): the agent ends FAILED
+        naming it, its snapshot (if any) is let go, and the VM keeps the exception for tests."""
+        vm = self.vm
+        self.scope = None
+        vm._internal_errors.append(exc)
+        if self.snapshot is not None:
+            try:
+                vm._unpin_snapshot(self)
+            except Exception as again:  # noqa: BLE001 - a closed or failing store: the pin goes with the process
+                vm._internal_errors.append(again)
+        if self.state not in TERMINAL:
+            self._finish(S.FAILED, f"InternalError: {type(exc).__name__}: {exc} (a bug in AVM)")
+
     def _wake_frame(self) -> None:
         """Restore the hibernated frame and answer its recv (a message, or null after the deadline)."""
         vm = self.vm
+        box = self.mailbox
+        if (box is None or not len(box)) and trio.current_time() < self.deadline:
+            raise _Hibernate(self.deadline)  # woken with nothing to say (a message taken back): sleep on
         frame = Frame.restore(self.code, vm.store.get(self.snapshot))  # type: ignore[arg-type]
         vm._unpin_snapshot(self)
         if self.refund_due:
@@ -234,14 +254,8 @@ class AgentHandle:
         self.frame = frame
         if type(self.inputs) is bytes:  # packed while hibernated
             self.inputs = decode_value(self.inputs)
-        box = self.mailbox
         found, message = box.take() if box is not None else (False, None)
-        if found:
-            frame.resume(message)
-        elif trio.current_time() >= self.deadline:
-            frame.resume(None)
-        else:
-            raise _Hibernate(self.deadline)  # woken with nothing to say (a message taken back): sleep on
+        frame.resume(message if found else None)  # null: the recv timed out
 
     async def _drive(self) -> None:
         vm = self.vm
@@ -343,10 +357,12 @@ class AgentHandle:
             if state is not S.BUDGET_EXCEEDED:
                 self.frame = None  # nothing will run it again; keep the agent small
         self._set(state)
-        self.vm._on_finished(self, state)
-        if self._done is not None:
-            self._done.set()
-            self._done = None
+        try:
+            self.vm._on_finished(self, state)
+        finally:  # whatever the bookkeeping met, whoever waits for this agent learns it ended
+            if self._done is not None:
+                self._done.set()
+                self._done = None
 
     def _refund(self, milli: int) -> None:
         """A child gave back ``milli`` unspent energy.
@@ -446,7 +462,10 @@ class AgentHandle:
             found, message = await mailbox.receive(now + idle)
             if found:
                 return message
-            raise _Hibernate(deadline)
+            if self.vm._store_snapshot(self):
+                raise _Hibernate(deadline)
+            # a frame that cannot be a snapshot (a value too deep to encode, a store that refuses it)
+            # stays awake in its recv
         found, message = await mailbox.receive(deadline)
         return message if found else None
 

@@ -76,13 +76,27 @@ def _read(path: str) -> str:
         raise CliError(f"{path}: {exc.strerror}") from None
 
 
+_SHOWN = 100  # characters of a long source line shown around an error's column
+
+
+def _clip(line: str, column: int) -> tuple[str, int]:
+    """The part of a long source line around ``column`` (marked with ...) and the column in it."""
+    if len(line) <= _SHOWN:
+        return line, column
+    start = max(0, min(column - 1 - _SHOWN // 2, len(line) - _SHOWN))
+    head = "..." if start else ""
+    tail = "..." if start + _SHOWN < len(line) else ""
+    return head + line[start:start + _SHOWN] + tail, column - start + len(head)
+
+
 def _compile_file(path: str) -> Code:
     source = _read(path)
     try:
         code = compile_source(source)
     except CompileError as exc:
-        raise CliError(f"{path}:{exc.line}:{exc.column}: {exc.message}\n    {exc.source_line}\n    "
-                       f"{' ' * (exc.column - 1)}^") from None
+        shown, column = _clip(exc.source_line or "", exc.column)
+        raise CliError(f"{path}:{exc.line}:{exc.column}: {exc.message}\n    {shown}\n    "
+                       f"{' ' * (column - 1)}^") from None
     for line, message in code.warnings:
         print(f"{path}:{line}: warning: {message}", file=sys.stderr)
     return code

@@ -42,6 +42,7 @@ from avm.errors import (
     CompileError,
     LLMError,
     NotFound,
+    SnapshotError,
     StoreError,
     lone_exception,
 )
@@ -530,10 +531,9 @@ class VM:
             if message.wire is not None:  # a hibernated agent keeps refs only (the texts are in the store)
                 object.__setattr__(message, "wire", None)
         frame = agent.frame
-        if frame is not None:
-            ref = self.store.put(frame.snapshot())
-            self.store.pin(ref)
-            agent.snapshot = ref
+        if frame is not None:  # (None: woken with nothing to say, it sleeps on as the snapshot it was)
+            if agent.snapshot is None:
+                raise AssertionError("hibernating an agent whose snapshot is not stored")
             agent.final_used = frame.used
             agent.frame = None
         # What a hibernated agent keeps is what 100,000 of them cost: pack its inputs (a dict is
@@ -552,12 +552,32 @@ class VM:
             return
         self._timers.call_at(deadline, lambda: self._wake(agent))
 
+    def _store_snapshot(self, agent: AgentHandle) -> bool:
+        """Put the frame of an agent idle in recv into the store, pinned, before it hibernates.
+
+        False if it cannot be done (a value too deep or too big to encode, a store that refuses the
+        bytes): the agent then stays awake, which costs memory, never the agent."""
+        frame = agent.frame
+        assert frame is not None
+        try:
+            ref = self.store.put(frame.snapshot())
+            self.store.pin(ref)
+        except (SnapshotError, StoreError):
+            return False
+        agent.snapshot = ref
+        return True
+
     def _wake(self, agent: AgentHandle) -> None:
+        """Give a hibernated agent a task again. Called by timers and by other agents' sends, so a
+        failure here is this agent's alone: it fails, and neither the caller nor the VM sees it."""
         if agent.state is not S.HIBERNATED or self._nursery is None or self._closed:
             return
         agent._set(S.READY)
         self._wakeups += 1
-        self._nursery.start_soon(agent._main, True)
+        try:
+            self._nursery.start_soon(agent._main, True)
+        except Exception as exc:  # noqa: BLE001 - the agent fails, not the caller
+            agent._crashed(exc)
 
     def _unpin_snapshot(self, agent: AgentHandle) -> None:
         ref, agent.snapshot = agent.snapshot, None
@@ -567,6 +587,14 @@ class VM:
     # --- endings ---------------------------------------------------------------------------
 
     def _on_finished(self, agent: AgentHandle, state: AgentState) -> None:
+        try:
+            self._account_end(agent, state)
+        finally:  # a failure above is the agent's (its task reports it); join() must still see the end
+            if self._idle is not None and not self.live:
+                self._idle.set()
+                self._idle = None
+
+    def _account_end(self, agent: AgentHandle, state: AgentState) -> None:
         self._completions += 1
         ended = self._ended
         ended[state.value] = ended.get(state.value, 0) + 1
@@ -598,9 +626,6 @@ class VM:
                 if parent._box().offer(report) and parent.state is S.HIBERNATED:
                     self._wake(parent)
             agent.parent = None
-        if self._idle is not None and not self.live:
-            self._idle.set()
-            self._idle = None
 
     def _record_agent(self, agent: AgentHandle, state: AgentState) -> None:
         """Store the agent's summary under ``agents/<run id>/<id>`` (see VMSettings.record_agents)."""

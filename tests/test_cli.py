@@ -89,3 +89,17 @@ def test_unreachable_code_warning_goes_to_stderr(tmp_path):
     result = avm_cmd("compile", str(src))
     assert result.returncode == 0
     assert "w.avm:3: warning: unreachable code" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["compile", "run"])
+def test_a_count_of_thousands_of_digits_is_one_clear_error_exit_2(tmp_path, command):
+    src = tmp_path / "huge.avm"
+    src.write_text("push 1\ncall upper " + "9" * 5000 + "\nreturn\n")
+    result = avm_cmd(command, str(src), "--no-dashboard") if command == "run" else avm_cmd(command, str(src))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0].endswith("huge.avm:2:12: bad count '99999999999999999999...': expected an integer from 0 "
+                             "to 65536")
+    assert all(len(line) < 200 for line in lines)
+    assert lines[2].index("^") - 4 == lines[1].index("9") - 4  # the caret under the count

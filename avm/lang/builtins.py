@@ -31,6 +31,7 @@ from avm.lang.values import (
     equal,
     is_value,
     less,
+    lone_surrogate,
     measure,
     render,
     type_name,
@@ -416,6 +417,9 @@ def _json_parse(t: Any) -> Any:
         raise VMError("ValueError", f"json_parse: {exc}") from None
     if not is_value(value):
         raise VMError("ValueError", "json_parse: nested too deeply")
+    bad = lone_surrogate(value)  # a "\\ud800" escape with no pair: not text
+    if bad is not None:
+        raise VMError("ValueError", f"json_parse: a lone surrogate ({bad}) is not text")
     return value
 
 

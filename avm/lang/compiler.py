@@ -44,6 +44,7 @@ INT = re.compile(r"-?[0-9]+\Z")
 FLOAT = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?\Z")
 COUNT_RE = re.compile(r"[0-9]+\Z")
 MAX_COUNT = 1 << 16
+_COUNT_DIGITS = 20  # longer counts are refused unread (leading zeros and all)
 MAX_INT_DIGITS = 300  # integer literals stay well inside the VM's 1024-bit integers
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}
 
@@ -120,6 +121,15 @@ def tokenize(line: _Line) -> None:
             line.tokens.append(Token(raw[start:i], start + 1, False))
 
 
+def _refuse_surrogates(line: _Line) -> None:
+    """Text holds Unicode scalar values only: a lone surrogate anywhere in the source is an error."""
+    for column, ch in enumerate(line.raw, start=1):
+        if "\ud800" <= ch <= "\udfff":
+            shown = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in line.raw)  # printable
+            raise CompileError(f"a lone surrogate (U+{ord(ch):04X}) is not text: source is Unicode scalar values",
+                               line.number, column, shown)
+
+
 def parse_literal(tok: Token, line: _Line) -> Any:
     """The value of a `push` operand."""
     if tok.quoted:
@@ -165,6 +175,8 @@ def compile_source(source: str) -> Code:
     for number, raw in enumerate(source.split("\n"), start=1):
         raw = raw.rstrip("\r")
         line = _Line(number, raw)
+        if not raw.isascii():
+            _refuse_surrogates(line)
         tokenize(line)
         if not line.tokens:
             continue
@@ -287,8 +299,10 @@ def _operand(info: O.OpInfo, kind: str, tok: Token, line: _Line, ins: _Instr) ->
             raise line.error(f"bad tool name {word!r}", tok.column)
         return word
     if kind == O.COUNT:
-        if not COUNT_RE.match(word) or int(word) > MAX_COUNT:
-            raise line.error(f"bad count {word!r}: expected an integer from 0 to {MAX_COUNT}", tok.column)
+        # the length first: int() refuses (ValueError) a string of more than 4,300 digits
+        if not COUNT_RE.match(word) or len(word) > _COUNT_DIGITS or int(word) > MAX_COUNT:
+            shown = word if len(word) <= 20 else word[:20] + "..."
+            raise line.error(f"bad count {shown!r}: expected an integer from 0 to {MAX_COUNT}", tok.column)
         return int(word)
     if kind == O.ENERGY:
         if not FLOAT.match(word) or word.startswith("-"):

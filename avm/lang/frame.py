@@ -37,7 +37,7 @@ from avm.lang.outcomes import (
     Preempted,
     Stalled,
 )
-from avm.lang.values import VMError, equal, is_value, truthy, type_name
+from avm.lang.values import VMError, equal, is_value, lone_surrogate, truthy, type_name
 
 READY = "ready"
 WAITING = "waiting"  # an Effect is out; resume() is next
@@ -85,6 +85,9 @@ class Frame:
                     raise TypeError(f"input names must be text, not {type(name).__name__}")
                 if not is_value(value):
                     raise TypeError(f"input {name!r}: {type_name(value)} is not a VM value")
+                bad = lone_surrogate(value)
+                if bad is not None:
+                    raise ValueError(f"input {name!r}: a lone surrogate ({bad}) is not text")
                 self.variables[name] = value
         self.used = 0
         self.budget = to_milli(budget, "budget")
@@ -157,6 +160,10 @@ class Frame:
             raise TypeError(f"effect result must be a VM value, not {type_name(result)}")
         effect = self.pending
         self.pending = None
+        bad = lone_surrogate(result)
+        if bad is not None:  # text from outside (a tool, an LLM reply) that is not text: the effect faults
+            self._fault(effect.pc, self.used, "ValueError", f"{effect.kind}: a lone surrogate ({bad}) is not text")
+            return
         self.stack.append(result)
         self.effects += 1
         self.status = READY

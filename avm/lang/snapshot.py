@@ -1,18 +1,25 @@
 """Frame snapshots: a frame's whole state as bytes, and back.
 
-Layout: ``b"AVMF"``, a version byte, the 32-byte digest of the frame's Code,
-then the state as one canonical value (avm.memory.values), so the same program
-fed the same effect results gives byte-identical snapshots.
+Layout (version 2): ``b"AVMF"``, a version byte, the 32-byte digest of the
+frame's Code, the state as one canonical value (avm.memory.values), then a
+16-byte checksum: the blake3 digest of everything before it, cut to 16 bytes.
+The same program fed the same effect results gives byte-identical snapshots.
+Version 1 is the same without the checksum; it still restores.
 
-Restoring checks everything: the magic, the version, that the snapshot is for
-this code, every field's type and range, and that the stack depth is the one
-the validator proved for the pc. A malformed snapshot raises SnapshotError and
-can never make the interpreter misbehave.
+Restoring checks everything: the magic, the version, the checksum, that the
+snapshot is for this code, every field's type and range (numbers finite and
+within the bounds a running frame can reach), that the outcome is the one its
+status implies, and that the stack depth is the one the validator proved for
+the pc. A malformed snapshot raises SnapshotError and can never make the
+interpreter misbehave, nor any later call on the frame (refund, add_budget).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+from blake3 import blake3
 
 from avm.errors import SnapshotError
 from avm.lang import frame as F
@@ -23,8 +30,18 @@ from avm.lang.values import VMError, is_value, measure
 from avm.memory.values import decode_value, encode_value
 
 MAGIC = b"AVMF"
-VERSION = 1
+VERSION = 2
+_UNCHECKED = 1  # the version before the checksum
+CHECKSUM = 16  # bytes at the end of a version-2 snapshot
+_HEAD = 5 + 32  # magic, version, code digest
 _STATUSES = (F.READY, F.WAITING, F.EXHAUSTED, F.DONE, F.FAULTED, F.STALLED)
+_OUTCOME_OF = {F.DONE: Done, F.FAULTED: Fault, F.STALLED: Stalled, F.EXHAUSTED: BudgetExceeded}
+_MAX_MILLI = 10**15  # a budget or a charge above 1e12 energy is refused where it is made (frame.to_milli)
+_MAX_COUNT = 1 << 63  # effects, stall counts and limits, lines
+
+
+def _checksum(data: bytes) -> bytes:
+    return blake3(data).digest()[:CHECKSUM]
 
 
 def _outcome_to_value(out: Any) -> Any:
@@ -59,7 +76,8 @@ def encode_frame(frame: F.Frame) -> bytes:
         body = encode_value(state)
     except (VMError, TypeError, ValueError) as exc:
         raise SnapshotError(f"cannot snapshot this frame: {exc}") from exc
-    return MAGIC + bytes((VERSION,)) + frame.code.digest + body
+    head = MAGIC + bytes((VERSION,)) + frame.code.digest + body
+    return head + _checksum(head)
 
 
 def _want(cond: bool, what: str) -> None:
@@ -67,8 +85,14 @@ def _want(cond: bool, what: str) -> None:
         raise SnapshotError(f"malformed snapshot: {what}")
 
 
-def _int(v: Any, what: str, lo: int = 0, hi: int | None = None) -> int:
-    _want(type(v) is int and v >= lo and (hi is None or v <= hi), f"{what} out of range")
+def _int(v: Any, what: str, lo: int = 0, hi: int = _MAX_COUNT) -> int:
+    _want(type(v) is int and lo <= v <= hi, f"{what} out of range")
+    return v
+
+
+def _energy(v: Any, what: str) -> float:
+    """An energy figure of an outcome: a finite, non-negative number a frame can reach."""
+    _want(type(v) in (int, float) and math.isfinite(v) and 0 <= v <= _MAX_MILLI / 1000, f"{what} out of range")
     return v
 
 
@@ -79,26 +103,35 @@ def decode_frame(cls: type[F.Frame], code: Code, data: bytes) -> F.Frame:
         raise SnapshotError(f"a snapshot is bytes, not {type(data).__name__}")
     data = bytes(data)
     _want(data[:4] == MAGIC, "not a frame snapshot (bad magic)")
-    _want(len(data) > 5 + 32, "truncated")
-    if data[4] != VERSION:
-        raise SnapshotError(f"unknown snapshot version {data[4]}")
-    digest = data[5:37]
+    _want(len(data) > _HEAD, "truncated")
+    version = data[4]
+    if version == VERSION:
+        _want(len(data) > _HEAD + CHECKSUM, "truncated")
+        body_end = len(data) - CHECKSUM
+        _want(_checksum(data[:body_end]) == data[body_end:], "checksum mismatch (damaged bytes)")
+    elif version == _UNCHECKED:
+        body_end = len(data)
+    else:
+        raise SnapshotError(f"unknown snapshot version {version}")
+    digest = data[5:_HEAD]
     if digest != code.digest:
         raise SnapshotError(f"snapshot is for code {digest.hex()[:16]}, not {code.id[:16]}")
     try:
-        state = decode_value(data[37:])
+        state = decode_value(data[_HEAD:body_end])
     except Exception as exc:  # ValueFormatError, and anything a hostile body provokes
         raise SnapshotError(f"malformed snapshot: {exc}") from None
     _want(type(state) is list and len(state) == 13, "wrong shape")
     (pc, stack, variables, used, budget, status, pending, effects, stall_limit, stall_count,
      last_request, last_result, outcome) = state
     n = code.ninstrs
-    _int(pc, "pc", 0, n - 1)
+    _want(type(status) is str and status in _STATUSES, f"unknown status {status!r}")
+    # A frame that ended on its last instruction (return, halt) has its pc just past it.
+    _int(pc, "pc", 0, n if status == F.DONE else n - 1)
     _want(type(stack) is list and all(is_value(v) for v in stack), "stack")
-    _want(type(variables) is dict and all(is_value(v) for v in variables.values()), "variables")
-    _int(budget, "budget")
+    _want(type(variables) is dict and all(type(k) is str and is_value(v) for k, v in variables.items()),
+          "variables")
+    _int(budget, "budget", 0, _MAX_MILLI)
     _int(used, "energy used", 0, budget)
-    _want(status in _STATUSES, f"unknown status {status!r}")
     _int(effects, "effects")
     _int(stall_limit, "stall limit")
     _int(stall_count, "stall count")
@@ -122,7 +155,7 @@ def decode_frame(cls: type[F.Frame], code: Code, data: bytes) -> F.Frame:
 
     if last_request is not None:
         _want(type(last_request) is list and len(last_request) == 2 and type(last_request[0]) is str
-              and type(last_request[1]) is list, "last request")
+              and type(last_request[1]) is list and all(is_value(v) for v in last_request[1]), "last request")
         f.last_request = (last_request[0], tuple(last_request[1]))
 
     expected = code.depths[pc] if pc < len(code.depths) else -1
@@ -133,7 +166,7 @@ def decode_frame(cls: type[F.Frame], code: Code, data: bytes) -> F.Frame:
         info = O.OPS[code.decoded()[0][epc]]
         _want(info.effect and info.name == kind and epc + 1 == pc, "pending effect does not match the code")
         _want(type(args) is list and all(is_value(v) for v in args), "effect arguments")
-        _want(type(line) is int, "effect line")
+        _want(type(line) is int and line == f.line_at(epc), "effect line")
         f.pending = Effect(kind, tuple(args), epc, line)
         expected -= 1  # the result is not on the stack yet
     else:
@@ -141,30 +174,29 @@ def decode_frame(cls: type[F.Frame], code: Code, data: bytes) -> F.Frame:
     if status in (F.READY, F.WAITING, F.EXHAUSTED):
         _want(expected >= 0 and len(stack) == expected, "stack depth does not match the code at pc")
     if status in F.TERMINAL or status == F.EXHAUSTED:
-        f.outcome = _outcome_from_value(outcome)
+        f.outcome = _outcome_from_value(outcome, n)
+        _want(type(f.outcome) is _OUTCOME_OF[status], f"a {status} frame with outcome {outcome[0]!r}")
     else:
         _want(outcome is None, "outcome on a running frame")
     return f
 
 
-def _outcome_from_value(v: Any) -> Any:
+def _outcome_from_value(v: Any, n: int) -> Any:
     _want(type(v) is list and v and type(v[0]) is str, "outcome")
     tag, *rest = v
-    try:
-        if tag == "done" and len(rest) == 1:
-            return Done(rest[0])
-        if tag == "fault" and len(rest) == 4:
-            error, pc, line, kind = rest
-            _want(type(error) is str and type(kind) is str, "fault")
-            return Fault(error, _int(pc, "fault pc"), _int(line, "fault line"), kind)
-        if tag == "stalled" and len(rest) == 4:
-            kind, count, pc, line = rest
-            _want(type(kind) is str, "stalled")
-            return Stalled(kind, _int(count, "count"), _int(pc, "pc"), _int(line, "line"))
-        if tag == "budget" and len(rest) == 5:
-            used, budget, needed, pc, line = rest
-            _want(all(type(x) in (int, float) for x in (used, budget, needed)), "budget outcome")
-            return BudgetExceeded(used, budget, needed, _int(pc, "pc"), _int(line, "line"))
-    except TypeError:
-        pass
+    if tag == "done" and len(rest) == 1:
+        _want(is_value(rest[0]), "done value")
+        return Done(rest[0])
+    if tag == "fault" and len(rest) == 4:
+        error, pc, line, kind = rest
+        _want(type(error) is str and type(kind) is str, "fault")
+        return Fault(error, _int(pc, "fault pc", 0, n - 1), _int(line, "fault line"), kind)
+    if tag == "stalled" and len(rest) == 4:
+        kind, count, pc, line = rest
+        _want(type(kind) is str, "stalled")
+        return Stalled(kind, _int(count, "count"), _int(pc, "pc", 0, n - 1), _int(line, "line"))
+    if tag == "budget" and len(rest) == 5:
+        used, budget, needed, pc, line = rest
+        return BudgetExceeded(_energy(used, "energy used"), _energy(budget, "budget"), _energy(needed, "needed"),
+                              _int(pc, "pc", 0, n - 1), _int(line, "line"))
     raise SnapshotError(f"malformed snapshot: outcome {tag!r}")

@@ -177,6 +177,33 @@ def check_text(text: str) -> str:
     return text
 
 
+def lone_surrogate(value: Any) -> str | None:
+    """Text holds Unicode scalar values only. The first code point of ``value``'s text (map keys
+    included) that is not one, a lone surrogate (U+D800 to U+DFFF), named as ``"U+D800"``; None
+    when all of it is valid. Each shared container is read once."""
+    todo = [value]
+    seen: set[int] = set()
+    while todo:
+        v = todo.pop()
+        t = type(v)
+        if t is str:
+            if not v.isascii():
+                try:
+                    v.encode("utf-8")  # strict UTF-8 refuses exactly the surrogates
+                except UnicodeEncodeError as exc:
+                    return f"U+{ord(v[exc.start]):04X}"
+        elif t is list or t is dict:
+            if id(v) in seen:
+                continue
+            seen.add(id(v))
+            if t is dict:
+                todo.extend(v)
+                todo.extend(v.values())
+            else:
+                todo.extend(v)
+    return None
+
+
 def check_items(container: Any) -> Any:
     if len(container) > MAX_ITEMS:
         raise VMError("LimitError", f"{type_name(container)} of {len(container)} items exceeds the limit of {MAX_ITEMS}")

@@ -147,3 +147,32 @@ def test_integer_literals_are_bounded_so_code_always_reloads():
     assert "out of range" in err.message
     code = avm.compile("push " + "9" * 300 + "\nreturn")
     assert avm.Code.from_bytes(code.to_bytes()).id == code.id
+
+
+@pytest.mark.parametrize("source", [
+    "push 1\ncall upper {n}\nreturn",
+    "push 1\nlist {n}\nreturn",
+    "push 1\nmap {n}\nreturn",
+    "push 1\ntool search {n}\nreturn",
+    "push 1\nlist 0{zeros}1\nreturn",
+])
+def test_a_count_of_thousands_of_digits_is_a_compile_error(source):
+    big = source.format(n="9" * 5000, zeros="0" * 5000)
+    err = compile_error(big)
+    assert "bad count" in err.message and err.line == 2 and len(err.message) < 120
+
+
+@pytest.mark.parametrize("source, column", [
+    ('push "\ud800"\nreturn', 7),
+    ("push 1\nstore x\u00e9\udc00y\n", 9),
+    ("# a comment \udfff\nhalt", 13),
+    ('push "\ud83d\ude00"\nreturn', 7),  # two surrogates are two lone ones, not a pair, in text
+])
+def test_a_lone_surrogate_in_source_is_a_compile_error(source, column):
+    err = compile_error(source)
+    assert "lone surrogate" in err.message and err.column == column
+    str(err).encode("utf-8")  # the error itself can be printed
+
+
+def test_text_beyond_the_basic_plane_compiles():
+    assert avm.Frame(avm.compile('push "\U0001f600"\nreturn')).run() == avm.Done("\U0001f600")

@@ -263,3 +263,31 @@ def test_arithmetic_overflow_is_a_fault_not_a_host_error():
            "load i\npush 1100\nlt\njump_if loop\nload x\npush 0.5\nadd\nreturn")
     out, _ = run(src, budget=10_000)
     assert isinstance(out, avm.Fault) and out.kind == "ArithmeticError" and out.line == 20
+
+
+# --- text holds Unicode scalar values only ---
+
+
+def test_json_parse_of_a_lone_surrogate_escape_faults():
+    code = avm.compile('push "[\\"a\\\\ud800\\"]"\ncall json_parse 1\nreturn')
+    out = Frame(code, budget=10).run()
+    assert isinstance(out, avm.Fault) and out.kind == "ValueError" and "U+D800" in out.error
+    keyed = avm.compile('push "{\\"\\\\udc00\\": 1}"\ncall json_parse 1\nreturn')
+    assert "U+DC00" in Frame(keyed, budget=10).run().error
+    paired = avm.compile('push "\\"\\\\ud83d\\\\ude00\\""\ncall json_parse 1\nreturn')
+    assert Frame(paired, budget=10).run() == avm.Done("\U0001f600")
+
+
+def test_inputs_with_a_lone_surrogate_are_refused():
+    with pytest.raises(ValueError, match="lone surrogate"):
+        Frame(avm.compile("halt"), inputs={"x": ["ok", {"k": "\udfff"}]})
+
+
+def test_an_effect_result_with_a_lone_surrogate_faults_at_the_effect():
+    code = avm.compile('push "q"\nllm\nreturn')
+    frame = Frame(code, budget=10)
+    assert isinstance(frame.run(), avm.Effect)
+    frame.resume({"text": "a\ud800"})
+    out = frame.run()
+    assert isinstance(out, avm.Fault) and out.line == 2 and "llm: a lone surrogate (U+D800)" in out.error
+    assert frame.stack == []

@@ -1,14 +1,38 @@
 """Snapshots: restore anywhere, continue identically; bad snapshots are refused."""
 
+import math
+
 import pytest
+from blake3 import blake3
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import avm
 from avm.lang.frame import Frame
-from avm.lang.outcomes import BudgetExceeded, Effect
+from avm.lang.outcomes import BudgetExceeded, Effect, Preempted
+from avm.lang.snapshot import CHECKSUM
+from avm.memory.values import decode_value, encode_value
 from tests.lang.drive import MAX_EFFECTS, drive
 from tests.lang.programs import effect_results, inputs, programs
+
+HEAD = 5 + 32  # magic, version, the code's digest
+
+
+def state_of(data: bytes) -> list:
+    """The state value inside a (version 2) snapshot."""
+    return decode_value(data[HEAD:-CHECKSUM])
+
+
+def signed(code: avm.Code, state: list) -> bytes:
+    """A version-2 snapshot of ``state``, with the checksum it needs: only field validation can refuse it."""
+    head = b"AVMF\x02" + code.digest + encode_value(state)
+    return head + blake3(head).digest()[:CHECKSUM]
+
+
+def unchecked(code: avm.Code, state: list) -> bytes:
+    """A version-1 snapshot of ``state`` (before checksums)."""
+    return b"AVMF\x01" + code.digest + encode_value(state)
+
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 BUDGET = 30_000  # milli
@@ -105,13 +129,194 @@ def test_malformed_snapshots_raise_snapshot_error_never_crash(mutation):
 
 
 def test_a_stack_that_does_not_match_the_code_is_refused():
-    from avm.memory.values import decode_value, encode_value
-
     code = avm.compile("push 1\npush 2\nadd\nreturn")
     frame = Frame(code, budget=0.1)
     assert isinstance(frame.run(), avm.BudgetExceeded)  # stopped before `push 2`, one value on the stack
-    data = frame.snapshot()
-    state = decode_value(data[37:])
+    state = state_of(frame.snapshot())
     state[1] = []  # drop the stack: `add` would underflow
     with pytest.raises(avm.SnapshotError, match="stack depth"):
-        Frame.restore(code, data[:37] + encode_value(state))
+        Frame.restore(code, signed(code, state))
+
+
+@pytest.mark.parametrize("source, value", [("push 1\nreturn\n", 1), ("halt\n", None), ("push 1\npop\n", None)])
+def test_a_frame_that_ended_on_its_last_instruction_restores_from_its_own_snapshot(source, value):
+    code = avm.compile(source)
+    frame = Frame(code, budget=10)
+    assert frame.run() == avm.Done(value) and frame.pc == code.ninstrs
+    restored = Frame.restore(code, frame.snapshot())
+    assert restored.snapshot() == frame.snapshot()
+    assert restored.run() == avm.Done(value) and restored.done
+
+
+def test_a_running_frame_past_its_last_instruction_is_refused():
+    code = avm.compile("push 1\nreturn\n")
+    frame = Frame(code, budget=10)
+    state = state_of(frame.snapshot())
+    state[0] = code.ninstrs
+    with pytest.raises(avm.SnapshotError, match="pc out of range"):
+        Frame.restore(code, signed(code, state))
+
+
+def test_any_damaged_byte_is_caught_by_the_checksum():
+    code = avm.compile('push 1\nstore x\npush "q"\nllm\nload x\nadd\nreturn')
+    frame = Frame(code, budget=10)
+    frame.run()
+    good = frame.snapshot()
+    assert good[4] == 2 and len(good) == HEAD + len(encode_value(state_of(good))) + CHECKSUM
+    for pos in range(HEAD, len(good)):
+        for flip in (0x01, 0x80):
+            damaged = good[:pos] + bytes([good[pos] ^ flip]) + good[pos + 1:]
+            with pytest.raises(avm.SnapshotError, match="checksum"):
+                Frame.restore(code, damaged)
+    with pytest.raises(avm.SnapshotError):
+        Frame.restore(code, good[:-1])
+
+
+def test_a_snapshot_from_before_checksums_still_restores():
+    code = avm.compile('push 1\nstore x\npush "q"\nllm\nload x\nadd\nreturn')
+    frame = Frame(code, budget=10)
+    frame.run()
+    old = unchecked(code, state_of(frame.snapshot()))
+    restored = Frame.restore(code, old)
+    assert restored.snapshot() == frame.snapshot()  # and it is written back in today's format
+    restored.resume(2)
+    assert restored.run() == avm.Done(3)
+
+
+def _exhausted() -> tuple[avm.Code, list]:
+    code = avm.compile("push 1\npush 2\nadd\nreturn")
+    frame = Frame(code, budget=0.1)
+    assert isinstance(frame.run(), BudgetExceeded)
+    return code, state_of(frame.snapshot())
+
+
+@pytest.mark.parametrize("needed", [math.nan, math.inf, -math.inf, -1.0, 1e300])
+@pytest.mark.parametrize("make", [signed, unchecked])
+def test_a_budget_outcome_with_an_impossible_needed_is_refused(needed, make):
+    code, state = _exhausted()
+    assert state[12][0] == "budget"
+    state[12][3] = needed
+    with pytest.raises(avm.SnapshotError, match="needed out of range"):
+        Frame.restore(code, make(code, state))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    (12, ["fault", "boom", 0, 1, "Fault"], "outcome"),  # an exhausted frame whose outcome is a fault
+    (4, 10**16, "budget out of range"),
+    (9, -1, "stall count out of range"),
+    (12, ["budget", 0.0, 0.1, 0.2, 7, 1], "pc out of range"),
+    (12, ["budget", 0.0, math.inf, 0.2, 1, 1], "budget out of range"),
+])
+def test_every_field_is_validated(field, value, message):
+    code, state = _exhausted()
+    state[field] = value
+    with pytest.raises(avm.SnapshotError, match=message):
+        Frame.restore(code, signed(code, state))
+
+
+def test_a_pending_effect_on_the_wrong_line_is_refused():
+    code = avm.compile('push "q"\nllm\nreturn')
+    frame = Frame(code, budget=10)
+    frame.run()
+    state = state_of(frame.snapshot())
+    state[6][3] = 99
+    with pytest.raises(avm.SnapshotError, match="effect line"):
+        Frame.restore(code, signed(code, state))
+
+
+# --- mutants: a changed snapshot restores to the same frame, or raises SnapshotError; nothing else ---
+
+_QUANTUM = 50_000  # milli: a mutant's budget may be huge, and a program may loop
+
+
+def _frames_at(source: str, inp: dict, results: list, stop: int, cut: int) -> tuple[avm.Code, Frame]:
+    """A frame of ``source`` stopped somewhere: out of budget at ``cut``, at an effect, or ended."""
+    code = avm.compile(source)
+    frame = Frame(code, budget=cut / 1000, inputs=inp)
+    for _ in range(stop):
+        out = frame.run()
+        if not isinstance(out, Effect) or frame.effects >= MAX_EFFECTS:
+            break
+        frame.resume(results[frame.effects % len(results)])
+    return code, frame
+
+
+def _usable(code: avm.Code, frame: Frame) -> None:
+    """A restored frame must behave: snapshot round trip, host calls, and running raise nothing."""
+    data = frame.snapshot()
+    assert Frame.restore(code, data).snapshot() == data
+    frame.refund(0.5)
+    frame.add_budget(0.5)
+    frame.charge(0.001)
+    if frame.status == "waiting":
+        frame.resume(1)
+    out = frame.run(_QUANTUM)
+    assert isinstance(out, (avm.Done, avm.Fault, BudgetExceeded, avm.Stalled, Effect, Preempted))
+
+
+mutations = st.one_of(
+    st.tuples(st.just("flip"), st.integers(0, 10_000), st.integers(1, 255)),
+    st.tuples(st.just("cut"), st.integers(0, 10_000), st.just(0)),
+    st.tuples(st.just("insert"), st.integers(0, 10_000), st.integers(0, 255)),
+    st.tuples(st.just("delete"), st.integers(0, 10_000), st.just(0)),
+)
+
+
+def _mutate(data: bytes, mutation: tuple[str, int, int]) -> bytes:
+    how, pos, byte = mutation
+    if not data:
+        return bytes([byte]) if how == "insert" else data
+    pos %= len(data) + (how in ("cut", "insert"))
+    if how == "flip":
+        return data[:pos] + bytes([data[pos] ^ byte]) + data[pos + 1:]
+    if how == "cut":
+        return data[:pos]
+    if how == "insert":
+        return data[:pos] + bytes([byte]) + data[pos:]
+    return data[:pos] + data[pos + 1:]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs(), inputs, st.lists(effect_results, min_size=1, max_size=3), st.integers(0, 6),
+       st.integers(0, BUDGET), st.lists(mutations, min_size=1, max_size=3))
+def test_a_mutated_snapshot_restores_to_the_same_frame_or_raises_snapshot_error(source, inp, results, stop, cut,
+                                                                             muts):
+    code, frame = _frames_at(source, inp, results, stop, cut)
+    good = frame.snapshot()
+    data = good
+    for mutation in muts:
+        data = _mutate(data, mutation)
+    try:
+        restored = Frame.restore(code, data)
+    except avm.SnapshotError:
+        return
+    assert restored.snapshot() == good  # the checksum lets no change through
+    _usable(code, restored)
+
+
+# Replacement values for one field of a state, re-signed so that only field validation stands in the way.
+odd_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8), st.lists(st.integers(-2, 50), max_size=6),
+    st.sampled_from(["ready", "waiting", "exhausted", "done", "faulted", "stalled"]),
+    st.lists(st.one_of(st.sampled_from(["done", "fault", "stalled", "budget"]), st.integers(-1, 50),
+                       st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3)),
+             min_size=1, max_size=6),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs(), inputs, st.lists(effect_results, min_size=1, max_size=3), st.integers(0, 6),
+       st.integers(0, BUDGET), st.lists(st.tuples(st.integers(0, 12), odd_values), min_size=1, max_size=3),
+       st.sampled_from([signed, unchecked]))
+def test_a_state_with_changed_fields_is_refused_or_gives_a_frame_that_behaves(source, inp, results, stop, cut,
+                                                                           changes, make):
+    code, frame = _frames_at(source, inp, results, stop, cut)
+    state = state_of(frame.snapshot())
+    for field, value in changes:
+        state[field] = value
+    try:
+        restored = Frame.restore(code, make(code, state))
+    except avm.SnapshotError:
+        return
+    _usable(code, restored)
