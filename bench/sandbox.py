@@ -61,7 +61,7 @@ async def fleet(bombs: int) -> float:
     async with avm.VM() as vm:
         for i in range(bombs):
             await vm.spawn(BOMBS[FLEET_BOMBS[i % len(FLEET_BOMBS)]][0], budget=BUDGET)
-        healthy = [await vm.spawn(HEALTHY, budget=100.0) for _ in range(1000)]
+        healthy = [await vm.spawn(HEALTHY, budget=1000.0) for _ in range(1000)]
         for h in healthy:
             assert await h.result() == 4
         elapsed = time.perf_counter() - start
