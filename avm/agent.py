@@ -97,7 +97,7 @@ class AgentHandle:
         "id", "name", "vm", "code", "frame", "state", "rank", "granted", "system", "tools_ref",
         "conversation", "inputs", "budget", "spent", "mailbox", "scope", "snapshot", "deadline",
         "parent", "child_budget", "delegated", "policy", "history", "value", "detail", "_done",
-        "cancel_requested", "refund_due", "final_used",
+        "cancel_requested", "refund_due", "final_used", "memory_limit",
     )
 
     def __init__(self, vm: VM, ident: int, code: Code, inputs: dict[str, Any] | None, budget: int, *,
@@ -109,7 +109,9 @@ class AgentHandle:
         self.code = code
         self.inputs = inputs
         self.budget = budget  # milli-units, for the agent's whole life (restarts included)
-        self.frame: Frame | None = Frame(code, budget / 1000, inputs, stall_limit=vm.settings.stall_limit)
+        self.memory_limit = vm.settings.agent_memory_bytes
+        self.frame: Frame | None = Frame(code, budget / 1000, inputs, stall_limit=vm.settings.stall_limit,
+                                         memory_limit=self.memory_limit)
         self.state = _READY
         self.rank = rank
         self.granted = granted
@@ -247,6 +249,7 @@ class AgentHandle:
         if (box is None or not len(box)) and trio.current_time() < self.deadline:
             raise _Hibernate(self.deadline)  # woken with nothing to say (a message taken back): sleep on
         frame = Frame.restore(self.code, vm.store.get(self.snapshot))  # type: ignore[arg-type]
+        frame.set_memory_limit(self.memory_limit)
         vm._unpin_snapshot(self)
         if self.refund_due:
             frame.refund(self.refund_due / 1000)
@@ -329,7 +332,8 @@ class AgentHandle:
         assert old is not None
         self.spent += old.used
         left = max(0, self.budget - self.spent)
-        self.frame = Frame(self.code, left / 1000, self.inputs, stall_limit=self.vm.settings.stall_limit)
+        self.frame = Frame(self.code, left / 1000, self.inputs, stall_limit=self.vm.settings.stall_limit,
+                           memory_limit=self.memory_limit)
         self.conversation = None
         self.vm._restarts += 1
 

@@ -88,6 +88,9 @@ class VMSettings:
     mailbox_capacity: int = 1024  # messages queued per agent; senders wait beyond it
     send_timeout_s: float = 30.0  # how long a send waits for space in a full mailbox, then returns false
     stall_limit: int = 5  # identical effects with identical results that end an agent as STALLED (0: off)
+    # Bytes of values one agent may hold (its stack and variables; shared parts once); past it the
+    # instruction that made them faults with MemoryLimit. None: no ceiling. spawn(memory_limit=) per agent.
+    agent_memory_bytes: int | None = 8 << 20
     # Host work charged to the agent on top of the instruction costs:
     energy_per_prompt_token: float = 0.0005  # 0.5 energy per 1,000 prompt tokens
     energy_per_completion_token: float = 0.002  # 2 energy per 1,000 completion tokens (generation costs more)
@@ -119,6 +122,9 @@ class VMSettings:
                 raise VMError(f"{name} must be a positive number, not {value!r}")
         if self.llm_connections is not None and (type(self.llm_connections) is not int or self.llm_connections < 1):
             raise VMError(f"llm_connections must be a positive int or None, not {self.llm_connections!r}")
+        if self.agent_memory_bytes is not None and (type(self.agent_memory_bytes) is not int
+                                                    or self.agent_memory_bytes <= 0):
+            raise VMError(f"agent_memory_bytes must be a positive int or None, not {self.agent_memory_bytes!r}")
         if self.hibernate_after_s is not None and not (
                 isinstance(self.hibernate_after_s, (int, float)) and self.hibernate_after_s >= 0):
             raise VMError(f"hibernate_after_s must be >= 0 seconds or None, not {self.hibernate_after_s!r}")
@@ -159,6 +165,8 @@ class VMStatistics:
     top_agents: tuple[tuple[int, str | None, str, float], ...] = ()  # (id, name, state, energy), most first
     llm_errors_by_kind: dict[str, int] = field(default_factory=dict)  # the llm_errors by LLMError kind
     llm_first_errors: dict[str, str] = field(default_factory=dict)  # kind -> the first such error, in full
+    memory_held: int = 0  # bytes the live agents' values hold (each measured when it last made enough
+    # to be checked against its ceiling, plus what it made since: an upper bound)
 
     @property
     def energy_left(self) -> float:
@@ -331,8 +339,9 @@ class VM:
     async def spawn(self, program: str | Code | Ref, *, system: str | Ref | None = None, tools: Any = (),
                     inputs: dict[str, Any] | None = None, budget: float | None = None,
                     priority: str | int = "normal", name: str | None = None,
-                    restart: str | RestartPolicy = "never") -> AgentHandle:
-        """Start an agent; its handle. ``program`` is source text, a Code, or the ref of a stored Code."""
+                    restart: str | RestartPolicy = "never", memory_limit: int | None = None) -> AgentHandle:
+        """Start an agent; its handle. ``program`` is source text, a Code, or the ref of a stored Code.
+        ``memory_limit``: bytes its values may hold (default: the settings' agent_memory_bytes)."""
         if self._nursery is None or self._closed:
             raise VMError("spawn() needs a running VM: use it inside `async with VM(...) as vm`")
         code = self._code(program)
@@ -354,6 +363,12 @@ class VM:
         granted = self._grant(tools)
         agent = self._create(code, inputs, budget_milli, name=name, rank=rank, granted=granted,
                              system=self._system_ref(system), policy=policy)
+        if memory_limit is not None:
+            try:
+                agent.frame.set_memory_limit(memory_limit)  # type: ignore[union-attr]
+            except ValueError as exc:
+                raise VMError(str(exc)) from None
+            agent.memory_limit = memory_limit
         self._budgeted += budget_milli
         self._nursery.start_soon(agent._main)
         return agent
@@ -725,4 +740,5 @@ class VM:
             completion_tokens=self._completion_tokens, recent_faults=tuple(self._faults),
             energy_budget=self._budgeted / 1000, ended=dict(self._ended), faults=self._fault_count,
             repeated_effects=self._repeated_effects, tool_repeats=self._tool_repeats, top_agents=top_agents,
-            llm_errors_by_kind=dict(self._llm_error_kinds), llm_first_errors=dict(self._llm_first_errors))
+            llm_errors_by_kind=dict(self._llm_error_kinds), llm_first_errors=dict(self._llm_first_errors),
+            memory_held=sum(a.frame.memory_held for a in self._agents.values() if a.frame is not None))

@@ -272,7 +272,7 @@ def test_tool_modules_next_to_the_spec_import_by_module_name(spec_dir):
 def test_vm_settings_are_checked(spec_dir):
     path = write_spec(spec_dir, '[vm]\nquantom = 3\n[agents.a]\nprogram = "p.avm"\n')
     message = error_of(path)
-    assert message.startswith(f"{path}: vm.quantom: unknown VM setting (allowed: aging_s, ")
+    assert message.startswith(f"{path}: vm.quantom: unknown VM setting (allowed: agent_memory_bytes, aging_s, ")
     assert "quantum" in message and "default_budget" not in message
     path = write_spec(spec_dir, '[vm]\nquantum = "big"\n[agents.a]\nprogram = "p.avm"\n')
     assert error_of(path) == f"{path}: vm.quantum: must be a number, not a string ('big')"

@@ -75,15 +75,33 @@ import weakref
 from typing import Any, Callable
 
 from avm.lang import frame as F
+from avm.lang import meter as M
 from avm.lang import opcodes as O
 from avm.lang import ops as H
 from avm.lang.code import Code
 from avm.lang.outcomes import Outcome
-from avm.lang.values import add, div, equal, less, mod, mul, neg, sub, truthy
+from avm.lang.values import (
+    add,
+    div,
+    equal,
+    less,
+    make_items,
+    mod,
+    mul,
+    neg,
+    nest,
+    sub,
+    truthy,
+)
 
 __all__ = ["MAX_INSTRUCTIONS", "BlockProgram", "compile_blocks", "run_blocks", "statistics"]
 
 MAX_INSTRUCTIONS = 4_096  # longer programs are left to the interpreter (generation costs ~25 us per instruction)
+
+# Opcodes whose work the meter charges (avm.lang.meter). A block holding one gives them
+# the interpreter's free allowance; work beyond it raises, and the interpreter, which
+# charges it exactly, runs the block again.
+_METERED = frozenset((O.CALL, O.CONCAT, O.FORMAT, O.LIST, O.MAP, O.SET, O.APPEND, O.ADD, O.EQ, O.NE))
 
 # Opcodes that end a block after themselves.
 _ENDS_BLOCK = frozenset(info.code for info in O.OPS if info.jumps or info.ends or info.effect)
@@ -91,7 +109,9 @@ _ENDS_BLOCK = frozenset(info.code for info in O.OPS if info.jumps or info.ends o
 _CACHE: weakref.WeakKeyDictionary[Code, BlockProgram | None] = weakref.WeakKeyDictionary()
 
 # How often run_blocks handed a block back to the interpreter, and why.
-_STATS = {"programs": 0, "tails": 0, "budget_fallbacks": 0, "exception_fallbacks": 0, "interpreted": 0}
+# meter_fallbacks: blocks whose metered work went past the free allowance (the interpreter charges it).
+_STATS = {"programs": 0, "tails": 0, "budget_fallbacks": 0, "exception_fallbacks": 0, "meter_fallbacks": 0,
+          "interpreted": 0}
 
 
 def statistics() -> dict[str, int]:
@@ -112,12 +132,24 @@ def run_blocks(frame: F.Frame) -> Outcome:
         prog = _CACHE[code]
     except KeyError:
         prog = _CACHE[code] = _build(code)
-    if prog is None:
+    if prog is None or frame.memory_limit is not None:
         _STATS["interpreted"] += 1
         return frame.run()
     pc = frame.pc
     fn = prog.main if prog.leader[pc] else prog.tail(pc)
-    return fn(frame, frame.stack, frame.variables, pc, frame.used, frame.budget)
+    meter = M.current()
+    meter.left = M.FREE
+    try:
+        return fn(frame, frame.stack, frame.variables, pc, frame.used, frame.budget)
+    finally:
+        meter.left = M.UNMETERED
+
+
+def _make_list(items: list[Any]) -> list[Any]:
+    """`list n` as its handler makes it: depth and size checked and charged."""
+    nest(items, "list")
+    make_items(len(items))
+    return items
 
 
 def compile_blocks(code: Code) -> BlockProgram:
@@ -142,8 +174,8 @@ def _fallback_budget() -> None:
     _STATS["budget_fallbacks"] += 1
 
 
-def _fallback_exception() -> None:
-    _STATS["exception_fallbacks"] += 1
+def _fallback_exception(exc: Exception) -> None:
+    _STATS["meter_fallbacks" if isinstance(exc, M.OutOfEnergy) else "exception_fallbacks"] += 1
 
 
 class BlockProgram:
@@ -239,6 +271,8 @@ _BASE_NS = {
     "_get": H.get_item,
     "_fallback_budget": _fallback_budget,
     "_fallback_exception": _fallback_exception,
+    "_make_list": _make_list,
+    "_meter": M.current,
     "__builtins__": {"type": type, "int": int, "Exception": Exception},
 }
 
@@ -299,8 +333,8 @@ class _Generator:
         ]
         self._tree(starts, 0, len(starts), 3, out)
         out += [
-            "    except Exception:",
-            "        _fallback_exception()",
+            "    except Exception as exc:",
+            "        _fallback_exception(exc)",
             "        frame.pc = pc",
             "        frame.used = used - BCOST[pc]",
             "        return frame.run()",
@@ -319,8 +353,8 @@ class _Generator:
         self._block(start, cost, 3, out)
         out += [
             "            break",
-            "    except Exception:",
-            "        _fallback_exception()",
+            "    except Exception as exc:",
+            "        _fallback_exception(exc)",
             "        frame.pc = pc",
             f"        frame.used = used - {cost}",
             "        return frame.run()",
@@ -376,6 +410,8 @@ class _Generator:
             depth += 1
             pad = "    " * depth
         out.append(f"{pad}used += {cost}")
+        if any(ops[p] in _METERED for p in range(start, end + 1)):
+            out.append(f"{pad}_meter().left = {M.FREE}")
         body = _Block(self, start, cost)
         for p in range(start, end + 1):
             body.instruction(p)
@@ -544,7 +580,7 @@ class _Block:
         elif op == O.LIST:
             argv = self.pops(a)
             t = self.temp()
-            self.emit(f"{t} = [{', '.join(argv)}]")
+            self.emit(f"{t} = _make_list([{', '.join(argv)}])")
             self.push(t)
         elif op == O.GET:
             k, _ = self.pop()

@@ -6,32 +6,39 @@ cost. Builtins never do I/O and never mutate their arguments: containers are
 values. Bad arguments raise VMError, which the interpreter turns into a Fault
 naming the line.
 
-Regular expressions run on the host's `re` engine, which has no time limit, so
-patterns are screened: at most 256 characters, no backreferences, and no
-repetition of a group that itself repeats or alternates (the shapes that
-backtrack exponentially). Texts searched are capped at 64 KiB.
+Builtins whose work grows with their arguments charge it through
+`avm.lang.meter` before doing it, and check the size of what they make
+against the limits in `avm.lang.values` before allocating it.
+
+Regular expressions run on RE2 (the `google-re2` package), whose time is
+linear in the text searched whatever the pattern; they are charged by the
+length of that text and per match. Patterns are at most 256 characters, in
+RE2's syntax: backreferences and lookaround are refused with a ValueError.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
-import re._parser as sre_parse  # type: ignore[import-not-found]  # Python >= 3.11, as the package requires
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import re2  # type: ignore[import-untyped]
+
+from avm.lang import meter
 from avm.lang.values import (
+    MAX_DEPTH,
     MAX_ITEMS,
     MAX_TEXT,
     VMError,
     check_int,
     check_items,
     check_text,
-    equal,
-    is_value,
+    find_equal,
     less,
     lone_surrogate,
+    make_items,
+    make_text,
     measure,
     render,
     type_name,
@@ -93,22 +100,25 @@ def _want_number(value: Any, what: str, name: str) -> int | float:
 
 @builtin("upper", 1, 200, "text in upper case")
 def _upper(t: Any) -> str:
-    return _want(t, str, "argument", "upper").upper()
+    make_text(len(_want(t, str, "argument", "upper")), "upper")
+    return check_text(t.upper())
 
 
 @builtin("lower", 1, 200, "text in lower case")
 def _lower(t: Any) -> str:
-    return _want(t, str, "argument", "lower").lower()
+    make_text(len(_want(t, str, "argument", "lower")), "lower")
+    return check_text(t.lower())
 
 
 @builtin("strip", 1, 200, "text without leading and trailing white space")
 def _strip(t: Any) -> str:
-    return _want(t, str, "argument", "strip").strip()
+    make_text(len(_want(t, str, "argument", "strip")), "strip")
+    return t.strip()
 
 
 @builtin("text", 1, 200, "the text form of any value")
 def _text(v: Any) -> str:
-    return check_text(render(v))
+    return render(v)
 
 
 @builtin("split", (1, 2), 500, "split text on a separator (white space if omitted) into a list")
@@ -118,14 +128,26 @@ def _split(t: Any, sep: Any = None) -> list[str]:
         _want(sep, str, "separator", "split")
         if sep == "":
             raise VMError("ValueError", "split: empty separator")
-    return check_items(t.split(sep))
+    meter.scan(len(t))
+    make_text(len(t), "split")
+    return check_items(t.split(sep, MAX_ITEMS))  # at most MAX_ITEMS + 1 parts are made
 
 
 @builtin("join", (1, 2), 500, "join a list of texts with a separator (empty if omitted)")
 def _join(items: Any, sep: Any = "") -> str:
     _want(items, list, "items", "join")
     _want(sep, str, "separator", "join")
-    return check_text(sep.join(render(v) for v in items))
+    parts = []
+    size = len(sep) * max(0, len(items) - 1)
+    meter.visit(len(items))
+    for v in items:
+        part = render(v)
+        size += len(part)
+        if size > MAX_TEXT:
+            raise VMError("LimitError", f"join: text of more than {MAX_TEXT} characters exceeds the limit")
+        parts.append(part)
+    make_text(size, "join")
+    return sep.join(parts)
 
 
 @builtin("replace", 3, 500, "text with every occurrence of old replaced by new")
@@ -134,21 +156,26 @@ def _replace(t: Any, old: Any, new: Any) -> str:
         _want(v, str, what, "replace")
     if old == "":
         raise VMError("ValueError", "replace: empty pattern")
-    return check_text(t.replace(old, new))
+    meter.scan(len(t))
+    make_text(len(t) + t.count(old) * (len(new) - len(old)), "replace")
+    return t.replace(old, new)
 
 
 @builtin("starts_with", 2, 100, "true if text starts with prefix")
 def _starts_with(t: Any, p: Any) -> bool:
+    meter.scan(len(p) if type(p) is str else 0)
     return _want(t, str, "text", "starts_with").startswith(_want(p, str, "prefix", "starts_with"))
 
 
 @builtin("ends_with", 2, 100, "true if text ends with suffix")
 def _ends_with(t: Any, p: Any) -> bool:
+    meter.scan(len(p) if type(p) is str else 0)
     return _want(t, str, "text", "ends_with").endswith(_want(p, str, "suffix", "ends_with"))
 
 
 @builtin("find", 2, 300, "index of the first occurrence of a text in a text, or -1")
 def _find(t: Any, sub: Any) -> int:
+    meter.scan(len(t) if type(t) is str else 0)
     return _want(t, str, "text", "find").find(_want(sub, str, "needle", "find"))
 
 
@@ -158,12 +185,10 @@ def _repeat(v: Any, n: Any) -> Any:
     if n < 0:
         raise VMError("ValueError", "repeat: negative count")
     if type(v) is str:
-        if len(v) * n > MAX_TEXT:
-            raise VMError("LimitError", f"repeat: text of {len(v) * n} characters exceeds the limit of {MAX_TEXT}")
+        make_text(len(v) * n, "repeat")
         return v * n
     if type(v) is list:
-        if len(v) * n > MAX_ITEMS:
-            raise VMError("LimitError", f"repeat: list of {len(v) * n} items exceeds the limit of {MAX_ITEMS}")
+        make_items(len(v) * n, "repeat")
         return v * n
     raise VMError("TypeError", f"repeat: cannot repeat {type_name(v)}")
 
@@ -174,9 +199,11 @@ def _repeat(v: Any, n: Any) -> Any:
 @builtin("contains", 2, 200, "true if a text contains a text, a list an element, or a map a key")
 def _contains(c: Any, x: Any) -> bool:
     if type(c) is str:
-        return _want(x, str, "needle", "contains") in c
+        _want(x, str, "needle", "contains")
+        meter.scan(len(c))
+        return x in c
     if type(c) is list:
-        return any(equal(v, x) for v in c)
+        return find_equal(c, x) >= 0
     if type(c) is dict:
         return type(x) is str and x in c
     raise VMError("TypeError", f"contains: cannot search {type_name(c)}")
@@ -198,13 +225,21 @@ def _get_default(c: Any, k: Any, default: Any) -> Any:
 
 @builtin("keys", 1, 300, "the keys of a map, sorted")
 def _keys(m: Any) -> list[str]:
-    return sorted(_want(m, dict, "argument", "keys"))
+    _sorting(len(_want(m, dict, "argument", "keys")))
+    return sorted(m)
 
 
 @builtin("values", 1, 300, "the values of a map, in key order")
 def _values(m: Any) -> list[Any]:
     _want(m, dict, "argument", "values")
+    _sorting(len(m))
     return [m[k] for k in sorted(m)]
+
+
+def _sorting(n: int) -> None:
+    """Charge sorting n items: about n log n comparisons, and the list made."""
+    meter.visit(n * max(1, n.bit_length()))
+    make_items(n)
 
 
 @builtin("slice", (2, 3), 300, "items or characters from start up to (not including) end")
@@ -214,6 +249,11 @@ def _slice(v: Any, start: Any, end: Any = None) -> Any:
         _want_int(end, "end", "slice")
     if type(v) not in (str, list):
         raise VMError("TypeError", f"slice: cannot slice {type_name(v)}")
+    n = len(range(*slice(start, end).indices(len(v))))
+    if type(v) is str:
+        make_text(n, "slice")
+    else:
+        make_items(n, "slice")
     return v[start:end]
 
 
@@ -224,12 +264,15 @@ def _range(a: Any, b: Any = None) -> list[int]:
     _want_int(end, "end", "range")
     if end - start > MAX_ITEMS:
         raise VMError("LimitError", f"range: {end - start} items exceeds the limit of {MAX_ITEMS}")
+    make_items(max(0, end - start), "range")
+    meter.visit(max(0, end - start))
     return list(range(start, end))
 
 
 @builtin("sort", 1, 1000, "a list of numbers or of texts, sorted")
 def _sort(items: Any) -> list[Any]:
     _want(items, list, "argument", "sort")
+    _sorting(len(items))
     for x in items[1:]:
         less(items[0], x)  # raises if the kinds cannot be ordered together
     return sorted(items)
@@ -237,23 +280,24 @@ def _sort(items: Any) -> list[Any]:
 
 @builtin("reverse", 1, 200, "a list or text reversed")
 def _reverse(v: Any) -> Any:
-    if type(v) in (str, list):
+    if type(v) is str:
+        make_text(len(v), "reverse")
+        return v[::-1]
+    if type(v) is list:
+        make_items(len(v), "reverse")
         return v[::-1]
     raise VMError("TypeError", f"reverse: cannot reverse {type_name(v)}")
 
 
 @builtin("index_of", 2, 300, "index of the first element equal to x, or -1")
 def _index_of(items: Any, x: Any) -> int:
-    _want(items, list, "list", "index_of")
-    for i, v in enumerate(items):
-        if equal(v, x):
-            return i
-    return -1
+    return find_equal(_want(items, list, "list", "index_of"), x)
 
 
 @builtin("sum", 1, 500, "the sum of a list of numbers")
 def _sum(items: Any) -> int | float:
     _want(items, list, "argument", "sum")
+    meter.visit(len(items))
     total: int | float = 0
     for v in items:
         total += _want_number(v, "element", "sum")
@@ -301,6 +345,7 @@ def _abs(x: Any) -> int | float:
 @builtin("min", (1, 2), 200, "the smaller of two values, or the least element of a list")
 def _min(a: Any, b: Any = None) -> Any:
     items = _want(a, list, "argument", "min") if b is None else [a, b]
+    meter.visit(len(items))
     if not items:
         raise VMError("ValueError", "min: empty list")
     best = items[0]
@@ -313,6 +358,7 @@ def _min(a: Any, b: Any = None) -> Any:
 @builtin("max", (1, 2), 200, "the larger of two values, or the greatest element of a list")
 def _max(a: Any, b: Any = None) -> Any:
     items = _want(a, list, "argument", "max") if b is None else [a, b]
+    meter.visit(len(items))
     if not items:
         raise VMError("ValueError", "max: empty list")
     best = items[0]
@@ -411,25 +457,74 @@ def _float(x: Any) -> float:
 @builtin("json_parse", 1, 2000, "parse JSON text into a value")
 def _json_parse(t: Any) -> Any:
     _want(t, str, "argument", "json_parse")
+    meter.scan(len(t))
+    make_text(len(t), "json_parse")
     try:
         value = json.loads(t)
     except (ValueError, RecursionError) as exc:
         raise VMError("ValueError", f"json_parse: {exc}") from None
-    if not is_value(value):
-        raise VMError("ValueError", "json_parse: nested too deeply")
+    _check_parsed(value)
     bad = lone_surrogate(value)  # a "\\ud800" escape with no pair: not text
     if bad is not None:
         raise VMError("ValueError", f"json_parse: a lone surrogate ({bad}) is not text")
     return value
 
 
+def _check_parsed(value: Any) -> None:
+    """Hold a parsed value to the limits of values the VM makes: MAX_ITEMS per list or
+    map, MAX_DEPTH levels; charge its parts (a parsed value is a tree: no sharing)."""
+    nodes = 0
+    todo = [(value, 0)]
+    while todo:
+        v, depth = todo.pop()
+        nodes += 1
+        t = type(v)
+        if t is list or t is dict:
+            if depth >= MAX_DEPTH:
+                raise VMError("LimitError", f"json_parse: value nested more than {MAX_DEPTH} levels deep")
+            if len(v) > MAX_ITEMS:
+                raise VMError("LimitError", f"json_parse: a {type_name(v)} of {len(v)} items exceeds the limit of {MAX_ITEMS}")
+            todo.extend((x, depth + 1) for x in (v if t is list else v.values()))
+        elif t is float and not math.isfinite(v):
+            continue  # NaN and Infinity are floats here too
+    meter.visit(nodes)
+    meter.make(nodes * meter.ITEM_BYTES)
+
+
 @builtin("json_dump", 1, 2000, "the JSON text of a value (keys sorted)")
 def _json_dump(v: Any) -> str:
     measure(v)
+    _dump_size(v)
     try:
-        return check_text(json.dumps(v, sort_keys=True, ensure_ascii=False, default=_json_default))
+        text = json.dumps(v, sort_keys=True, ensure_ascii=False, default=_json_default)
     except ValueError as exc:
         raise VMError("ValueError", f"json_dump: {exc}") from None
+    meter.make(len(text))
+    return check_text(text)
+
+
+def _dump_size(v: Any) -> None:
+    """LimitError before dumping if the texts in ``v`` alone (each occurrence counted:
+    shared parts are written out every time) pass MAX_TEXT."""
+    size = 0
+    todo = [v]
+    while todo:
+        x = todo.pop()
+        t = type(x)
+        if t is str:
+            size += len(x) + 2
+        elif t is list:
+            size += len(x) + 1
+            todo.extend(x)
+        elif t is dict:
+            size += 4 * len(x) + 1
+            for k, y in x.items():
+                size += len(k)
+                todo.append(y)
+        else:
+            size += 1
+        if size > MAX_TEXT:
+            raise VMError("LimitError", f"json_dump: text of more than {MAX_TEXT} characters exceeds the limit")
 
 
 def _json_default(v: Any) -> str:
@@ -437,64 +532,42 @@ def _json_default(v: Any) -> str:
 
 
 # --- regular expressions ---
+# RE2 runs in time linear in the text, whatever the pattern: no backtracking. What it
+# cannot do in linear time (backreferences, lookaround) it refuses, and so do we.
 
 MAX_PATTERN = 256
-MAX_SEARCHED = 64 * 1024
-_SAFE_PATTERNS: dict[str, re.Pattern[str]] = {}
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+_RE2_OPTIONS.max_mem = 8 << 20  # the compiled program and its DFA cache, per pattern
+_PATTERNS: dict[str, Any] = {}
 
 
-def _compile_pattern(pattern: Any, name: str) -> re.Pattern[str]:
+def _compile_pattern(pattern: Any, name: str) -> Any:
     _want(pattern, str, "pattern", name)
-    cached = _SAFE_PATTERNS.get(pattern)
+    cached = _PATTERNS.get(pattern)
     if cached is not None:
         return cached
     if len(pattern) > MAX_PATTERN:
         raise VMError("ValueError", f"{name}: pattern longer than {MAX_PATTERN} characters")
     try:
-        parsed = sre_parse.parse(pattern)
-        compiled = re.compile(pattern)
-    except (re.error, RecursionError, OverflowError) as exc:
-        raise VMError("ValueError", f"{name}: bad pattern: {exc}") from None
-    if not _screen(parsed.data if hasattr(parsed, "data") else parsed, inside_repeat=False):
-        raise VMError("ValueError", f"{name}: pattern may backtrack exponentially (nested repetition or backreference)")
-    if len(_SAFE_PATTERNS) < 1024:
-        _SAFE_PATTERNS[pattern] = compiled
+        compiled = re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise VMError("ValueError", f"{name}: pattern not supported by the linear-time engine (RE2 syntax; "
+                                    f"no backreferences or lookaround): {reason}") from None
+    if len(_PATTERNS) >= 1024:
+        _PATTERNS.clear()
+    _PATTERNS[pattern] = compiled
     return compiled
-
-
-def _screen(items: Any, inside_repeat: bool) -> bool:
-    """False for patterns with backreferences, or repetition of a repeating or alternating group."""
-    for op, arg in items:
-        name = str(op)
-        if name in ("GROUPREF", "GROUPREF_EXISTS"):
-            return False
-        if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
-            lo, hi, sub = arg
-            if inside_repeat and (hi is None or hi > 1 or str(hi) == "MAXREPEAT"):
-                return False
-            if not _screen(sub.data if hasattr(sub, "data") else sub, inside_repeat or hi != 1):
-                return False
-        elif name == "BRANCH":
-            if inside_repeat:
-                return False
-            for alt in arg[1]:
-                if not _screen(alt.data if hasattr(alt, "data") else alt, inside_repeat):
-                    return False
-        elif name in ("SUBPATTERN", "ATOMIC_GROUP", "ASSERT", "ASSERT_NOT"):
-            sub = arg[-1]
-            if not _screen(sub.data if hasattr(sub, "data") else sub, inside_repeat):
-                return False
-    return True
 
 
 def _searched(t: Any, name: str) -> str:
     _want(t, str, "text", name)
-    if len(t) > MAX_SEARCHED:
-        raise VMError("LimitError", f"{name}: text longer than {MAX_SEARCHED} characters")
+    meter.scan(len(t))
     return t
 
 
-@builtin("regex_match", 2, 2000, "search text for a pattern: the list [whole, group1, ...] or null")
+@builtin("regex_match", 2, 2000, "search text for a pattern (RE2 syntax): the list [whole, group1, ...] or null")
 def _regex_match(pattern: Any, t: Any) -> list[Any] | None:
     m = _compile_pattern(pattern, "regex_match").search(_searched(t, "regex_match"))
     if m is None:
@@ -502,8 +575,19 @@ def _regex_match(pattern: Any, t: Any) -> list[Any] | None:
     return [m.group(0), *m.groups()]
 
 
-@builtin("regex_find_all", 2, 3000, "every non-overlapping match of a pattern in text, as texts")
+@builtin("regex_find_all", 2, 3000, "every non-overlapping match of a pattern (RE2 syntax) in text, as texts")
 def _regex_find_all(pattern: Any, t: Any) -> list[str]:
     rx = _compile_pattern(pattern, "regex_find_all")
-    out = [m.group(0) for m in rx.finditer(_searched(t, "regex_find_all"))]
-    return check_items(out)
+    out = []
+    size = 0
+    for m in rx.finditer(_searched(t, "regex_find_all")):
+        meter.spend(meter.MATCH_MILLI)
+        if len(out) >= MAX_ITEMS:
+            raise VMError("LimitError", f"regex_find_all: more than {MAX_ITEMS} matches")
+        text = m.group(0)
+        size += len(text)
+        if size > MAX_TEXT:
+            raise VMError("LimitError", f"regex_find_all: matches of more than {MAX_TEXT} characters in all")
+        out.append(text)
+    meter.make(size + len(out) * meter.ITEM_BYTES)
+    return out

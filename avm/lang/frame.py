@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from avm.errors import AvmError
+from avm.lang import meter as M
 from avm.lang import opcodes as O
 from avm.lang import ops as H
 from avm.lang.code import Code
@@ -38,6 +39,7 @@ from avm.lang.outcomes import (
     Stalled,
 )
 from avm.lang.values import VMError, equal, is_value, lone_surrogate, truthy, type_name
+from avm.lang.values_held import held_bytes
 
 READY = "ready"
 WAITING = "waiting"  # an Effect is out; resume() is next
@@ -48,7 +50,32 @@ STALLED = "stalled"
 TERMINAL = frozenset({DONE, FAULTED, STALLED})
 
 DEFAULT_STALL_LIMIT = 5
+MEMORY_CHECK_MIN = 64 << 10  # bytes made between two measurements of what a frame holds, at least
 STALL_EXEMPT = ("sleep",)
+
+
+class _Exhausted(Exception):
+    """An instruction's metered work did not fit in the budget (``needed`` milli beyond it)."""
+
+    def __init__(self, needed: int):
+        self.needed = needed
+
+
+def _pops(op: int, a: Any) -> int:
+    """Values a metered instruction pops (to put them back when it runs out of energy)."""
+    if op == O.CALL:
+        return a[2]  # type: ignore[no-any-return]
+    if op == O.LIST:
+        return a  # type: ignore[no-any-return]
+    if op == O.MAP:
+        return 2 * a  # type: ignore[no-any-return]
+    return O.OPS[op].pops
+
+
+# Instructions the interpreter runs through Frame._metered (add and eq: only on texts and containers).
+_METERED = [False] * len(O.OPS)
+for _op in (O.CALL, O.CONCAT, O.FORMAT, O.LIST, O.MAP, O.SET, O.APPEND, O.NE, O.ADD, O.EQ):
+    _METERED[_op] = True
 
 
 class FrameStateError(AvmError):
@@ -69,10 +96,11 @@ class Frame:
     __slots__ = (
         "code", "pc", "stack", "variables", "used", "budget", "status", "pending", "effects",
         "stall_limit", "stall_count", "last_request", "last_result", "outcome",
+        "memory_limit", "held", "allocated",
     )
 
     def __init__(self, code: Code, budget: float = 100.0, inputs: Mapping[str, Any] | None = None,
-                 *, stall_limit: int = DEFAULT_STALL_LIMIT):
+                 *, stall_limit: int = DEFAULT_STALL_LIMIT, memory_limit: int | None = None):
         if not isinstance(code, Code):
             raise TypeError(f"Frame needs a compiled avm.Code, not {type(code).__name__}")
         self.code = code
@@ -101,6 +129,20 @@ class Frame:
         self.last_request: tuple[Any, ...] | None = None
         self.last_result: Any = None
         self.outcome: Outcome | None = None
+        self.set_memory_limit(memory_limit)
+        self.held = 0
+        self.allocated = 0
+
+    def set_memory_limit(self, limit: int | None) -> None:
+        """Bytes the frame's values may hold (None: no ceiling); past it, the instruction faults."""
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
+            raise ValueError(f"memory_limit must be a positive int of bytes or None, not {limit!r}")
+        self.memory_limit = limit
+
+    @property
+    def memory_held(self) -> int:
+        """Bytes the frame's values held at the last memory check, plus those made since (an upper bound)."""
+        return self.held + self.allocated
 
     # --- energy ---
 
@@ -221,6 +263,7 @@ class Frame:
         # A quantum below the next instruction's cost still runs that instruction: progress is guaranteed.
         stop = budget if quantum <= 0 else min(budget, used + max(quantum, self.code.decoded()[2][pc] if pc < len(ops) else 0))
         table = H.TABLE
+        metered = _METERED
         LOAD, STORE, PUSH, ADD, SUB, LT, JUMP_IF, JUMP, JUMP_UNLESS, EQ, POP, DUP = (
             O.LOAD, O.STORE, O.PUSH, O.ADD, O.SUB, O.LT, O.JUMP_IF, O.JUMP, O.JUMP_UNLESS, O.EQ, O.POP, O.DUP)
         ENERGY_CHECK, OBSERVE = O.ENERGY_CHECK, O.OBSERVE
@@ -252,6 +295,9 @@ class Frame:
                     x = stack[-1]
                     if type(x) is int and type(b) is int:
                         stack[-1] = x + b
+                    elif type(b) is str or type(b) is list:
+                        push(b)
+                        used = self._metered(op, a, used)
                     else:
                         stack[-1] = H.add(x, b)
                 elif op == JUMP_IF:
@@ -280,7 +326,11 @@ class Frame:
                         stack[-1] = H.sub(x, b)
                 elif op == EQ:
                     b = pop()
-                    stack[-1] = equal(stack[-1], b)
+                    if type(b) is list or type(b) is dict:
+                        push(b)
+                        used = self._metered(op, a, used)
+                    else:
+                        stack[-1] = equal(stack[-1], b)
                 elif op == POP:
                     pop()
                 elif op == DUP:
@@ -288,7 +338,10 @@ class Frame:
                 else:
                     handler = table[op]
                     if handler is not None:
-                        handler(self, stack, a)
+                        if metered[op]:
+                            used = self._metered(op, a, used)
+                        else:
+                            handler(self, stack, a)
                         continue
                     if op == ENERGY_CHECK:
                         push(budget - used >= a)
@@ -302,7 +355,15 @@ class Frame:
                     self.used = used
                     return self._leave(op, a, pc - 1)
         except VMError as exc:
-            return self._fault(pc - 1, used, exc.kind, exc.message)
+            return self._fault(pc - 1, used + exc.charged, exc.kind, exc.message)
+        except _Exhausted as exc:
+            pc -= 1
+            self.pc = pc
+            self.used = used
+            self.status = EXHAUSTED
+            out = BudgetExceeded(used / 1000, budget / 1000, (costs[pc] + exc.needed) / 1000, pc, self.line_at(pc))
+            self.outcome = out
+            return out
         except KeyError as exc:
             if op == LOAD:
                 return self._fault(pc - 1, used, "NameError", f"undefined variable {exc.args[0]!r}")
@@ -311,6 +372,54 @@ class Frame:
             return self._fault(pc - 1, used, "LimitError", "value nested too deeply")
         except ArithmeticError as exc:  # OverflowError: an int too large for a float, ...
             return self._fault(pc - 1, used, "ArithmeticError", str(exc))
+
+    def _metered(self, op: int, a: Any, used: int) -> int:
+        """Run an instruction whose work grows with its operands (see avm.lang.meter):
+        charge that work on top of ``used`` (the fixed cost already in it) and return
+        the new total. Work the budget cannot cover raises _Exhausted with the stack
+        put back as it was before the instruction; a fault keeps what was charged."""
+        stack = self.stack
+        n = _pops(op, a)
+        depth = len(stack)
+        saved = stack[depth - n:]
+        m = M.current()
+        start = self.budget - used + M.FREE
+        m.left = start
+        m.allocated = 0
+        try:
+            H.TABLE[op](self, stack, a)  # type: ignore[misc]
+            if self.memory_limit is not None:
+                self.allocated += m.allocated
+                if self.allocated >= max(MEMORY_CHECK_MIN, min(self.held, self.memory_limit // 4),
+                                         self.memory_limit - self.held):
+                    self._check_memory(m)
+        except M.OutOfEnergy:
+            del stack[depth - n:]
+            stack.extend(saved)
+            raise _Exhausted(start - m.left - M.FREE) from None
+        except VMError as exc:
+            exc.charged = max(0, start - m.left - M.FREE)
+            raise
+        except (RecursionError, MemoryError) as exc:
+            err = VMError("LimitError", "value nested too deeply" if isinstance(exc, RecursionError)
+                          else "the host ran out of memory making this value")
+            err.charged = max(0, start - m.left - M.FREE)
+            raise err from None
+        finally:
+            spent = start - m.left
+            m.left = M.UNMETERED
+        return used + spent - M.FREE if spent > M.FREE else used
+
+    def _check_memory(self, m: Any) -> None:
+        """Measure what the frame holds (charged, as far as the budget goes); LimitError past the ceiling."""
+        limit = self.memory_limit
+        assert limit is not None
+        held, nodes = held_bytes(self.stack, self.variables, limit)
+        m.left -= min(max(m.left, 0), nodes // M.NODES_PER_MILLI)
+        self.held = held
+        self.allocated = 0
+        if held > limit:
+            raise VMError("MemoryLimit", f"the agent's values hold more than its limit of {limit} bytes")
 
     def _fault(self, pc: int, used: int, kind: str, message: str) -> Fault:
         self.pc = pc

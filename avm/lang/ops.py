@@ -10,20 +10,23 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from avm.lang import meter
 from avm.lang import opcodes as O
 from avm.lang.builtins import _get
 from avm.lang.values import (
+    MAX_TEXT,
     VMError,
     add,
-    check_items,
-    check_text,
     div,
     equal,
     is_number,
     less,
+    make_items,
+    make_text,
     mod,
     mul,
     neg,
+    nest,
     render,
     sub,
     truthy,
@@ -102,9 +105,12 @@ def _concat(frame: Any, stack: list, a: Any) -> None:
     b = stack.pop()
     x = stack[-1]
     if type(x) is list and type(b) is list:
-        stack[-1] = check_items(x + b)
+        make_items(len(x) + len(b), "concat")
+        stack[-1] = x + b
     else:
-        stack[-1] = check_text(render(x) + render(b))
+        left, right = render(x), render(b)
+        make_text(len(left) + len(right), "concat")
+        stack[-1] = left + right
 
 
 _TEMPLATES: dict[str, tuple[tuple[str, bool], ...]] = {}
@@ -149,15 +155,20 @@ def format_text(template: Any, variables: dict[str, Any]) -> str:
     """Fill {name} placeholders from variables; {{ and }} are literal braces."""
     if type(template) is not str:
         raise VMError("TypeError", f"format needs a text template, not {type_name(template)}")
+    meter.scan(len(template))
     out: list[str] = []
+    size = 0
     for text, is_name in _parse_template(template):
         if is_name:
             if text not in variables:
                 raise VMError("FormatError", f"format: no variable {text!r}")
-            out.append(render(variables[text]))
-        else:
-            out.append(text)
-    return check_text("".join(out))
+            text = render(variables[text])
+        size += len(text)
+        if size > MAX_TEXT:
+            raise VMError("LimitError", f"format: text of more than {MAX_TEXT} characters exceeds the limit")
+        out.append(text)
+    meter.make(size)
+    return "".join(out)
 
 
 def _format(frame: Any, stack: list, a: Any) -> None:
@@ -167,6 +178,8 @@ def _format(frame: Any, stack: list, a: Any) -> None:
 def _list(frame: Any, stack: list, n: int) -> None:
     if n:
         items = stack[-n:]
+        nest(items, "list")
+        make_items(n)
         del stack[-n:]
     else:
         items = []
@@ -177,6 +190,8 @@ def _map(frame: Any, stack: list, n: int) -> None:
     m: dict[str, Any] = {}
     if n:
         flat = stack[-2 * n :]
+        nest(flat[1::2], "map")
+        make_items(n, "map")
         del stack[-2 * n :]
         for i in range(0, 2 * n, 2):
             key = flat[i]
@@ -201,14 +216,18 @@ def _set(frame: Any, stack: list, a: Any) -> None:
     if type(c) is dict:
         if type(key) is not str:
             raise VMError("TypeError", f"map keys are text, not {type_name(key)}")
+        nest((value,), "set")
+        make_items(len(c) + (key not in c), "set")
         new: Any = dict(c)
         new[key] = value
-        stack[-1] = check_items(new)
+        stack[-1] = new
     elif type(c) is list:
         if type(key) is not int:
             raise VMError("TypeError", f"list index must be an int, not {type_name(key)}")
         if not -len(c) <= key < len(c):
             raise VMError("IndexError", f"index {key} out of range for a list of {len(c)}")
+        nest((value,), "set")
+        make_items(len(c), "set")
         new = list(c)
         new[key] = value
         stack[-1] = new
@@ -229,7 +248,9 @@ def _append(frame: Any, stack: list, a: Any) -> None:
     c = stack[-1]
     if type(c) is not list:
         raise VMError("TypeError", f"cannot append to {type_name(c)}")
-    stack[-1] = check_items(c + [value])
+    nest((value,), "append")
+    make_items(len(c) + 1, "append")
+    stack[-1] = c + [value]
 
 
 def observe(frame: Any, field: str, pc: int) -> Any:

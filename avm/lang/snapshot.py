@@ -26,7 +26,7 @@ from avm.lang import frame as F
 from avm.lang import opcodes as O
 from avm.lang.code import Code
 from avm.lang.outcomes import BudgetExceeded, Done, Effect, Fault, Stalled
-from avm.lang.values import VMError, is_value, measure
+from avm.lang.values import MAX_DEPTH, VMError, is_value, measure
 from avm.memory.values import decode_value, encode_value
 
 MAGIC = b"AVMF"
@@ -71,6 +71,11 @@ def encode_frame(frame: F.Frame) -> bytes:
         frame.effects, frame.stall_limit, frame.stall_count, last_request, frame.last_result,
         _outcome_to_value(frame.outcome),
     ]
+    values = [*frame.stack, *frame.variables.values(), frame.last_result]
+    if pending is not None:
+        values += pending[1]
+    if not all(is_value(v) for v in values):  # the same test restore makes
+        raise SnapshotError(f"cannot snapshot this frame: a value is not a VM value nested at most {MAX_DEPTH} levels")
     try:
         measure(state, limit=4 * (1 << 20))
         body = encode_value(state)
@@ -152,6 +157,9 @@ def decode_frame(cls: type[F.Frame], code: Code, data: bytes) -> F.Frame:
     f.pending = None
     f.last_request = None
     f.outcome = None
+    f.memory_limit = None  # not part of the snapshot: the host sets it again
+    f.held = 0
+    f.allocated = 0
 
     if last_request is not None:
         _want(type(last_request) is list and len(last_request) == 2 and type(last_request[0]) is str

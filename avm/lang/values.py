@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from avm.lang import meter
 from avm.memory.ref import Ref
 
 # Limits that keep one agent from exhausting the host (energy alone does not:
@@ -22,13 +23,22 @@ MAX_TEXT = 1 << 20  # characters in one text value
 MAX_ITEMS = 1 << 16  # elements in one list or map
 MAX_INT_BITS = 1024  # magnitude of integers produced by mul and builtins
 MAX_NODES = 1 << 20  # parts of one value walked by render, equal, json_dump, snapshots
+# Levels of nesting in one value: a scalar is 0 deep, a list or map one more than its deepest
+# item. Every instruction that nests a value checks it (list, map, set, append, json_parse),
+# and so do effect results, inputs and snapshot restore: a value that exists can always be
+# snapshotted and restored.
+MAX_DEPTH = 100
 
 
 class VMError(Exception):
     """Raised inside the interpreter and turned into a Fault with the line.
 
     ``kind`` is a short category (TypeError, ZeroDivision, KeyError, ...).
+    ``charged`` is the metered work (milli-units) the instruction did before it
+    failed: it stays charged.
     """
+
+    charged = 0
 
     def __init__(self, kind: str, message: str):
         super().__init__(message)
@@ -74,55 +84,154 @@ def truthy(value: Any) -> bool:
 def measure(value: Any, limit: int = MAX_NODES) -> int:
     """Count the nodes of a value (containers share children, so a value can
     be a DAG whose tree is exponentially larger than its memory); raise
-    LimitError past ``limit`` so no walk over it can run away."""
+    LimitError past ``limit`` so no walk over it can run away. The count is
+    charged to the running instruction (`avm.lang.meter`)."""
+    affordable = meter.affordable_nodes()
+    bound = min(limit, affordable)
     count = 0
     todo = [value]
     while todo:
         v = todo.pop()
         count += 1
-        if count > limit:
-            raise VMError("LimitError", f"value has more than {limit} parts")
+        if count > bound:
+            _over(count, limit, affordable)
         t = type(v)
         if t is list:
             todo.extend(v)
         elif t is dict:
             todo.extend(v.values())
             count += len(v)
+    meter.visit(count)
     return count
 
 
+def _over(count: int, limit: int, affordable: int) -> None:
+    if count > limit:
+        raise VMError("LimitError", f"value has more than {limit} parts")
+    meter.spend(-(-count // meter.NODES_PER_MILLI))  # more than is left: raises OutOfEnergy
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
+    """LimitError if ``value`` is nested more than ``limit`` levels. Walks the
+    containers level by level, each distinct one once per level; the items of a
+    container with no container in it are only looked at by type (in C), and
+    charged at an eighth of a part each."""
+    t = type(value)
+    if t is not list and t is not dict:
+        return
+    level = [value]
+    depth = 0
+    looked = 0
+    walked = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            meter.visit(looked // 8 + walked)
+            raise VMError("LimitError", f"value nested more than {limit} levels deep")
+        nxt: list[Any] = []
+        seen: set[int] = set()
+        for c in level:
+            items = c if type(c) is list else c.values()
+            looked += len(items)
+            kinds = set(map(type, items))
+            if list not in kinds and dict not in kinds:
+                continue
+            walked += len(items)
+            for x in items:
+                tx = type(x)
+                if (tx is list or tx is dict) and id(x) not in seen:
+                    seen.add(id(x))
+                    nxt.append(x)
+        level = nxt
+    meter.visit(looked // 8 + walked)
+
+
+def find_equal(items: list[Any], x: Any) -> int:
+    """Index of the first item equal to ``x``, or -1; charges one part per item
+    plus the parts of any item compared in depth."""
+    meter.visit(len(items))
+    tx = type(x)
+    if tx is list or tx is dict:
+        n = len(x)
+        for i, v in enumerate(items):
+            if type(v) is tx and len(v) == n and equal(v, x):
+                return i
+        return -1
+    for i, v in enumerate(items):
+        if _scalar_equal(v, x):
+            return i
+    return -1
+
+
+def nest(items: Any, what: str) -> None:
+    """Check that a container holding ``items`` stays within MAX_DEPTH."""
+    for x in items:
+        tx = type(x)
+        if tx is list or tx is dict:
+            try:
+                check_depth(x, MAX_DEPTH - 1)
+            except VMError:
+                raise VMError("LimitError", f"{what}: value nested more than {MAX_DEPTH} levels deep") from None
+
+
 def equal(a: Any, b: Any) -> bool:
-    """Structural equality where true is not 1 and numbers compare by value."""
+    """Structural equality where true is not 1 and numbers compare by value.
+    Charges the parts it compares; stops with LimitError past MAX_NODES."""
     ta = type(a)
-    if (ta is list or ta is dict or ta is tuple) and type(b) is ta:
-        measure(a)  # bound the walk: a shared-child value can be exponentially large
-        measure(b)
-    return _equal(a, b)
+    if ta is not list and ta is not dict and ta is not tuple:
+        return _scalar_equal(a, b)
+    if type(b) is not ta:
+        return False
+    affordable = meter.affordable_nodes()
+    bound = min(MAX_NODES, affordable)
+    count = 0
+    todo = [(a, b)]
+    while todo:
+        x, y = todo.pop()
+        count += 1
+        if count > bound:
+            _over(count, MAX_NODES, affordable)
+        tx = type(x)
+        if tx is list or tx is tuple or tx is dict:
+            if type(y) is not tx or len(x) != len(y):
+                meter.visit(count)
+                return False
+            if tx is dict:
+                if x.keys() != y.keys():
+                    meter.visit(count)
+                    return False
+                todo.extend((v, y[k]) for k, v in x.items())
+            else:
+                todo.extend(zip(x, y))
+        elif not _scalar_equal(x, y):
+            meter.visit(count)
+            return False
+    meter.visit(count)
+    return True
 
 
-def _equal(a: Any, b: Any) -> bool:
+def _scalar_equal(a: Any, b: Any) -> bool:
     ta, tb = type(a), type(b)
     if ta is not tb:
         if (ta is int and tb is float) or (ta is float and tb is int):
-            return a == b
+            return a == b  # type: ignore[no-any-return]
         return False
-    if ta is list or ta is tuple:
-        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
-    if ta is dict:
-        return a.keys() == b.keys() and all(_equal(v, b[k]) for k, v in a.items())
-    return a == b
+    return a == b  # type: ignore[no-any-return]
 
 
 def render(value: Any) -> str:
-    """The text form of a value, as concat and format insert it."""
+    """The text form of a value, as concat and format insert it. Checks the
+    length before building the text, and charges the parts and bytes."""
     t = type(value)
     if t is str:
         return value
     if t is list or t is dict:
         measure(value)
         out: list[str] = []
-        _render_into(value, out)
-        return check_text("".join(out))
+        size = _render_into(value, out, 0)
+        meter.make(size)
+        return "".join(out)
     return _scalar(value)
 
 
@@ -147,28 +256,53 @@ def _scalar(value: Any) -> str:
     return repr(value)
 
 
-def _render_into(value: Any, out: list[str]) -> None:
+def _render_into(value: Any, out: list[str], size: int) -> int:
+    """Append the parts of ``value``'s text form to ``out``; the running length,
+    checked against MAX_TEXT as it grows so a shared part cannot blow it up."""
     t = type(value)
     if t is str:
-        out.append('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"')
+        part = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' if len(value) <= MAX_TEXT - size else value
     elif t is list:
         out.append("[")
+        size += 1
         for i, v in enumerate(value):
             if i:
                 out.append(", ")
-            _render_into(v, out)
-        out.append("]")
+                size += 2
+            size = _render_into(v, out, size)
+        part = "]"
     elif t is dict:
         out.append("{")
+        size += 1
         for i, k in enumerate(sorted(value)):
             if i:
                 out.append(", ")
-            _render_into(k, out)
+                size += 2
+            size = _render_into(k, out, size)
             out.append(": ")
-            _render_into(value[k], out)
-        out.append("}")
+            size = _render_into(value[k], out, size + 2)
+        part = "}"
     else:
-        out.append(_scalar(value))
+        part = _scalar(value)
+    out.append(part)
+    size += len(part)
+    if size > MAX_TEXT:
+        raise VMError("LimitError", f"text of more than {MAX_TEXT} characters exceeds the limit")
+    return size
+
+
+def make_text(length: int, what: str = "text") -> None:
+    """Before building a text of ``length`` characters: LimitError past MAX_TEXT, else charge it."""
+    if length > MAX_TEXT:
+        raise VMError("LimitError", f"{what}: text of {length} characters exceeds the limit of {MAX_TEXT}")
+    meter.make(length)
+
+
+def make_items(count: int, what: str = "list") -> None:
+    """Before building a container of ``count`` items: LimitError past MAX_ITEMS, else charge it."""
+    if count > MAX_ITEMS:
+        raise VMError("LimitError", f"{what}: {count} items exceeds the limit of {MAX_ITEMS}")
+    meter.make(count * meter.ITEM_BYTES)
 
 
 def check_text(text: str) -> str:
@@ -217,18 +351,15 @@ def check_int(value: int) -> int:
 
 
 def is_value(value: Any, depth: int = 0) -> bool:
-    """True if ``value`` is a VM value (used to check inputs and effect results)."""
-    if depth > 100:
-        return False
+    """True if ``value`` is a VM value nested at most MAX_DEPTH levels (used to
+    check inputs, effect results and restored snapshots)."""
     t = type(value)
-    if value is None or t is bool or t is int or t is str:
-        return True
-    if t is float:
+    if value is None or t is bool or t is int or t is str or t is float:
         return True
     if t is list:
-        return all(is_value(v, depth + 1) for v in value)
+        return depth < MAX_DEPTH and all(is_value(v, depth + 1) for v in value)
     if t is dict:
-        return all(type(k) is str and is_value(v, depth + 1) for k, v in value.items())
+        return depth < MAX_DEPTH and all(type(k) is str and is_value(v, depth + 1) for k, v in value.items())
     return t is Ref
 
 
@@ -244,9 +375,11 @@ def add(a: Any, b: Any) -> Any:
     if (ta is int or ta is float) and (tb is int or tb is float):
         return a + b
     if ta is str and tb is str:
-        return check_text(a + b)
+        make_text(len(a) + len(b), "add")
+        return a + b
     if ta is list and tb is list:
-        return check_items(a + b)
+        make_items(len(a) + len(b), "add")
+        return a + b
     _num_pair("add", a, b)
 
 
