@@ -35,6 +35,7 @@ import lmdb
 
 from avm.errors import StoreError, StoreFormatError
 from avm.memory.codec import CODEC_RAW, CODEC_ZSTD_DICT, DICT_ID_SIZE, Codec, blob_info
+from avm.memory.lmdb_meta import check_data_file
 from avm.memory.ref import Ref
 from avm.memory.stats import TierStatistics
 
@@ -81,6 +82,7 @@ def _check_directory(path: str) -> bool:
         raise StoreFormatError(
             f"{path} is not an AVM store (it holds {shown}); refusing to use it. "
             "Give ContentStore an empty or new directory.")
+    check_data_file(os.path.join(path, "data.mdb"))  # a short file would be a SIGBUS once mapped
     _probe(path)
     return False
 
