@@ -135,6 +135,9 @@ class ContentStore:
     def _load_registry(self) -> None:
         assert self._cold is not None
         raw = self._cold.get_meta(_DICTS_KEY) or b""
+        if len(raw) % REF_SIZE:
+            raise StoreError(f"{self._cold.path} is damaged: its dictionary registry is {len(raw)} bytes, "
+                             f"not a multiple of {REF_SIZE}")
         self._dicts = [Ref._trusted(raw[i : i + REF_SIZE]) for i in range(0, len(raw), REF_SIZE)]
         for ref in self._dicts:
             self._codec.register_dictionary(ref)
