@@ -226,6 +226,15 @@ class ColdTier:
         committed = set(keys)
         return iter(keys + [ref for ref in self._pending if ref not in committed])
 
+    def scan(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every committed (key, blob), in key order, read in one transaction (pending writes not included)."""
+        try:
+            with self._env.begin(db=self._objects) as txn:
+                for key, blob in txn.cursor().iternext():
+                    yield bytes(key), bytes(blob)
+        except lmdb.Error as exc:
+            raise StoreError(f"cold tier read failed: {exc}") from exc
+
     def load_pins(self) -> dict[Ref, int]:
         """Every committed pin count."""
         pins: dict[Ref, int] = {}
