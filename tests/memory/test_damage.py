@@ -152,3 +152,22 @@ def test_a_dictionary_registry_of_the_wrong_length_is_a_store_error(tmp_path: Pa
     _poke(tmp_path, b"meta", b"dictionaries", b"\x07" * 33)
     with pytest.raises(StoreError, match="dictionary registry is 33 bytes"):
         ContentStore(tmp_path)
+
+
+def test_verify_reports_what_points_nowhere_and_counters_that_disagree(tmp_path: Path) -> None:
+    with ContentStore(tmp_path, sync=False) as store:
+        kept = store.put(b"kept object")
+        store.bind("kept", kept)
+        store.flush()  # verify() reads what is committed
+        assert store.verify().ok and store.verify().objects == 1
+    missing = hash_bytes(b"never stored")
+    _poke(tmp_path, b"names", b"dangling", bytes(missing))
+    _poke(tmp_path, b"pins", bytes(missing), struct.pack(">Q", 1))
+    _poke(tmp_path, b"meta", b"counters", struct.pack(">QQQ", 7, 1, 1))
+    with ContentStore(tmp_path, hot_bytes=0, warm_bytes=0) as store:
+        check = store.verify()
+    assert not check.ok
+    assert check.dangling_names == (b"dangling",) and check.dangling_pins == (bytes(missing),)
+    assert (check.objects, check.recorded_objects) == (1, 7) and not check.corrupt
+    with pytest.raises(StoreError, match="no path"), ContentStore() as memory:
+        memory.verify()
