@@ -6,6 +6,7 @@
     avm grammar            print the GBNF grammar of the language
     avm serve-llm          run the embedded OpenAI-compatible LLM server (Ctrl+C stops it)
     avm inspect STORE      what a store directory holds: tiers, objects, runs and their agents
+    avm verify STORE       read every object of a store and check it (exit 1 if anything is wrong)
     avm bench [NAMES]      run the bench scripts and print one table of their figures
 
 A user's mistake (a bad spec, a missing file, a program that does not
@@ -342,9 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_serve_llm)
 
     from avm.bench_runner import add_bench_parser
+    from avm.store_check import add_verify_parser
     from avm.store_report import add_inspect_parser
 
     add_inspect_parser(sub)
+    add_verify_parser(sub)
     add_bench_parser(sub)
     return parser
 

@@ -53,6 +53,7 @@ RUNS_PREFIX = b"runs/"
 TOP_PER_RUN = 5  # agents listed per run as the biggest energy users
 SHORT_CHARS = 60  # a value or error is cut to this many characters in the agents table
 _LMDB_FILES = frozenset({"data.mdb", "lock.mdb"})
+UNREADABLE = "unreadable"  # the state shown for an agent whose record cannot be read
 _RECORD_FIELDS = ("id", "name", "parent", "program", "state", "value", "error", "energy_used", "budget")
 
 
@@ -124,13 +125,16 @@ def _split_agent_name(name: bytes) -> tuple[str, int] | None:
     return parts[0].decode("utf-8", "replace"), int(parts[1])
 
 
-def _read_value(store: Any, ref: Any) -> tuple[bool, Any]:
-    from avm.errors import StoreError
+def _read_value(store: Any, ref: Any) -> tuple[bool, Any, str | None]:
+    """(True, value, None), or (False, None, why) with why starting "damaged" for a corrupt or missing object."""
+    from avm.errors import CorruptObject, NotFound, StoreError
 
     try:
-        return True, store.get_value(ref)
-    except StoreError:  # NotFound, CorruptObject, ValueFormatError
-        return False, None
+        return True, store.get_value(ref), None
+    except (CorruptObject, NotFound) as exc:
+        return False, None, f"damaged: {_one_line(str(exc))}"
+    except StoreError as exc:  # ValueFormatError: intact bytes that are not a value
+        return False, None, f"not a value: {_one_line(str(exc))}"
 
 
 def _names_by_prefix(names: Iterable[bytes]) -> dict[str, int]:
@@ -159,7 +163,7 @@ def _check_state(state: str) -> str:
     from avm.scheduler.states import AgentState
 
     wanted = state.strip().lower()
-    values = [s.value for s in AgentState]
+    values = [s.value for s in AgentState] + [UNREADABLE]
     if wanted not in values:
         raise _cli_error(f"--state {state!r}: not an agent state (one of {', '.join(values)})")
     return wanted
@@ -190,19 +194,27 @@ def _report(store: Any, where: str, run: str | None, state: str | None, limit: i
     agents: list[_Agent] = []
     unreadable: list[str] = []
     summaries: dict[str, Any] = {}
+    damaged = 0
     for name, ref in all_names.items():
         if name.startswith(AGENTS_PREFIX):
             key = _split_agent_name(name)
-            ok, record = _read_value(store, ref) if key is not None else (False, None)
-            if key is None or not ok or not isinstance(record, dict):
+            if key is None:
                 unreadable.append(name.decode("utf-8", "replace"))
                 continue
+            ok, record, why = _read_value(store, ref)
+            if not ok or not isinstance(record, dict):
+                # Counted and listed as an agent of its run, never dropped: the run had it.
+                unreadable.append(name.decode("utf-8", "replace"))
+                damaged += bool(why and why.startswith("damaged"))
+                why = why or f"not a map: {type(record).__name__}"
+                record = {"state": UNREADABLE, "error": f"record unreadable ({why})"}
             agents.append(_Agent(key[0], key[1], record))
         elif name.startswith(RUNS_PREFIX):
             run_id = name[len(RUNS_PREFIX):].decode("utf-8", "replace")
-            ok, summary = _read_value(store, ref)
+            ok, summary, why = _read_value(store, ref)
             if not ok:
                 unreadable.append(name.decode("utf-8", "replace"))
+                damaged += bool(why and why.startswith("damaged"))
                 continue
             summaries[run_id] = summary
 
@@ -250,6 +262,7 @@ def _report(store: Any, where: str, run: str | None, state: str | None, limit: i
         "agents_matching": len(matching),
         "agents": [_agent_json(a) for a in shown],
         "unreadable_names": unreadable,
+        "damaged_objects": damaged,
     }
 
 
@@ -462,31 +475,43 @@ def _print_report(report: Mapping[str, Any], console: Console) -> None:
     if report["unreadable_names"]:
         _say(console, f"{len(report['unreadable_names'])} agent or run names could not be read: "
                       + ", ".join(report["unreadable_names"][:5]))
+    if report["damaged_objects"]:
+        _say(console, f"{report['damaged_objects']} of them are damaged (corrupt or missing objects); "
+                      f"avm verify {report['store']} checks every object")
 
 
 def inspect_store(path: str | os.PathLike[str], *, run: str | None = None, state: str | None = None,
-                  limit: int = 20, as_json: bool = False, console: Console | None = None) -> int:
-    """Print the report of the store at ``path``; the exit code (0).
+                  limit: int = 20, as_json: bool = False, console: Console | None = None,
+                  isolated: bool = False) -> int:
+    """Print the report of the store at ``path``; the exit code (0, or 1 if records are damaged).
 
     User errors (no such directory, not a store, an unknown run or state, a
     negative limit) raise `avm.cli.CliError`, which the launcher prints as one
-    line with exit code 2.
+    line with exit code 2. ``isolated``: read the store in a child process
+    (as ``avm inspect`` does), so that a damaged file that kills its reader
+    is a `CliError` too (see `avm.store_check`).
     """
-    report = load_report(path, run=run, state=state, limit=limit)
+    if isolated:
+        from avm.store_check import in_child
+
+        report = in_child("report", path, run=run, state=state, limit=limit)
+    else:
+        report = load_report(path, run=run, state=state, limit=limit)
     if console is None:
         console = Console()
     if as_json:
         console.out(json.dumps(report), highlight=False)
     else:
         _print_report(report, console)
-    return 0
+    return 1 if report["damaged_objects"] else 0
 
 
 # --- the launcher's subcommands ----------------------------------------------------------------
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    return inspect_store(args.store, run=args.run, state=args.state, limit=args.limit, as_json=args.json)
+    return inspect_store(args.store, run=args.run, state=args.state, limit=args.limit, as_json=args.json,
+                         isolated=True)
 
 
 def add_inspect_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -332,5 +332,10 @@ def test_odd_records_are_reported_not_fatal(tmp_path):
     assert row.split()[:4] == ["2", "7", "3", "?"]  # an energy that is not a number
     assert 'run r1 summary: ["a", "list", "ref:0101' in out  # not a map: one line
     report = load_report(tmp_path / "odd")
-    assert report["agents"][0]["value"] == "nan" and report["runs"][0]["summary"][2] == "ref:" + "01" * 32
+    by_id = {a["id"]: a for a in report["agents"]}
+    assert by_id[2]["value"] == "nan" and report["runs"][0]["summary"][2] == "ref:" + "01" * 32
+    # records that cannot be used still count as agents of their run (the name without an id cannot)
+    assert by_id[1]["state"] == by_id[3]["state"] == "unreadable" and report["runs"][0]["agents"] == 3
+    assert "not a map" in by_id[1]["error"] and "not a value" in by_id[3]["error"]
+    assert report["damaged_objects"] == 0  # odd, not damaged: exit code 0
     json.dumps(report, allow_nan=False)  # plain JSON throughout

@@ -40,6 +40,10 @@ CODEC_ZSTD: Final = 1
 CODEC_ZSTD_DICT: Final = 2
 DICT_ID_SIZE: Final = 8
 
+# decompress() allocates max_output_size before it starts, so a damaged size header claiming 2^40
+# bytes was a MemoryError; sizes above this are decompressed in chunks, never past the claimed size.
+DIRECT_DECOMPRESS_MAX: Final = 64 << 20
+_CHUNK: Final = 1 << 20
 _RAW_PREFIX: Final = bytes((CODEC_RAW,))
 _FORMAT = zstandard.FORMAT_ZSTD1_MAGICLESS
 
@@ -202,9 +206,25 @@ class Codec:
                     dctx = self._plain_d
                 else:
                     dctx = self._decompressor_for(info.dict_id)
-                data = dctx.decompress(blob[info.payload_offset :], max_output_size=info.raw_size)
+                payload = blob[info.payload_offset :]
+                if info.raw_size <= DIRECT_DECOMPRESS_MAX:
+                    data = dctx.decompress(payload, max_output_size=info.raw_size)
+                else:
+                    data = _decompress_at_most(dctx, payload, info.raw_size)
         except (ValueError, LookupError, StoreError, zstandard.ZstdError) as exc:
             raise CorruptObject(ref, tier) from exc
         if len(data) != info.raw_size or hash_bytes(data) != ref:
             raise CorruptObject(ref, tier)
         return data
+
+
+def _decompress_at_most(dctx: zstandard.ZstdDecompressor, payload: bytes, limit: int) -> bytes:
+    """The frame's bytes, read in chunks; stops one chunk past ``limit`` (the caller checks the size)."""
+    out = bytearray()
+    reader = dctx.stream_reader(payload)
+    while len(out) <= limit:
+        chunk = reader.read(_CHUNK)
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)

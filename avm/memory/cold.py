@@ -35,7 +35,8 @@ import lmdb
 
 from avm.errors import StoreError, StoreFormatError
 from avm.memory.codec import CODEC_RAW, CODEC_ZSTD_DICT, DICT_ID_SIZE, Codec, blob_info
-from avm.memory.ref import Ref
+from avm.memory.lmdb_meta import check_data_file
+from avm.memory.ref import REF_SIZE, Ref
 from avm.memory.stats import TierStatistics
 
 __all__ = ["FORMAT_VERSION", "ColdTier"]
@@ -81,6 +82,7 @@ def _check_directory(path: str) -> bool:
         raise StoreFormatError(
             f"{path} is not an AVM store (it holds {shown}); refusing to use it. "
             "Give ContentStore an empty or new directory.")
+    check_data_file(os.path.join(path, "data.mdb"))  # a short file would be a SIGBUS once mapped
     _probe(path)
     return False
 
@@ -165,10 +167,19 @@ class ColdTier:
         except lmdb.Error as exc:
             self._env.close()
             raise StoreError(f"cannot open the cold tier at {self.path}: {exc}") from exc
-        if counters is None:
+        try:
+            self.objects, self.bytes, self.raw_bytes = self._unpack_counters(counters)
+        except StoreError:
             self._env.close()
+            raise
+
+    def _unpack_counters(self, raw: bytes | None) -> tuple[int, int, int]:
+        if raw is None:
             raise StoreFormatError(f"{self.path} is an AVM store without its counters (damaged)")
-        self.objects, self.bytes, self.raw_bytes = _COUNTERS.unpack(counters)
+        if len(raw) != _COUNTERS.size:
+            raise StoreFormatError(f"{self.path} is damaged: its counters are {len(raw)} bytes, "
+                                   f"not {_COUNTERS.size}")
+        return _COUNTERS.unpack(raw)  # type: ignore[no-any-return]
 
     def _initialise(self, txn: lmdb.Transaction) -> None:
         txn.put(_KEY_FORMAT, FORMAT_NAME + str(FORMAT_VERSION).encode(), db=self._meta)
@@ -215,10 +226,28 @@ class ColdTier:
         committed = set(keys)
         return iter(keys + [ref for ref in self._pending if ref not in committed])
 
+    def scan(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every committed (key, blob), in key order, read in one transaction (pending writes not included)."""
+        try:
+            with self._env.begin(db=self._objects) as txn:
+                for key, blob in txn.cursor().iternext():
+                    yield bytes(key), bytes(blob)
+        except lmdb.Error as exc:
+            raise StoreError(f"cold tier read failed: {exc}") from exc
+
     def load_pins(self) -> dict[Ref, int]:
         """Every committed pin count."""
-        with self._env.begin(db=self._pins) as txn:
-            pins = {Ref._trusted(k): _PIN.unpack(v)[0] for k, v in txn.cursor().iternext()}
+        pins: dict[Ref, int] = {}
+        try:
+            with self._env.begin(db=self._pins) as txn:
+                for key, value in txn.cursor().iternext():
+                    if len(key) != REF_SIZE or len(value) != _PIN.size:
+                        raise StoreFormatError(
+                            f"{self.path} is damaged: the pin of {bytes(key).hex()} is a {len(key)}-byte key "
+                            f"with a {len(value)}-byte count (expected {REF_SIZE} and {_PIN.size})")
+                    pins[Ref._trusted(key)] = _PIN.unpack(value)[0]
+        except lmdb.Error as exc:
+            raise StoreError(f"cold tier read failed: {exc}") from exc
         pins.update(self._pending_pins)
         return {ref: n for ref, n in pins.items() if n}
 
@@ -378,9 +407,7 @@ class ColdTier:
 
     def _counters(self, txn: lmdb.Transaction) -> tuple[int, int, int]:
         raw = txn.get(_KEY_COUNTERS, db=self._meta)
-        if raw is None:
-            raise StoreFormatError(f"{self.path} is an AVM store without its counters (damaged)")
-        return _COUNTERS.unpack(raw)  # type: ignore[no-any-return]
+        return self._unpack_counters(None if raw is None else bytes(raw))
 
     def _write(self, work: Callable[[lmdb.Transaction], Any]) -> Any:
         """Run ``work`` in a write transaction, growing the map until it fits."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["StoreStatistics", "TierStatistics"]
+__all__ = ["StoreCheck", "StoreStatistics", "TierStatistics"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,3 +82,32 @@ class StoreStatistics:
     def tiers(self) -> tuple[TierStatistics, TierStatistics, TierStatistics]:
         """The three tiers, hot first."""
         return (self.hot, self.warm, self.cold)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCheck:
+    """What ``ContentStore.verify()`` found reading every committed object of the cold tier.
+
+    ``objects`` and ``bytes`` are what was read; ``recorded_objects`` and
+    ``recorded_bytes`` what the store's counters say. ``corrupt`` lists the
+    refs whose blobs do not decode to their digest, ``bad_keys`` the keys
+    that are not refs at all, ``dangling_names`` the names bound to a missing
+    object, ``dangling_pins`` the pinned refs that are missing, and
+    ``missing_dictionaries`` the registered dictionaries that are missing.
+    """
+
+    objects: int
+    bytes: int
+    recorded_objects: int
+    recorded_bytes: int
+    corrupt: tuple[bytes, ...]
+    bad_keys: tuple[bytes, ...]
+    dangling_names: tuple[bytes, ...]
+    dangling_pins: tuple[bytes, ...]
+    missing_dictionaries: tuple[bytes, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True if nothing is wrong."""
+        return (self.objects, self.bytes) == (self.recorded_objects, self.recorded_bytes) and not (
+            self.corrupt or self.bad_keys or self.dangling_names or self.dangling_pins or self.missing_dictionaries)

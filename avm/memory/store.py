@@ -46,14 +46,14 @@ from typing import Any
 
 from blake3 import blake3
 
-from avm.errors import NotFound, StoreError
+from avm.errors import CorruptObject, NotFound, StoreError
 from avm.memory.codec import Codec
 from avm.memory.cold import ColdTier
 from avm.memory.dictionary import DictionaryTrainer
 from avm.memory.hot import HotTier
 from avm.memory.ref import REF_SIZE, Ref, hash_bytes
 from avm.memory.settings import resolve_settings
-from avm.memory.stats import StoreStatistics, TierStatistics
+from avm.memory.stats import StoreCheck, StoreStatistics, TierStatistics
 from avm.memory.values import decode_value, encode_value
 from avm.memory.warm import WarmTier
 
@@ -135,6 +135,9 @@ class ContentStore:
     def _load_registry(self) -> None:
         assert self._cold is not None
         raw = self._cold.get_meta(_DICTS_KEY) or b""
+        if len(raw) % REF_SIZE:
+            raise StoreError(f"{self._cold.path} is damaged: its dictionary registry is {len(raw)} bytes, "
+                             f"not a multiple of {REF_SIZE}")
         self._dicts = [Ref._trusted(raw[i : i + REF_SIZE]) for i in range(0, len(raw), REF_SIZE)]
         for ref in self._dicts:
             self._codec.register_dictionary(ref)
@@ -455,6 +458,39 @@ class ContentStore:
         return decode_value(self.get(ref))
 
     # --- introspection ----------------------------------------------------------
+
+    def verify(self) -> StoreCheck:
+        """Read and check every committed object of the cold tier, and what refers to them.
+
+        Nothing is changed or cached; pending writes are not checked (`flush`
+        first to include them). Raises `StoreError` for a store without a
+        cold tier, or when LMDB itself reports an error.
+        """
+        with self._lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            cold = self._cold
+            if cold is None:
+                raise StoreError("verify() reads the cold tier; this store has no path")
+            objects = size = 0
+            corrupt: list[bytes] = []
+            bad_keys: list[bytes] = []
+            for key, blob in cold.scan():
+                objects += 1
+                size += len(blob)
+                if len(key) != REF_SIZE:
+                    bad_keys.append(key)
+                    continue
+                try:
+                    self._codec.decode(Ref._trusted(key), blob, "cold")
+                except CorruptObject:
+                    corrupt.append(key)
+            names = cold.names()
+            return StoreCheck(
+                objects, size, cold.objects, cold.bytes, tuple(corrupt), tuple(bad_keys),
+                tuple(sorted(name for name, ref in names.items() if ref not in cold)),
+                tuple(sorted(bytes(ref) for ref in self._pins if ref not in cold)),
+                tuple(bytes(ref) for ref in self._dicts if ref not in cold))
 
     @property
     def path(self) -> str | None:

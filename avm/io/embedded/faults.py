@@ -77,7 +77,14 @@ class ServerSettings:
     final_after: int = 3  # assistant + tool messages after which the reply is a final answer
     models: tuple[str, ...] = field(default=(DEFAULT_MODEL,))  # listed by /v1/models; first is the default
     max_body_bytes: int = 64 << 20  # larger request bodies get 413
-    idle_timeout_s: float | None = None  # close keep-alive connections idle this long (None: never)
+    # Connection limits, with the defaults of nginx's ngx_http_core_module (keepalive_timeout 75s,
+    # client_header_timeout 60s, client_body_timeout 60s; uvicorn's timeout_keep_alive is 5 s, and its
+    # limit_concurrency answers 503 past the cap). 75 s outlasts the AVM client's 60 s idle expiry, so a
+    # pooled connection is dropped by the client before the server closes it. None: no limit.
+    idle_timeout_s: float | None = 75.0  # close a keep-alive connection idle this long between requests
+    header_timeout_s: float | None = 60.0  # a request's headers must arrive within this, from its first byte
+    body_timeout_s: float | None = 60.0  # the longest wait between two reads of a request body
+    max_connections: int | None = None  # more are answered 503 and closed; None: the open-file limit less 256
     dialect: str = "vllm"  # "vllm": with vLLM's batch endpoint; "openai": without (as OpenAI, llama.cpp)
 
     def __post_init__(self) -> None:
@@ -106,8 +113,15 @@ class ServerSettings:
         object.__setattr__(self, "models", tuple(self.models))
         if not isinstance(self.max_body_bytes, int) or self.max_body_bytes < 1024:
             raise LLMServerError(f"max_body_bytes must be an int >= 1024, not {self.max_body_bytes!r}")
-        if self.idle_timeout_s is not None and not self.idle_timeout_s > 0:
-            raise LLMServerError(f"idle_timeout_s must be > 0 or None, not {self.idle_timeout_s!r}")
+        for name in ("idle_timeout_s", "header_timeout_s", "body_timeout_s"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0 < value < math.inf):
+                raise LLMServerError(f"{name} must be a finite number > 0 or None, not {value!r}")
+        if self.max_connections is not None and (isinstance(self.max_connections, bool)
+                                                 or not isinstance(self.max_connections, int)
+                                                 or self.max_connections < 1):
+            raise LLMServerError(f"max_connections must be an int >= 1 or None, not {self.max_connections!r}")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None = None, **overrides: Any) -> ServerSettings:

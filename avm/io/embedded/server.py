@@ -53,11 +53,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import h11
@@ -113,6 +114,8 @@ class ServerStatistics:
     prompts: int  # prompts answered through /v1/completions
     prompt_tokens: int
     completion_tokens: int
+    connections_refused: int = 0  # answered 503 at max_connections
+    timeouts: dict[str, int] = field(default_factory=dict)  # idle, header, body: connections closed for it
 
 
 def _error_body(message: str, kind: str, code: str | None, param: str | None = None) -> bytes:
@@ -124,6 +127,29 @@ def _vllm_error_body(message: str, param: str | None) -> bytes:
     return _DUMPS({"error": {"message": message, "type": "Bad Request", "param": param, "code": 400}}).encode()
 
 
+def _raw_response(status: bytes, body: bytes, extra: bytes = b"") -> bytes:
+    """A whole response that closes the connection, for moments h11 cannot send one (no request read)."""
+    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n" % len(body) + extra + b"\r\n" + body)
+
+
+_TIMED_OUT = _raw_response(b"408 Request Timeout", _error_body(
+    "the request did not arrive in time; the connection is closed", "invalid_request_error", "request_timeout"))
+_LAST_WORD_S = 1.0  # how long a refused or timed-out connection is read (and discarded) before it is closed
+_FD_RESERVE = 256  # descriptors the default connection cap leaves for everything else
+
+
+def _default_cap() -> int:
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return 1 << 16
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 16
+    return max(16, soft - _FD_RESERVE)
+
+
 class _Close(Exception):
     """Close the connection after this request (an answer may have been sent)."""
 
@@ -131,7 +157,7 @@ class _Close(Exception):
 class _Peer:
     """One client connection: its stream, its h11 state, and the current request's method and headers."""
 
-    __slots__ = ("stream", "conn", "head", "content_type", "request_id")
+    __slots__ = ("conn", "content_type", "head", "reading", "request_id", "stream")
 
     def __init__(self, stream: trio.SocketStream):
         self.stream = stream
@@ -139,6 +165,7 @@ class _Peer:
         self.head = False
         self.content_type = b""  # the media type, lower case, without parameters
         self.request_id = b""  # X-Request-Id
+        self.reading = "idle"  # what the current request's reading waits for: idle, header or body
 
 
 class LLMServer:
@@ -164,6 +191,10 @@ class LLMServer:
         self._by_status: dict[int, int] = {}
         self._faults_by_kind: dict[str, int] = {}
         self._opened = self._open = self._bytes_in = self._bytes_out = 0
+        self._refused = 0
+        self._timeouts: dict[str, int] = {}
+        self._cap = settings.max_connections or _default_cap()  # set again when the server starts
+        self._refusal = b""
         self._batch_items = self._prompts = self._prompt_tokens = self._completion_tokens = 0
 
     # ---------------------------------------------------------------- surface
@@ -190,7 +221,12 @@ class LLMServer:
         return ServerStatistics(self._requests, dict(self._by_endpoint), dict(self._by_status),
                                 dict(self._faults_by_kind), self._opened, self._open, self._bytes_in,
                                 self._bytes_out, self._batch_items, self._prompts, self._prompt_tokens,
-                                self._completion_tokens)
+                                self._completion_tokens, self._refused, dict(self._timeouts))
+
+    @property
+    def max_connections(self) -> int:
+        """The connections served at once; more are answered 503 and closed."""
+        return self._cap
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Listen on 127.0.0.1 and serve until cancelled; `started` gets the server."""
@@ -202,6 +238,10 @@ class LLMServer:
         except OSError as exc:
             raise LLMServerError(f"cannot listen on {HOST}:{self.settings.port}: {exc.strerror or exc}") from exc
         self._port = listeners[0].socket.getsockname()[1]
+        self._cap = self.settings.max_connections or _default_cap()  # the open-file limit as it is now
+        self._refusal = _raw_response(b"503 Service Unavailable", _error_body(
+            f"the server has {self._cap} connections open, its limit; retry later or on an open connection",
+            "server_error", "too_many_connections"), b"retry-after: 1\r\n")
         return listeners
 
     async def _serve(self, listeners: list[trio.SocketListener], *,
@@ -215,8 +255,27 @@ class LLMServer:
 
     # ---------------------------------------------------------------- HTTP
 
+    async def _last_word(self, stream: trio.SocketStream, data: bytes) -> None:
+        """Send ``data``, then read and drop what the peer still sends for a moment before the caller
+        closes: closing a socket with unread data sends a reset, which can discard the answer before the
+        peer reads it. Bounded by `_LAST_WORD_S` whatever the peer does."""
+        with trio.move_on_after(_LAST_WORD_S):
+            try:
+                await stream.send_all(data)
+                self._bytes_out += len(data)
+                await stream.send_eof()
+                while await stream.receive_some(_RECV):
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
     async def _connection(self, stream: trio.SocketStream) -> None:
         self._opened += 1
+        if self._open >= self._cap:  # a 503 and close, at the cost of this connection's own task only
+            self._refused += 1
+            await self._last_word(stream, self._refusal)
+            await trio.aclose_forcefully(stream)
+            return
         self._open += 1
         c = _Peer(stream)
         conn = c.conn
@@ -245,26 +304,50 @@ class LLMServer:
             await trio.aclose_forcefully(stream)
 
     async def _read_request(self, c: _Peer) -> tuple[str, bytes, bytes] | None:
-        """The next request's (path, method, body), or None when the client is done."""
+        """The next request's (path, method, body), or None when the client is done (or idle too long).
+
+        One cancel scope per request bounds the reading: until its first byte by ``idle_timeout_s``, its
+        headers by ``header_timeout_s`` from the first byte, and each wait for its body by
+        ``body_timeout_s``. A request that runs out of time gets a 408 and the connection is closed. A
+        request that arrives in one read moves the deadline once; nothing else is added to the hot path.
+        """
+        settings = self.settings
+        idle, header_s, body_s = settings.idle_timeout_s, settings.header_timeout_s, settings.body_timeout_s
+        with trio.CancelScope(deadline=trio.current_time() + idle if idle else math.inf) as scope:
+            result = await self._read_request_in(c, scope, header_s, body_s)
+        if not scope.cancelled_caught:
+            return result
+        kind = c.reading
+        self._timeouts[kind] = self._timeouts.get(kind, 0) + 1
+        if kind == "idle":  # a keep-alive connection nobody uses: closed without a word
+            return None
+        await self._last_word(c.stream, _TIMED_OUT)  # raw: h11 may have no request to answer
+        raise _Close
+
+    async def _read_request_in(self, c: _Peer, scope: trio.CancelScope, header_s: float | None,
+                               body_s: float | None) -> tuple[str, bytes, bytes] | None:
         conn, stream = c.conn, c.stream
         target = method = b""
         chunks: list[bytes] = []
         size = 0
         limit = self.settings.max_body_bytes
-        idle = self.settings.idle_timeout_s
+        started = 0.0  # when the request's first bytes arrived (0: not yet)
+        c.reading = "idle"
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
                 if conn.they_are_waiting_for_100_continue:
                     await self._write(c, conn.send(h11.InformationalResponse(status_code=100, headers=[])))
-                if idle is not None and not method:
-                    data = None
-                    with trio.move_on_after(idle):
-                        data = await stream.receive_some(_RECV)
-                    if data is None:  # idle too long between requests
-                        return None
-                else:
-                    data = await stream.receive_some(_RECV)
+                if started:  # part of the request is here, the rest is not: bound the wait for it
+                    if not method:
+                        c.reading = "header"
+                        scope.deadline = started + header_s if header_s else math.inf
+                    else:
+                        c.reading = "body"
+                        scope.deadline = trio.current_time() + body_s if body_s else math.inf
+                data = await stream.receive_some(_RECV)
+                if not started:
+                    started = trio.current_time()
                 self._bytes_in += len(data)
                 conn.receive_data(data)
                 continue
