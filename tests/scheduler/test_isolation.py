@@ -8,28 +8,53 @@ import trio
 
 import avm
 from avm.agent import AgentError
-from avm.errors import StoreError
+from avm.errors import SnapshotError, StoreError
+from avm.lang.frame import Frame
 from avm.runtime import VM, VMError
 from avm.scheduler.states import AgentState as S
 
-# A value nested 202 levels deep: deeper than a snapshot can encode.
+# The reproduction: a value nested 202 levels deep, held while waiting in recv (timeout from the
+# input t, null: forever). Values are limited to MAX_DEPTH levels where they are made, so it faults there.
 DEEP = "push 0\n" + "list 1\n" * 201 + "store v\n"
-# Waits in recv (timeout from the input t, null: forever), then returns what it got.
 DEEP_RECV = DEEP + "load t\nrecv\nreturn\n"
 HEALTHY = "push 0.5\nrecv\npop\npush 1\nreturn\n"
+WAITER = "load t\nrecv\nreturn\n"
 
 
-async def test_an_agent_whose_frame_cannot_be_snapshotted_stays_awake_beside_healthy_ones(autojump_clock):
+async def test_a_too_deep_value_fails_its_agent_where_it_is_made_beside_healthy_ones(autojump_clock):
     async with VM(hibernate_after_s=0.2) as vm:
         deep = await vm.spawn(DEEP_RECV, inputs={"t": None}, budget=1000)
-        timed = await vm.spawn(DEEP_RECV, inputs={"t": 3.0}, budget=1000)
+        healthy = [await vm.spawn(HEALTHY, budget=1000) for _ in range(20)]
+        for h in healthy:
+            assert await h.result() == 1
+        with pytest.raises(AgentError, match="LimitError"):
+            await deep.result()
+        stats = vm.statistics()
+        assert stats.hibernations >= 20 and stats.ended == {"done": 20, "failed": 1}
+        assert not vm._internal_errors
+
+
+async def test_an_agent_whose_frame_cannot_be_snapshotted_stays_awake_beside_healthy_ones(
+        autojump_clock, monkeypatch):
+    async with VM(hibernate_after_s=0.2) as vm:
+        stuck = await vm.spawn(WAITER, inputs={"t": None}, budget=1000)
+        timed = await vm.spawn(WAITER, inputs={"t": 3.0}, budget=1000)
+        refused = {id(stuck.frame), id(timed.frame)}  # whatever makes a snapshot impossible: the encoder refuses
+        snapshot = Frame.snapshot
+
+        def refusing_snapshot(frame: Frame) -> bytes:
+            if id(frame) in refused:
+                raise SnapshotError("a value nested too deeply to encode")
+            return snapshot(frame)
+
+        monkeypatch.setattr(Frame, "snapshot", refusing_snapshot)
         healthy = [await vm.spawn(HEALTHY, budget=1000) for _ in range(20)]
         for h in healthy:
             assert await h.result() == 1
         await trio.sleep(1)
-        assert deep.state is S.WAITING_MESSAGE and deep.frame is not None  # awake: it cannot hibernate
-        assert await deep.send("hello")
-        assert await deep.result() == "hello"
+        assert stuck.state is S.WAITING_MESSAGE and stuck.frame is not None  # awake: it cannot hibernate
+        assert await stuck.send("hello")
+        assert await stuck.result() == "hello"
         assert await timed.result() is None  # its recv still times out
         stats = vm.statistics()
         assert stats.hibernations >= 20 and stats.ended == {"done": 22}
