@@ -40,8 +40,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from avm.io.request import PLACEHOLDER, Filled, Message, RequestError, ToolCall
+from avm.io.request import PLACEHOLDER, Filled, Message, RequestError
 from avm.io.wire import keep_wire
+from avm.io.wire import tool_calls as keep_calls
 from avm.lang.values import render
 from avm.memory.ref import Ref
 from avm.memory.store import ContentStore
@@ -146,7 +147,7 @@ def reply_value(text: str | None, tool_calls: tuple[Any, ...]) -> Any:
 def reply_message(text: str | None, tool_calls: tuple[Any, ...], store: ContentStore) -> Message:
     """The assistant message appended to the conversation."""
     content = store.put(text.encode("utf-8", "surrogatepass"), hot=False) if text else None
-    return keep_wire(Message("assistant", content, tool_calls=tuple(ToolCall.of(c) for c in tool_calls)), text)
+    return keep_wire(Message("assistant", content, tool_calls=keep_calls(tool_calls) if tool_calls else ()), text)
 
 
 def llm_error_value(kind: str, message: str) -> dict[str, Any]:

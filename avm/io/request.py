@@ -18,10 +18,11 @@ explicit seed, or the caller opted in (`cache=True`).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from avm.memory.ref import Ref, hash_bytes
 from avm.memory.values import encode_value
@@ -76,27 +77,17 @@ class Filled:
         return f"Filled({self.ref!r}, {self.values!r})"
 
 
-class ToolCall(NamedTuple):
-    """A tool call of an assistant message, held compactly (a tuple, not three dicts: an agent keeps one
-    per turn) and sent as OpenAI's ``{"id", "type": "function", "function": {"name", "arguments"}}``."""
+class ToolCalls(bytes):
+    """An assistant message's tool calls as one compact JSON array, OpenAI's
+    ``[{"id", "type": "function", "function": {"name", "arguments"}}, ...]``: what the wire encoder sends
+    as is. An agent keeps one per turn for the rest of its conversation, so this is one bytes object
+    where the parsed calls were a list of dicts of strings (about 250 bytes more per turn)."""
 
-    id: str
-    name: str
-    arguments: str  # JSON text, as the model wrote it
+    __slots__ = ()
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
-
-    @classmethod
-    def of(cls, call: Any) -> Any:
-        """A server's tool call as a `ToolCall` (one with other fields is kept as it came)."""
-        if isinstance(call, dict) and call.keys() <= {"id", "type", "function", "index"}:
-            function = call.get("function")
-            if (isinstance(function, dict) and function.keys() <= {"name", "arguments"}
-                    and call.get("type", "function") == "function" and type(call.get("id")) is str
-                    and type(function.get("name")) is str and type(function.get("arguments", "")) is str):
-                return cls(call["id"], function["name"], function.get("arguments", ""))
-        return call
+    def calls(self) -> list[Any]:
+        """The calls as dicts (a new list each time)."""
+        return json.loads(self)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +96,7 @@ class Message:
     content: str | Ref | Filled | None
     name: str | None = None
     tool_call_id: str | None = None
-    tool_calls: tuple[Any, ...] = ()  # dicts as OpenAI writes them, or `ToolCall`s
+    tool_calls: tuple[Any, ...] | ToolCalls = ()  # dicts as OpenAI writes them, or their JSON
     # The message's JSON as the wire encoder made it, kept by the message for the next turns (an agent's
     # conversation is sent again with every request); not part of the message's identity.
     wire: bytes | None = field(default=None, compare=False, repr=False)
@@ -133,8 +124,9 @@ class Message:
             out["name"] = self.name
         if self.tool_call_id is not None:
             out["tool_call_id"] = self.tool_call_id
-        if self.tool_calls:
-            out["tool_calls"] = [c.as_dict() if type(c) is ToolCall else c for c in self.tool_calls]
+        calls = self.tool_calls
+        if calls:
+            out["tool_calls"] = calls.calls() if type(calls) is ToolCalls else list(calls)
         return out
 
 

@@ -37,10 +37,10 @@ from typing import Any
 from cachetools import LRUCache
 
 from avm.errors import StoreError
-from avm.io.request import PLACEHOLDER, Filled, LLMRequest, Message, RequestError
+from avm.io.request import PLACEHOLDER, Filled, LLMRequest, Message, RequestError, ToolCalls
 from avm.memory.ref import Ref
 
-__all__ = ["WireEncoder", "dumps", "keep_wire"]
+__all__ = ["WireEncoder", "dumps", "keep_wire", "tool_calls"]
 
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
 
@@ -54,10 +54,39 @@ def keep_wire(message: Message, text: str | None) -> Message:
     """``message``, holding its JSON from now on when the encoder keeps it per message (see
     `WireEncoder._message`); ``text`` is its content's text. Made where the text is at hand, so that
     the store need not keep an uncompressed copy for the encoder to read back."""
-    if not (message.role == "system" and message.name is None and message.tool_call_id is None
-            and not message.tool_calls):
-        object.__setattr__(message, "wire", dumps(message.as_dict(text)))
+    if message.role == "system" and message.name is None and message.tool_call_id is None and not message.tool_calls:
+        return message  # a shared prompt: the encoder keeps its JSON once for every agent
+    if _calls_only(message):
+        return message  # its JSON is a fixed head, its `ToolCalls` and a brace: nothing more to keep
+    object.__setattr__(message, "wire", dumps(message.as_dict(text)))
     return message
+
+
+def _calls_only(m: Message) -> bool:
+    """An assistant message with only tool calls (the usual turn of a tool-using agent)."""
+    return type(m.tool_calls) is ToolCalls and m.content is None and m.name is None and m.tool_call_id is None
+
+
+def tool_calls(calls: Any) -> ToolCalls:
+    """A reply's tool calls (OpenAI's dicts) as the message keeps them: each in OpenAI's form
+    ``{"id", "type": "function", "function": {"name", "arguments"}}`` (a streamed call's ``index`` is
+    dropped), or as it came when it has other fields."""
+    return ToolCalls(dumps([_standard(call) for call in calls]))
+
+
+def _standard(call: Any) -> Any:
+    if isinstance(call, dict) and call.keys() <= {"id", "type", "function", "index"}:
+        function = call.get("function")
+        if (isinstance(function, dict) and function.keys() <= {"name", "arguments"}
+                and call.get("type", "function") == "function" and type(call.get("id")) is str
+                and type(function.get("name")) is str and type(function.get("arguments", "")) is str):
+            return {"id": call["id"], "type": "function",
+                    "function": {"name": function["name"], "arguments": function.get("arguments", "")}}
+    return call
+
+
+# ``{"role":"assistant","content":null,"tool_calls":`` + the calls + ``}``: what `Message.as_dict` makes
+_CALLS_HEAD = dumps({"role": "assistant", "content": None, "tool_calls": []})[:-3]
 
 
 def _size(value: Any) -> int:
@@ -185,6 +214,11 @@ class WireEncoder:
         wire = m.wire
         if wire is not None:
             out.append(wire)
+            return
+        if _calls_only(m):
+            out.append(_CALLS_HEAD)
+            out.append(m.tool_calls)  # type: ignore[arg-type]
+            out.append(b"}")
             return
         content = m.content
         t = type(content)

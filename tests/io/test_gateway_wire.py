@@ -141,22 +141,26 @@ def test_only_shared_system_prompts_are_kept_encoded_and_texts_of_one_agent_are_
 
 
 def test_tool_calls_are_held_compactly_and_each_message_is_encoded_once():
-    from avm.io.request import ToolCall
+    from avm.io.request import ToolCalls
+    from avm.io.wire import tool_calls
 
     call = {"id": "c1", "type": "function", "function": {"name": "search", "arguments": '{"q": "tides"}'}}
-    compact = ToolCall.of(call)
-    assert compact == ToolCall("c1", "search", '{"q": "tides"}') and compact.as_dict() == call
+    streamed = {**call, "index": 0}  # a streamed call's index is not part of the message
     odd = {"id": "c2", "type": "function", "function": {"name": "x", "arguments": "{}"}, "extra": 1}
-    assert ToolCall.of(odd) is odd  # a call with fields of its own is kept as it came
-    assistant = Message("assistant", None, tool_calls=(compact,))
+    compact = tool_calls([streamed, odd])
+    assert type(compact) is ToolCalls and compact.calls() == [call, odd]  # one with fields of its own: as it came
+    assistant = Message("assistant", None, tool_calls=tool_calls([call]))
     tool = Message("tool", "3 results", tool_call_id="c1")
     encoder = WireEncoder()
     first = encoder.body(LLMRequest("m", (Message("user", "go"), assistant, tool)))
     assert json.loads(first)["messages"][1] == {"role": "assistant", "content": None, "tool_calls": [call]}
-    wire = assistant.wire
-    assert wire is not None and tool.wire is not None
+    assert assistant.wire is None and tool.wire is not None  # the calls are sent as they are held: no copy
+    wire = tool.wire
     second = encoder.body(LLMRequest("m", (Message("user", "go"), assistant, tool, Message("user", "more"))))
-    assert assistant.wire is wire and second.startswith(first[:-2])  # the same bytes, not encoded again
-    assert assistant == Message("assistant", None, tool_calls=(compact,))  # the kept JSON is not its identity
+    assert tool.wire is wire and second.startswith(first[:-2])  # the same bytes, not encoded again
+    assert assistant == Message("assistant", None, tool_calls=tool_calls([call]))  # the kept JSON is not its identity
     assert LLMRequest("m", (assistant,)).cache_key() == LLMRequest("m", (Message(
         "assistant", None, tool_calls=(call,)),)).cache_key()
+    with_text = Message("assistant", "Let me look.", tool_calls=tool_calls([call]))
+    assert json.loads(encoder.body(LLMRequest("m", (with_text,))))["messages"][0] == {
+        "role": "assistant", "content": "Let me look.", "tool_calls": [call]}
