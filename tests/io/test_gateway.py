@@ -231,8 +231,12 @@ TOOLS = ({"type": "function", "function": {"name": "lookup", "description": "Loo
                                                           "required": ["q"]}}},)
 
 
-async def test_vllm_batches_only_what_it_can_batch_and_sends_tool_requests_singly_at_full_concurrency():
-    """vLLM renders no tools in a batch: tool-bearing requests go alone, each on its own connection."""
+async def test_vllm_batches_only_what_it_can_batch_and_sends_tool_requests_singly_at_full_concurrency(
+        autojump_clock):
+    """vLLM renders no tools in a batch: tool-bearing requests go alone, each on its own connection.
+
+    On trio's autojump clock (the embedded server shares the test's loop): the latency and the wall
+    time are virtual, so "about one latency" holds however loaded the machine."""
     async with serve_llm(port=0, dialect="vllm", latency_ms=200) as server:
         async with Gateway(OpenAIBackend(server.url), batch_size=64) as gw:
             replies: dict[str, Any] = {}

@@ -32,25 +32,46 @@ tick:
 """
 
 
-async def test_one_busy_agent_cannot_stall_a_thousand_timers():
-    """1,000 agents sleeping 10 x 20 ms, and one agent in a loop of several seconds
-    of instructions: the timers all finish, on time within a loose bound, while the
-    loop is still running, because the loop yields after every quantum."""
+# The clock of the timers test: the busy agent's instructions, not the machine's. Virtual time moves
+# by QUANTUM_S per quantum of energy the busy agent uses (about 2,000 instructions: about what it takes
+# on a quiet machine) and by TICK_S per trio scheduling round, so how late a timer is counts how much the
+# loop ran before it got its turn, the same under any load on the machine.
+QUANTUM_S = 0.002
+TICK_S = 0.0001
+
+
+async def test_one_busy_agent_cannot_stall_a_thousand_timers(mock_clock):
+    """1,000 agents sleeping 10 x 20 ms, and one agent in a loop of minutes of instructions:
+    the timers all finish, about on time, while the loop is still running, because the loop
+    yields after every quantum."""
     async with VM(hibernate_after_s=None) as vm:
+        quantum = vm.settings.quantum
         busy = await vm.spawn(LOOP, inputs={"n": 20_000_000}, budget=1e8, priority="background")
-        start = trio.current_time()
-        timers = [await vm.spawn(TICKS) for _ in range(1000)]
+
+        async def instruction_clock() -> None:
+            seen = 0.0
+            while True:
+                used = busy.energy_used
+                mock_clock.jump(TICK_S + (used - seen) / quantum * QUANTUM_S)
+                seen = used
+                await trio.sleep(0)
+
         finished: list[float] = []
 
-        async def wait(h):
+        async def wait(h, start):
             assert await h.result() == 10
             finished.append(trio.current_time() - start)
 
-        async with trio.open_nursery() as nursery:
-            for h in timers:
-                nursery.start_soon(wait, h)
+        async with trio.open_nursery() as clock_nursery:
+            clock_nursery.start_soon(instruction_clock)
+            async with trio.open_nursery() as nursery:
+                for _ in range(1000):
+                    nursery.start_soon(wait, await vm.spawn(TICKS), trio.current_time())
+            clock_nursery.cancel_scope.cancel()
+        assert len(finished) == 1000
         assert busy.state is not S.DONE  # still looping: the timers did not wait for it
-        assert max(finished) < 0.2 * 10  # nominal 0.2 s; without preemption they wait seconds for the loop
+        # nominal 0.2 s; each of the 10 wakes waits for at most a quantum or two of the loop (2-4 ms)
+        assert max(finished) < 0.2 + 10 * 3 * QUANTUM_S, max(finished)
         assert vm.statistics().preemptions > 0
         busy.cancel()
 
