@@ -33,7 +33,7 @@ _DEFAULTS: dict[str, Any] = {
     "dict_train_samples": 2000,  # objects: samples needed before the first training
     "dict_train_min_bytes": 1 * MiB,  # bytes: total sample bytes needed to train
     "dict_retrain_samples": 20000,  # objects: new samples before retraining; 0 = never
-    "dict_sample_buffer_bytes": 2 * MiB,  # bytes: cap on samples kept for training (twice the first training's minimum)
+    "dict_sample_buffer_bytes": 1 * MiB,  # bytes: cap on samples kept for retraining (the first training's minimum)
     "dict_use_max_bytes": 256 * KiB,  # bytes: larger objects compress without a dictionary
     "dict_reencode_bytes": 16 * MiB,  # bytes: warm objects (decoded size) re-encoded with a newly
     #                                   trained dictionary; 0 = leave existing blobs as they are
