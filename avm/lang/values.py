@@ -314,18 +314,20 @@ def check_text(text: str) -> str:
 def lone_surrogate(value: Any) -> str | None:
     """Text holds Unicode scalar values only. The first code point of ``value``'s text (map keys
     included) that is not one, a lone surrogate (U+D800 to U+DFFF), named as ``"U+D800"``; None
-    when all of it is valid. Each shared container is read once."""
+    when all of it is valid. Each distinct container and each distinct text is read once, so a
+    value costs its distinct parts and bytes however often they are shared (this runs unmetered,
+    on every effect result and input)."""
     todo = [value]
     seen: set[int] = set()
     while todo:
         v = todo.pop()
         t = type(v)
         if t is str:
-            if not v.isascii():
-                try:
-                    v.encode("utf-8")  # strict UTF-8 refuses exactly the surrogates
-                except UnicodeEncodeError as exc:
-                    return f"U+{ord(v[exc.start]):04X}"
+            if not v.isascii() and id(v) not in seen:  # isascii is O(1): CPython keeps the flag
+                seen.add(id(v))
+                bad = _lone_in(v)
+                if bad is not None:
+                    return bad
         elif t is list or t is dict:
             if id(v) in seen:
                 continue
@@ -335,6 +337,15 @@ def lone_surrogate(value: Any) -> str | None:
                 todo.extend(v.values())
             else:
                 todo.extend(v)
+    return None
+
+
+def _lone_in(text: str) -> str | None:
+    """The first lone surrogate of one non-ASCII text, named as ``"U+D800"``, or None."""
+    try:
+        text.encode("utf-8")  # strict UTF-8 refuses exactly the surrogates
+    except UnicodeEncodeError as exc:
+        return f"U+{ord(text[exc.start]):04X}"
     return None
 
 

@@ -3,7 +3,9 @@ import math
 import pytest
 
 import avm
+import avm.lang.values
 from avm.lang.frame import Frame
+from tests.lang.work import work_of
 
 
 def run(source: str, budget: float = 100.0, **inputs):
@@ -296,3 +298,23 @@ def test_an_effect_result_with_a_lone_surrogate_faults_at_the_effect():
     out = frame.run()
     assert isinstance(out, avm.Fault) and out.line == 2 and "llm: a lone surrogate (U+D800)" in out.error
     assert frame.stack == []
+
+
+def test_resuming_with_a_shared_text_reads_it_once():
+    # 8,192 references to one non-ASCII text once froze the VM re-encoding it for each (unmetered).
+    text = "é" * (1 << 16)
+    shared = [[text] * 64 for _ in range(128)]  # distinct lists, one text
+    frame = Frame(avm.compile("push null\nrecv\nreturn"), budget=10)
+    frame.run()
+    _, work = work_of(frame.resume, shared)
+    assert work["encodes"] == 1
+    assert frame.run() == avm.Done(shared)
+    mixed = [[text, "ok\ud800"][i % 2] for i in range(1000)]
+    assert avm.lang.values.lone_surrogate(mixed) == "U+D800"  # a distinct text is still read
+
+
+def test_inputs_check_each_distinct_text_once():
+    text = "ü" * 4096
+    _, work = work_of(Frame, avm.compile("halt"), 10, {"a": [[text] * 8192, {"k": [text, text]}]})
+    assert work["encodes"] == 1
+
