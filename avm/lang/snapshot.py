@@ -26,7 +26,7 @@ from avm.lang import frame as F
 from avm.lang import opcodes as O
 from avm.lang.code import Code
 from avm.lang.outcomes import BudgetExceeded, Done, Effect, Fault, Stalled
-from avm.lang.values import MAX_DEPTH, VMError, is_value, measure
+from avm.lang.values import MAX_DEPTH, VMError, are_values, is_value, measure
 from avm.memory.values import decode_value, encode_value
 
 MAGIC = b"AVMF"
@@ -74,7 +74,7 @@ def encode_frame(frame: F.Frame) -> bytes:
     values = [*frame.stack, *frame.variables.values(), frame.last_result]
     if pending is not None:
         values += pending[1]
-    if not all(is_value(v) for v in values):  # the same test restore makes
+    if not are_values(values):  # the same test restore makes; before measure, as it is linear in distinct parts
         raise SnapshotError(f"cannot snapshot this frame: a value is not a VM value nested at most {MAX_DEPTH} levels")
     try:
         measure(state, limit=4 * (1 << 20))
@@ -132,8 +132,8 @@ def decode_frame(cls: type[F.Frame], code: Code, data: bytes) -> F.Frame:
     _want(type(status) is str and status in _STATUSES, f"unknown status {status!r}")
     # A frame that ended on its last instruction (return, halt) has its pc just past it.
     _int(pc, "pc", 0, n if status == F.DONE else n - 1)
-    _want(type(stack) is list and all(is_value(v) for v in stack), "stack")
-    _want(type(variables) is dict and all(type(k) is str and is_value(v) for k, v in variables.items()),
+    _want(type(stack) is list and are_values(stack), "stack")
+    _want(type(variables) is dict and all(type(k) is str for k in variables) and are_values(variables.values()),
           "variables")
     _int(budget, "budget", 0, _MAX_MILLI)
     _int(used, "energy used", 0, budget)

@@ -361,17 +361,61 @@ def check_int(value: int) -> int:
     return value
 
 
+_SCALAR_TYPES = frozenset({type(None), bool, int, float, str, Ref})
+
+
 def is_value(value: Any, depth: int = 0) -> bool:
     """True if ``value`` is a VM value nested at most MAX_DEPTH levels (used to
-    check inputs, effect results and restored snapshots)."""
-    t = type(value)
-    if value is None or t is bool or t is int or t is str or t is float:
-        return True
-    if t is list:
-        return depth < MAX_DEPTH and all(is_value(v, depth + 1) for v in value)
-    if t is dict:
-        return depth < MAX_DEPTH and all(type(k) is str and is_value(v, depth + 1) for k, v in value.items())
-    return t is Ref
+    check inputs, effect results and restored snapshots). Linear in the distinct
+    containers: each one's height is worked out once, so a value that shares its
+    parts (a DAG with exponentially many paths) costs what it holds."""
+    return are_values((value,), depth)
+
+
+def are_values(values: Any, depth: int = 0) -> bool:
+    """`is_value` of each of ``values``, at ``depth``, sharing one walk: a part held
+    by several of them is looked at once."""
+    heights: dict[int, int] = {}
+    room = MAX_DEPTH - depth
+    for v in values:
+        t = type(v)
+        if t is list or t is dict:
+            if _height(v, heights, room) < 0:
+                return False
+        elif t not in _SCALAR_TYPES:
+            return False
+    return True
+
+
+def _height(container: Any, heights: dict[int, int], room: int) -> int:
+    """The levels of nesting of ``container`` (a list or map), or -1 if it is no VM
+    value or is nested more than ``room`` levels. ``heights`` remembers each container
+    already measured, by id: one reached again costs a lookup, and still fails where
+    its height does not fit the room left at that place. A cycle runs out of room."""
+    h = heights.get(id(container))
+    if h is not None:
+        return h if h <= room else -1
+    if room <= 0:
+        return -1
+    if type(container) is dict:
+        for k in container:
+            if type(k) is not str:
+                return -1
+        items = container.values()
+    else:
+        items = container
+    below = 0
+    for x in items:
+        t = type(x)
+        if t is list or t is dict:
+            hx = _height(x, heights, room - 1)
+            if hx < 0:
+                return -1
+            below = max(below, hx)
+        elif t not in _SCALAR_TYPES:
+            return -1
+    heights[id(container)] = below + 1
+    return below + 1
 
 
 # --- arithmetic and comparison, shared by the interpreter and the block compiler ---

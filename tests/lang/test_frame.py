@@ -318,3 +318,15 @@ def test_inputs_check_each_distinct_text_once():
     _, work = work_of(Frame, avm.compile("halt"), 10, {"a": [[text] * 8192, {"k": [text, text]}]})
     assert work["encodes"] == 1
 
+
+def test_a_value_that_shares_its_parts_is_checked_in_linear_work():
+    # Each level holds the one below twice: 2**levels paths, levels + 1 distinct containers.
+    levels = 16
+    x = 0
+    for _ in range(levels):
+        x = [x, x]
+    frame = Frame(avm.compile("push null\nrecv\nreturn"), budget=10)
+    frame.run()
+    _, work = work_of(frame.resume, x)
+    assert work["calls"] < 8 * levels  # was 2**17 calls of is_value
+    assert frame.run() == avm.Done(x)

@@ -8,12 +8,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import avm
+import avm.lang.values
 from avm.lang.frame import Frame
 from avm.lang.outcomes import BudgetExceeded, Effect, Preempted
 from avm.lang.snapshot import CHECKSUM
 from avm.memory.values import decode_value, encode_value
 from tests.lang.drive import MAX_EFFECTS, drive
 from tests.lang.programs import effect_results, inputs, programs
+from tests.lang.work import work_of
 
 HEAD = 5 + 32  # magic, version, the code's digest
 
@@ -320,3 +322,40 @@ def test_a_state_with_changed_fields_is_refused_or_gives_a_frame_that_behaves(so
     except avm.SnapshotError:
         return
     _usable(code, restored)
+
+
+# --- the validity walk is linear in distinct parts, with one depth limit ---
+
+
+def chain(levels: int, inner: object = 0) -> object:
+    for _ in range(levels):
+        inner = [inner]
+    return inner
+
+
+def test_a_frame_holding_a_value_that_shares_its_parts_snapshots_in_linear_walk_work():
+    levels = 16  # each level holds the one below twice: 2**16 paths (26 levels once blocked the loop 75 s)
+    src = "push 0\nstore x\n" + "load x\nload x\nlist 2\nstore x\n" * levels + "push 1.0\nrecv\nreturn\n"
+    code = avm.compile(src)
+    frame = Frame(code, 1000.0)
+    assert isinstance(frame.run(), Effect)
+    frame.variables["y"] = frame.variables["x"]  # held twice
+    data, work = work_of(frame.snapshot)
+    assert work["calls"] < 8 * levels  # the validity walk; measure and the encoder bound the rest
+    assert Frame.restore(code, data).variables == frame.variables
+
+
+def test_a_part_shared_at_two_depths_keeps_the_depth_limit_at_the_deeper():
+    limit = avm.lang.values.MAX_DEPTH
+    x = chain(limit - 5)  # 95 levels deep
+    is_value = avm.lang.values.is_value
+    assert is_value([x, chain(4, x)])  # 100 levels at the deepest
+    assert not is_value([x, chain(5, x)])  # seen first shallow, then too deep
+    assert not is_value([chain(5, x), x])  # seen first too deep
+    assert is_value(x, 5) and not is_value(x, 6)
+    shared = {"a": x, "b": [x, {"c": chain(5, x)}]}
+    assert not is_value(shared)
+    cyclic: list = []
+    cyclic.append(cyclic)
+    assert not is_value(cyclic) and not is_value({"k": [cyclic]})
+    assert not is_value([x, (1,)]) and not is_value({1: x}) and not is_value([x, [x, object()]])
