@@ -211,7 +211,7 @@ class Frame:
         self.status = READY
         if self.stall_limit and effect.kind not in STALL_EXEMPT and not (effect.kind == "recv" and result is None):
             request = (effect.kind, effect.args)
-            if self.last_request is not None and equal(request, self.last_request) and equal(result, self.last_result):
+            if self.last_request is not None and _same(request, self.last_request) and _same(result, self.last_result):
                 self.stall_count += 1
             else:
                 self.stall_count = 1
@@ -473,3 +473,18 @@ class Frame:
     def __repr__(self) -> str:
         return (f"<avm.Frame {self.code.id[:12]} pc={self.pc} {self.status} "
                 f"energy={self.energy_used:g}/{self.budget / 1000:g}>")
+
+
+# Parts the stall check compares at most: it runs outside any instruction, unmetered, on every
+# effect result. A flat list of MAX_ITEMS items compares in full.
+STALL_COMPARE_NODES = 1 << 17
+
+
+def _same(a: Any, b: Any) -> bool:
+    """The stall check's equality: total and bounded. Two values too big to compare within
+    STALL_COMPARE_NODES parts count as different (energy still bounds such a loop); it never
+    raises, so a big value delivered twice is no error of the agent that receives it."""
+    try:
+        return equal(a, b, STALL_COMPARE_NODES)
+    except (VMError, M.OutOfEnergy):
+        return False

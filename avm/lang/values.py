@@ -175,23 +175,23 @@ def nest(items: Any, what: str) -> None:
                 raise VMError("LimitError", f"{what}: value nested more than {MAX_DEPTH} levels deep") from None
 
 
-def equal(a: Any, b: Any) -> bool:
+def equal(a: Any, b: Any, limit: int = MAX_NODES) -> bool:
     """Structural equality where true is not 1 and numbers compare by value.
-    Charges the parts it compares; stops with LimitError past MAX_NODES."""
+    Charges the parts it compares; stops with LimitError past ``limit`` parts."""
     ta = type(a)
     if ta is not list and ta is not dict and ta is not tuple:
         return _scalar_equal(a, b)
     if type(b) is not ta:
         return False
     affordable = meter.affordable_nodes()
-    bound = min(MAX_NODES, affordable)
+    bound = min(limit, affordable)
     count = 0
     todo = [(a, b)]
     while todo:
         x, y = todo.pop()
         count += 1
         if count > bound:
-            _over(count, MAX_NODES, affordable)
+            _over(count, limit, affordable)
         tx = type(x)
         if tx is list or tx is tuple or tx is dict:
             if type(y) is not tx or len(x) != len(y):

@@ -209,6 +209,24 @@ def test_changing_results_do_not_stall_and_sleep_is_exempt():
         frame.resume(None)
 
 
+
+def test_the_same_big_value_delivered_twice_is_no_error_and_a_small_one_still_stalls():
+    # 4 Mi parts in two shared levels: comparing it once raised LimitError outside the interpreter.
+    inner = [1] * 64
+    big = [inner] * 65536
+    frame = Frame(avm.compile("loop:\npush null\nrecv\npop\njump loop"), budget=60, stall_limit=3)
+    for _ in range(4):
+        assert isinstance(frame.run(), avm.Effect)
+        frame.resume(big)  # too big to compare: counted as different, so never a stall
+    assert frame.stall_count == 1
+    for _ in range(2):
+        assert isinstance(frame.run(), avm.Effect)
+        frame.resume([inner] * 1000)
+    assert isinstance(frame.run(), avm.Effect)
+    frame.resume([inner] * 1000)
+    assert isinstance(frame.run(), avm.Stalled)
+
+
 def test_charge_never_exceeds_budget():
     frame = Frame(avm.compile('push "q"\nllm\nreturn'), budget=10)
     frame.run()

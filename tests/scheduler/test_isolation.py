@@ -171,3 +171,15 @@ async def test_text_with_a_lone_surrogate_fails_the_agent_as_a_fault_never_a_hos
             await listener.send({"k": ["\ud800"]})
         assert await listener.send("fine") and await listener.result() == "fine"
         assert not vm._internal_errors
+
+
+
+async def test_the_same_big_value_sent_twice_ends_sender_and_receiver_as_programs_say():
+    sender = ("push 1\nlist 1\npush 64\ncall repeat 2\nlist 1\npush 65536\ncall repeat 2\nstore m\n"
+              + 'push "sink"\nload m\nsend\npop\n' * 2 + "push 1\nreturn\n")
+    sink = "push null\nrecv\npop\npush null\nrecv\npop\npush 2\nreturn\n"
+    async with VM() as vm:
+        received = await vm.spawn(sink, budget=1000.0, name="sink")
+        sent = await vm.spawn(sender, budget=1000.0)
+        assert await sent.result() == 1 and await received.result() == 2
+        assert not vm._internal_errors
