@@ -8,6 +8,7 @@ ones, control flow, energy_check, observe) and for those that leave the VM
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 from avm.lang import meter
@@ -117,6 +118,12 @@ _TEMPLATES: dict[str, tuple[tuple[str, bool], ...]] = {}
 _MAX_CACHED_TEMPLATES = 4096
 
 
+# A run of literal text: characters other than braces, and doubled braces. One pass (in C) over
+# the template, with no search ahead that a later part would repeat: parsing is linear.
+_LITERAL_RUN = re.compile(r"(?:[^{}]+|\{\{|\}\})+")
+_PLACEHOLDER = re.compile(r"\{([^}]*)\}")
+
+
 def _parse_template(template: str) -> tuple[tuple[str, bool], ...]:
     """Split a template into (text, is_placeholder) parts; cached, as templates are nearly always constants."""
     parts = _TEMPLATES.get(template)
@@ -126,23 +133,18 @@ def _parse_template(template: str) -> tuple[tuple[str, bool], ...]:
     i = 0
     n = len(template)
     while i < n:
-        j = min((p for p in (template.find("{", i), template.find("}", i)) if p >= 0), default=n)
-        if j > i:
-            out.append((template[i:j], False))
-        if j == n:
-            break
-        ch = template[j]
-        if j + 1 < n and template[j + 1] == ch:  # {{ or }}
-            out.append((ch, False))
-            i = j + 2
-        elif ch == "{":
-            end = template.find("}", j + 1)
-            if end < 0:
-                raise VMError("FormatError", f"unclosed placeholder at position {j} in format template")
-            out.append((template[j + 1 : end], True))
-            i = end + 1
-        else:
-            raise VMError("FormatError", f"unmatched '}}' at position {j} in format template")
+        m = _LITERAL_RUN.match(template, i)
+        if m is not None:
+            out.append((m.group().replace("{{", "{").replace("}}", "}"), False))
+            i = m.end()
+            continue
+        if template[i] == "}":
+            raise VMError("FormatError", f"unmatched '}}' at position {i} in format template")
+        m = _PLACEHOLDER.match(template, i)
+        if m is None:
+            raise VMError("FormatError", f"unclosed placeholder at position {i} in format template")
+        out.append((m.group(1), True))
+        i = m.end()
     parts = tuple(out)
     if len(template) <= 4096:
         if len(_TEMPLATES) >= _MAX_CACHED_TEMPLATES:

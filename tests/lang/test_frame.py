@@ -227,6 +227,20 @@ def test_the_same_big_value_delivered_twice_is_no_error_and_a_small_one_still_st
     assert isinstance(frame.run(), avm.Stalled)
 
 
+
+def test_format_parses_a_template_in_one_pass():
+    # "{{" x 524,288 took seconds per call: each part searched the rest of the template for "}".
+    template = "{{" * 65536 + "{n}" + "}}" * 65536 + "{n}"
+    frame = Frame(avm.compile("load t\nformat\nreturn"), budget=1000, inputs={"t": template, "n": 7})
+    out, work = work_of(frame.run)
+    assert out == avm.Done("{" * 65536 + "7" + "}" * 65536 + "7")
+    assert work["builtins"] < 100  # was two searches per doubled brace
+    for bad, error in (("{{{", "unclosed placeholder at position 2"), ("{{}}}", "unmatched '}' at position 4"),
+                       ("a{b{c}", "no variable 'b{c'"), ("{}", "no variable ''")):
+        out = Frame(avm.compile("load t\nformat\nreturn"), budget=10, inputs={"t": bad}).run()
+        assert isinstance(out, avm.Fault) and error in out.error, (bad, out)
+
+
 def test_charge_never_exceeds_budget():
     frame = Frame(avm.compile('push "q"\nllm\nreturn'), budget=10)
     frame.run()
