@@ -126,15 +126,17 @@ def _split_agent_name(name: bytes) -> tuple[str, int] | None:
 
 
 def _read_value(store: Any, ref: Any) -> tuple[bool, Any, str | None]:
-    """(True, value, None), or (False, None, why) with why starting "damaged" for a corrupt or missing object."""
-    from avm.errors import CorruptObject, NotFound, StoreError
+    """(True, value, None), or (False, None, why) with why starting "damaged" for an object that is
+    corrupt, missing or cannot be read (LMDB finding a damaged page: MDB_CORRUPTED)."""
+    from avm.errors import StoreError
+    from avm.memory.values import ValueFormatError
 
     try:
         return True, store.get_value(ref), None
-    except (CorruptObject, NotFound) as exc:
-        return False, None, f"damaged: {_one_line(str(exc))}"
-    except StoreError as exc:  # ValueFormatError: intact bytes that are not a value
+    except ValueFormatError as exc:  # intact bytes that are not a value
         return False, None, f"not a value: {_one_line(str(exc))}"
+    except StoreError as exc:  # CorruptObject, NotFound, a failed read
+        return False, None, f"damaged: {_one_line(str(exc))}"
 
 
 def _names_by_prefix(names: Iterable[bytes]) -> dict[str, int]:
@@ -195,6 +197,7 @@ def _report(store: Any, where: str, run: str | None, state: str | None, limit: i
     unreadable: list[str] = []
     summaries: dict[str, Any] = {}
     damaged = 0
+    damage: str | None = None  # the first damaged object's problem, named in the report
     for name, ref in all_names.items():
         if name.startswith(AGENTS_PREFIX):
             key = _split_agent_name(name)
@@ -205,7 +208,9 @@ def _report(store: Any, where: str, run: str | None, state: str | None, limit: i
             if not ok or not isinstance(record, dict):
                 # Counted and listed as an agent of its run, never dropped: the run had it.
                 unreadable.append(name.decode("utf-8", "replace"))
-                damaged += bool(why and why.startswith("damaged"))
+                if why and why.startswith("damaged"):
+                    damaged += 1
+                    damage = damage or why.removeprefix("damaged: ")
                 why = why or f"not a map: {type(record).__name__}"
                 record = {"state": UNREADABLE, "error": f"record unreadable ({why})"}
             agents.append(_Agent(key[0], key[1], record))
@@ -214,7 +219,9 @@ def _report(store: Any, where: str, run: str | None, state: str | None, limit: i
             ok, summary, why = _read_value(store, ref)
             if not ok:
                 unreadable.append(name.decode("utf-8", "replace"))
-                damaged += bool(why and why.startswith("damaged"))
+                if why and why.startswith("damaged"):
+                    damaged += 1
+                    damage = damage or why.removeprefix("damaged: ")
                 continue
             summaries[run_id] = summary
 
@@ -263,6 +270,7 @@ def _report(store: Any, where: str, run: str | None, state: str | None, limit: i
         "agents": [_agent_json(a) for a in shown],
         "unreadable_names": unreadable,
         "damaged_objects": damaged,
+        "first_damage": damage,
     }
 
 
@@ -476,8 +484,8 @@ def _print_report(report: Mapping[str, Any], console: Console) -> None:
         _say(console, f"{len(report['unreadable_names'])} agent or run names could not be read: "
                       + ", ".join(report["unreadable_names"][:5]))
     if report["damaged_objects"]:
-        _say(console, f"{report['damaged_objects']} of them are damaged (corrupt or missing objects); "
-                      f"avm verify {report['store']} checks every object")
+        _say(console, f"{report['damaged_objects']} of them are damaged (corrupt, missing or unreadable objects; "
+                      f"first: {report['first_damage']}); avm verify {report['store']} checks every object")
 
 
 def inspect_store(path: str | os.PathLike[str], *, run: str | None = None, state: str | None = None,

@@ -134,3 +134,30 @@ def test_verify_of_what_is_not_a_store(tmp_path: Path, kind: str) -> None:
     result = avm_cmd("verify", str(target))
     _one_clear_line(result)
     assert result.returncode == 2 and str(target) in result.stderr
+
+
+def test_a_zeroed_page_under_agent_records_is_damage_for_inspect_as_for_verify(tmp_path: Path) -> None:
+    """LMDB reads a zeroed page as MDB_CORRUPTED: a record it cannot read is damaged, not "not a value"."""
+    refs = _make_store(tmp_path, agents=5, objects=10)
+    meta = read_meta(str(tmp_path / "data.mdb"))
+    assert meta is not None
+    with avm.ContentStore(str(tmp_path)) as store:
+        blob = bytes(store._cold._blob(refs[3]))  # as stored, inline in a leaf page of the objects
+    raw = bytearray((tmp_path / "data.mdb").read_bytes())
+    pages = set()
+    at = raw.find(blob)
+    while at >= 0:  # the live leaf, and any stale copy LMDB's copy-on-write left in a free page
+        pages.add(at // meta.page_size)
+        at = raw.find(blob, at + 1)
+    assert pages
+    for page in pages:
+        raw[page * meta.page_size:(page + 1) * meta.page_size] = bytes(meta.page_size)
+    (tmp_path / "data.mdb").write_bytes(bytes(raw))
+
+    result = avm_cmd("inspect", str(tmp_path), "--limit", "0")
+    _one_clear_line(result)
+    assert result.returncode == 1, (result.stdout[-800:], result.stderr)  # was 0: damage filed as "not a value"
+    assert "MDB_CORRUPTED" in result.stdout and "of them are damaged" in result.stdout
+    report = json.loads(avm_cmd("inspect", str(tmp_path), "--json").stdout)
+    assert report["damaged_objects"] >= 1
+    assert avm_cmd("verify", str(tmp_path)).returncode in (1, 2)
