@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,27 @@ def _flip(data_file: Path, needle: bytes) -> None:
     assert at >= 0 and raw.find(needle, at + 1) < 0
     raw[at + len(needle) // 2] ^= 0xFF
     data_file.write_bytes(bytes(raw))
+
+
+def _leaves_holding(raw: bytes | bytearray, page_size: int, key: bytes) -> list[int]:
+    """The LMDB leaf pages with a node under ``key`` (the live one, and any stale copy in a free page;
+    never a page of another tree that only holds old bytes of it): page header 16 bytes (number, pad,
+    flags, lower, upper), then the node offsets; a node is sizes, flags, key size, key."""
+    found = []
+    for page in range(2, len(raw) // page_size):
+        head = page * page_size
+        flags, lower = struct.unpack_from("<HH", raw, head + 10)
+        if not flags & 0x02 or not 16 <= lower <= page_size:  # P_LEAF
+            continue
+        for slot in range(16, lower - 1, 2):
+            (node,) = struct.unpack_from("<H", raw, head + slot)
+            if node + 8 > page_size:
+                continue
+            (ksize,) = struct.unpack_from("<H", raw, head + node + 6)
+            if bytes(raw[head + node + 8:head + node + 8 + ksize]) == key:
+                found.append(page)
+                break
+    return found
 
 
 def _one_clear_line(result: subprocess.CompletedProcess[str]) -> None:
@@ -141,14 +163,8 @@ def test_a_zeroed_page_under_agent_records_is_damage_for_inspect_as_for_verify(t
     refs = _make_store(tmp_path, agents=5, objects=10)
     meta = read_meta(str(tmp_path / "data.mdb"))
     assert meta is not None
-    with avm.ContentStore(str(tmp_path)) as store:
-        blob = bytes(store._cold._blob(refs[3]))  # as stored, inline in a leaf page of the objects
     raw = bytearray((tmp_path / "data.mdb").read_bytes())
-    pages = set()
-    at = raw.find(blob)
-    while at >= 0:  # the live leaf, and any stale copy LMDB's copy-on-write left in a free page
-        pages.add(at // meta.page_size)
-        at = raw.find(blob, at + 1)
+    pages = _leaves_holding(raw, meta.page_size, bytes(refs[3]))
     assert pages
     for page in pages:
         raw[page * meta.page_size:(page + 1) * meta.page_size] = bytes(meta.page_size)
