@@ -28,6 +28,7 @@ import re2  # type: ignore[import-untyped]
 from avm.lang import meter
 from avm.lang.values import (
     MAX_DEPTH,
+    MAX_INT_BITS,
     MAX_ITEMS,
     MAX_TEXT,
     VMError,
@@ -485,6 +486,8 @@ def _check_parsed(value: Any) -> None:
             if len(v) > MAX_ITEMS:
                 raise VMError("LimitError", f"json_parse: a {type_name(v)} of {len(v)} items exceeds the limit of {MAX_ITEMS}")
             todo.extend((x, depth + 1) for x in (v if t is list else v.values()))
+        elif t is int and v.bit_length() > MAX_INT_BITS:  # as big as no instruction may make
+            raise VMError("LimitError", f"json_parse: integer of {v.bit_length()} bits exceeds the limit of {MAX_INT_BITS}")
         elif t is float and not math.isfinite(v):
             continue  # NaN and Infinity are floats here too
     meter.visit(nodes)
@@ -549,6 +552,9 @@ def _compile_pattern(pattern: Any, name: str) -> Any:
         return cached
     if len(pattern) > MAX_PATTERN:
         raise VMError("ValueError", f"{name}: pattern longer than {MAX_PATTERN} characters")
+    if _any_byte_escape(pattern):
+        raise VMError("ValueError", f"{name}: \\C (any byte) is not supported: patterns match characters, and "
+                                    "one byte of a character's UTF-8 is not text")
     try:
         compiled = re2.compile(pattern, _RE2_OPTIONS)
     except re2.error as exc:
@@ -559,6 +565,16 @@ def _compile_pattern(pattern: Any, name: str) -> Any:
         _PATTERNS.clear()
     _PATTERNS[pattern] = compiled
     return compiled
+
+
+def _any_byte_escape(pattern: str) -> bool:
+    """True if ``pattern`` holds RE2's ``\\C`` (one byte, even in the middle of a character)."""
+    i = pattern.find("\\")
+    while i >= 0:
+        if pattern[i + 1 : i + 2] == "C":
+            return True
+        i = pattern.find("\\", i + 2)  # skip the escaped character: "\\\\C" is a backslash and a C
+    return False
 
 
 def _searched(t: Any, name: str) -> str:

@@ -241,6 +241,23 @@ def test_format_parses_a_template_in_one_pass():
         assert isinstance(out, avm.Fault) and error in out.error, (bad, out)
 
 
+
+def test_json_parse_refuses_an_integer_past_the_vms_integer_limit():
+    limit = avm.lang.values.MAX_INT_BITS
+    err = fault(f'push "[{"9" * 3000}]"\ncall json_parse 1\nreturn')
+    assert err.kind == "LimitError" and f"exceeds the limit of {limit}" in err.error
+    assert value(f'push "{2 ** limit - 1}"\ncall json_parse 1\nreturn') == 2 ** limit - 1
+    assert fault(f'push "{-(2 ** limit)}"\ncall json_parse 1\nreturn').kind == "LimitError"
+
+
+def test_the_any_byte_escape_is_refused_in_patterns():
+    # RE2's \C matches one byte of a character's UTF-8: "." and "\C" gave different, broken matches.
+    for call in ("regex_match", "regex_find_all"):
+        err = fault(f'push "a\\\\C"\npush "\u00e9"\ncall {call} 2\nreturn')
+        assert err.kind == "ValueError" and "\\C (any byte) is not supported" in err.error
+    assert value('push "\\\\\\\\C"\npush "a\\\\C"\ncall regex_match 2\nreturn') == ["\\C"]  # an escaped backslash, a C
+
+
 def test_charge_never_exceeds_budget():
     frame = Frame(avm.compile('push "q"\nllm\nreturn'), budget=10)
     frame.run()
