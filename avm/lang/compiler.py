@@ -103,6 +103,13 @@ def tokenize(line: _Line) -> None:
                         if len(digits) != 4 or not all(c in "0123456789abcdefABCDEF" for c in digits):
                             raise line.error("bad escape: \\u needs four hex digits", i + 1)
                         code = int(digits, 16)
+                        if 0xD800 <= code <= 0xDBFF and raw[i + 6 : i + 8] == "\\u":  # a pair, as JSON writes one
+                            low = raw[i + 8 : i + 12]
+                            if len(low) == 4 and all(c in "0123456789abcdefABCDEF" for c in low) \
+                                    and 0xDC00 <= int(low, 16) <= 0xDFFF:
+                                buf.append(chr(0x10000 + ((code - 0xD800) << 10) + (int(low, 16) - 0xDC00)))
+                                i += 12
+                                continue
                         if 0xD800 <= code <= 0xDFFF:
                             raise line.error("bad escape: a lone surrogate is not text", i + 1)
                         buf.append(chr(code))

@@ -174,5 +174,15 @@ def test_a_lone_surrogate_in_source_is_a_compile_error(source, column):
     str(err).encode("utf-8")  # the error itself can be printed
 
 
+
+def test_an_escaped_surrogate_pair_is_one_character_and_a_lone_escape_an_error():
+    # As JSON (and json_parse) read them: a high surrogate escape followed by a low one is one character.
+    assert avm.Frame(avm.compile('push "a\\uD83D\\ude00b"\nreturn')).run() == avm.Done("a\U0001f600b")
+    for source, column in (('push "\\ud83d"', 7), ('push "x\\ude00\\ud83d"', 8), ('push "\\ud83d\\u0041"', 7),
+                           ('push "\\ud83d\\ud83d\\ude00"', 7), ('push "\\ud83d\\ude0"', 7)):
+        err = compile_error(source + "\nreturn")
+        assert err.column == column, (source, err)
+
+
 def test_text_beyond_the_basic_plane_compiles():
     assert avm.Frame(avm.compile('push "\U0001f600"\nreturn')).run() == avm.Done("\U0001f600")
