@@ -184,6 +184,11 @@ def decode_frame(cls: type[F.Frame], code: Code, data: bytes) -> F.Frame:
     if status in F.TERMINAL or status == F.EXHAUSTED:
         f.outcome = _outcome_from_value(outcome, n)
         _want(type(f.outcome) is _OUTCOME_OF[status], f"a {status} frame with outcome {outcome[0]!r}")
+        spent = f.outcome
+        if isinstance(spent, BudgetExceeded):  # the frame's own: its budget, and no more used than that
+            # (energy used may differ: a refund or a charge while out of energy moves the frame's alone)
+            _want(round(spent.budget * 1000) == budget and round(spent.energy_used * 1000) <= budget,
+                  "budget outcome does not match the frame's budget")
     else:
         _want(outcome is None, "outcome on a running frame")
     return f

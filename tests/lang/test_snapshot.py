@@ -216,6 +216,27 @@ def test_every_field_is_validated(field, value, message):
         Frame.restore(code, signed(code, state))
 
 
+
+@pytest.mark.parametrize("used, budget", [(999.999, 0.1), (0.0, 999.999), (0.2, 0.2)])
+@pytest.mark.parametrize("make", [signed, unchecked])
+def test_a_budget_outcome_that_is_not_the_frames_own_is_refused(used, budget, make):
+    code, state = _exhausted()  # a frame of budget 0.1 (100 milli)
+    assert state[12][0] == "budget" and state[4] == 100
+    state[12][1], state[12][2] = used, budget
+    with pytest.raises(avm.SnapshotError, match="budget outcome does not match"):
+        Frame.restore(code, make(code, state))
+
+
+def test_a_refund_while_out_of_energy_still_snapshots_and_restores():
+    code = avm.compile("push 1\npush 2\nadd\nreturn")
+    frame = Frame(code, budget=0.1)
+    assert isinstance(frame.run(), BudgetExceeded)
+    frame.refund(0.001)  # the frame's energy used moves; its outcome keeps what it said
+    assert frame.status == "exhausted" and frame.used < round(frame.outcome.energy_used * 1000)
+    restored = Frame.restore(code, frame.snapshot())
+    assert (restored.used, restored.budget, restored.outcome) == (frame.used, frame.budget, frame.outcome)
+
+
 def test_a_pending_effect_on_the_wrong_line_is_refused():
     code = avm.compile('push "q"\nllm\nreturn')
     frame = Frame(code, budget=10)
