@@ -35,8 +35,7 @@ _TEXT = f'push "a"\npush {256 * _KI}\ncall repeat 2\nstore t\n'
 _LIST = ("push 20000\ncall range 1\nstore l\nload l\ncall reverse 1\nstore r\n"
          "load r\ncall reverse 1\nstore l2\n")  # l2: equal to l, not the same list; r: l reversed
 _STRS = 'push "word"\nlist 1\npush 20000\ncall repeat 2\nstore l\n'
-_MAP = 'map 0\nstore m\npush 0\nstore i\nfill:\nload m\npush "k{i}"\nformat\nload i\nset\nstore m\n' \
-       "load i\npush 1\nadd\nstore i\nload i\npush 2000\nlt\njump_if fill\n"
+_MAP = f"push {json.dumps(json.dumps({f'k{(i * 7919) % 20011}': i for i in range(20000)}))}\ncall json_parse 1\nstore m\n"
 
 
 def _doubled(k: int) -> str:
@@ -65,6 +64,18 @@ OPERATIONS: dict[str, tuple[str, str, int]] = {
     "add_texts": (_TEXT, "load t\nload t\nadd\npop\n", 40),
     "add_lists": (_LIST, "load l\nload l\nadd\npop\n", 40),
     "format_long": (_TEXT, 'push "<{t}>"\nformat\npop\n', 40),
+    "format_placeholders": ('push "x"\nstore a\npush "{a}"\npush 1300\ncall repeat 2\nstore f\n',
+                            "load f\nformat\npop\n", 40),
+    "format_long_template": ('push "x"\nstore a\npush "{a}"\npush 20000\ncall repeat 2\nstore f\n',
+                             "load f\nformat\npop\n", 10),
+    "eq_small_lists": ("push 1\npush 2\nlist 2\nstore a\npush 1\npush 2\nlist 2\nstore b\n",
+                       "load a\nload b\neq\npop\n", 20000),
+    "find_text_long_needle": (_TEXT + 'push "a"\npush 40\ncall repeat 2\npush "b"\nconcat\nstore n\n',
+                              "load t\nload n\ncall find 2\npop\n", 40),
+    "sort_shuffled": ("push " + json.dumps(json.dumps([(i * 7919) % 20011 for i in range(20000)])) +
+                      "\ncall json_parse 1\nstore s\n", "load s\ncall sort 1\npop\n", 20),
+    "sort_shuffled_texts": ("push " + json.dumps(json.dumps([str((i * 7919) % 20011) for i in range(20000)])) +
+                            "\ncall json_parse 1\nstore s\n", "load s\ncall sort 1\npop\n", 20),
     "format_list": (_LIST, 'push "<{l}>"\nformat\npop\n', 20),
     "json_dump_list": (_LIST, "load l\ncall json_dump 1\npop\n", 20),
     "json_dump_tree": (_doubled(14), "load x\ncall json_dump 1\npop\n", 20),
