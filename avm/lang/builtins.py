@@ -98,17 +98,21 @@ def _want_number(value: Any, what: str, name: str) -> int | float:
 # --- text ---
 
 
+def _case_mapping(t: str, wide: int) -> int:
+    """Milli-units to map the case of ``t``: ~0.3 ns a character of ASCII text, ``wide`` a
+    character of other text (measured on "\u00df" x 128 Ki: upper ~20 ns, lower ~5 ns)."""
+    return (len(t) // 4 if t.isascii() else wide * len(t)) * meter.SCAN_MILLI
+
+
 @builtin("upper", 1, 200, "text in upper case")
 def _upper(t: Any) -> str:
-    # case mapping: ~0.3 ns a character
-    make_text(len(_want(t, str, "argument", "upper")), "upper", len(t) // 4 * meter.SCAN_MILLI)
+    make_text(len(_want(t, str, "argument", "upper")), "upper", _case_mapping(t, 16))
     return check_text(t.upper())
 
 
 @builtin("lower", 1, 200, "text in lower case")
 def _lower(t: Any) -> str:
-    # case mapping: ~0.3 ns a character
-    make_text(len(_want(t, str, "argument", "lower")), "lower", len(t) // 4 * meter.SCAN_MILLI)
+    make_text(len(_want(t, str, "argument", "lower")), "lower", _case_mapping(t, 4))
     return check_text(t.lower())
 
 
@@ -577,7 +581,7 @@ def _compile_pattern(pattern: Any, name: str) -> Any:
 
 def _searched(t: Any, name: str) -> str:
     _want(t, str, "text", name)
-    meter.scan(len(t))
+    meter.scan(len(t) if t.isascii() else 4 * len(t))  # the binding encodes other text to UTF-8: ~4 ns a character
     return t
 
 

@@ -18,7 +18,9 @@ The rates (milli-units; see bench/energy_calibration.py, which measures them):
                                                       item MAP_ITEM_BYTES (a dict copy rehashes)
     characters scanned            SCAN_MILLI each     substring search, replace, split, upper,
                                                       regular expressions, json_parse
-                                                      (a one-character needle: a sixteenth)
+                                                      (a one-character needle: a sixteenth;
+                                                      non-ASCII text: regex 4 each, case
+                                                      mapping 4-16 each, ASCII a quarter)
     regular-expression match      MATCH_MILLI each
 
 Why these numbers: energy is meant to bound CPU time whatever an agent runs.

@@ -84,6 +84,20 @@ def test_work_is_charged_by_its_size():
         assert big > small + more, program
 
 
+def test_work_on_text_that_is_not_ascii_is_charged_by_its_slower_speed():
+    # upper of "\u00df" takes ~20 ns a character, of "a" ~0.3: 16 milli-units a character against a quarter
+    def used(ch: str, op: str) -> int:
+        src = f'push "{ch}"\npush 16384\ncall repeat 2\nstore t\n{op}return\n'
+        frame = Frame(avm.compile(src), budget=BUDGET)
+        assert isinstance(frame.run(), avm.Done)
+        return frame.used
+
+    upper = "load t\ncall upper 1\nlen\n"
+    assert used("\\u00df", upper) - used("a", upper) == 16384 * 16 - 16384 // 4
+    regex = 'push "b+"\nload t\ncall regex_match 2\n'
+    assert used("\\u00df", regex) - used("a", regex) == 3 * 16384 * M.SCAN_MILLI
+
+
 def test_small_values_cost_exactly_the_table():
     src = 'push "ab"\npush "cd"\nconcat\npush 3\ncall repeat 2\nlist 1\npush 1\nlist 1\nlen\nreturn\n'
     code = avm.compile(src)
