@@ -111,7 +111,7 @@ class AgentHandle:
         self.budget = budget  # milli-units, for the agent's whole life (restarts included)
         self.memory_limit = vm.settings.agent_memory_bytes
         self.frame: Frame | None = Frame(code, budget / 1000, inputs, stall_limit=vm.settings.stall_limit,
-                                         memory_limit=self.memory_limit)
+                                         memory_limit=self.memory_limit, instruction_limit=vm.settings.quantum)
         self.state = _READY
         self.rank = rank
         self.granted = granted
@@ -250,6 +250,7 @@ class AgentHandle:
             raise _Hibernate(self.deadline)  # woken with nothing to say (a message taken back): sleep on
         frame = Frame.restore(self.code, vm.store.get(self.snapshot))  # type: ignore[arg-type]
         frame.set_memory_limit(self.memory_limit)
+        frame.set_instruction_limit(vm.settings.quantum)
         vm._unpin_snapshot(self)
         if self.refund_due:
             frame.refund(self.refund_due / 1000)
@@ -333,7 +334,7 @@ class AgentHandle:
         self.spent += old.used
         left = max(0, self.budget - self.spent)
         self.frame = Frame(self.code, left / 1000, self.inputs, stall_limit=self.vm.settings.stall_limit,
-                           memory_limit=self.memory_limit)
+                           memory_limit=self.memory_limit, instruction_limit=self.vm.settings.quantum)
         self.conversation = None
         self.vm._restarts += 1
 

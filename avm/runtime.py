@@ -82,7 +82,10 @@ class VMSettings:
     temperature: float | None = None  # None: the backend's default (1.0 for OpenAI)
     max_tokens: int | None = 512  # per LLM reply
     default_budget: float = 100.0  # energy of an agent spawned without a budget
-    quantum: float = 200.0  # energy an agent may run without an effect before it yields (about 2,000 instructions)
+    # Energy an agent may run without an effect before it yields (about 2,000 plain instructions,
+    # ~0.25 ms of CPU); also the most metered work one instruction may do (avm.lang.meter): an
+    # instruction cannot be cut in two, so one that would need more faults with LimitError.
+    quantum: float = 200.0
     aging_s: float = 0.05  # run-queue aging: background waits at most 2 * aging_s behind fresh interactive work
     hibernate_after_s: float | None = 10.0  # a recv idle this long hibernates the agent; None: never
     mailbox_capacity: int = 1024  # messages queued per agent; senders wait beyond it

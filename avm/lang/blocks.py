@@ -411,7 +411,8 @@ class _Generator:
             pad = "    " * depth
         out.append(f"{pad}used += {cost}")
         if any(ops[p] in _METERED for p in range(start, end + 1)):
-            out.append(f"{pad}_meter().left = {M.FREE}")
+            out.append(f"{pad}_m = _meter()")
+            out.append(f"{pad}_m.left = {M.FREE}")
         body = _Block(self, start, cost)
         for p in range(start, end + 1):
             body.instruction(p)
@@ -459,6 +460,7 @@ class _Block:
         self.ntemps = 0
         self.cond = ""
         self.values: dict[str, Any] = {}  # literal expression -> the constant it stands for
+        self.metered = 0  # metered instructions so far
 
     def temp(self) -> str:
         self.ntemps += 1
@@ -503,6 +505,12 @@ class _Block:
         op = prog.ops[p]
         a = prog.args[p]
         self.spent += prog.costs[p]
+        if op in _METERED:
+            # Each metered instruction gets its own free allowance, as in the interpreter (the
+            # block start gave the first one its own); its code is emitted right after this.
+            if self.metered:
+                self.emit(f"_m.left = {M.FREE}")
+            self.metered += 1
         if op == O.PUSH:
             self.push(*self.const(a))
         elif op == O.LOAD:

@@ -55,9 +55,11 @@ STALL_EXEMPT = ("sleep",)
 
 
 class _Exhausted(Exception):
-    """An instruction's metered work did not fit in the budget (``needed`` milli beyond it)."""
+    """An instruction's metered work did not fit in the budget: it did ``spent`` milli-units
+    of work (charged), and all of it needs ``needed`` at least (its fixed cost aside)."""
 
-    def __init__(self, needed: int):
+    def __init__(self, spent: int, needed: int):
+        self.spent = spent
         self.needed = needed
 
 
@@ -78,6 +80,11 @@ for _op in (O.CALL, O.CONCAT, O.FORMAT, O.LIST, O.MAP, O.SET, O.APPEND, O.NE, O.
     _METERED[_op] = True
 
 
+def _name(op: int, a: Any) -> str:
+    """An instruction's name as a fault message names it (a call: the builtin's)."""
+    return str(a[1]) if op == O.CALL else O.OPS[op].name
+
+
 class FrameStateError(AvmError):
     """The host used a frame out of order (run while an effect is out, resume with nothing out...)."""
 
@@ -96,11 +103,12 @@ class Frame:
     __slots__ = (
         "code", "pc", "stack", "variables", "used", "budget", "status", "pending", "effects",
         "stall_limit", "stall_count", "last_request", "last_result", "outcome",
-        "memory_limit", "held", "allocated",
+        "memory_limit", "held", "allocated", "instruction_limit",
     )
 
     def __init__(self, code: Code, budget: float = 100.0, inputs: Mapping[str, Any] | None = None,
-                 *, stall_limit: int = DEFAULT_STALL_LIMIT, memory_limit: int | None = None):
+                 *, stall_limit: int = DEFAULT_STALL_LIMIT, memory_limit: int | None = None,
+                 instruction_limit: float | None = None):
         if not isinstance(code, Code):
             raise TypeError(f"Frame needs a compiled avm.Code, not {type(code).__name__}")
         self.code = code
@@ -130,6 +138,7 @@ class Frame:
         self.last_result: Any = None
         self.outcome: Outcome | None = None
         self.set_memory_limit(memory_limit)
+        self.set_instruction_limit(instruction_limit)
         self.held = 0
         self.allocated = 0
 
@@ -138,6 +147,20 @@ class Frame:
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
             raise ValueError(f"memory_limit must be a positive int of bytes or None, not {limit!r}")
         self.memory_limit = limit
+
+    def set_instruction_limit(self, units: float | None) -> None:
+        """Energy of metered work (avm.lang.meter) one instruction may do (None: as much as the
+        budget allows). An instruction whose work would go past it faults with LimitError, the
+        work it did charged: so no instruction holds the CPU much longer than this much energy
+        buys. The VM sets its scheduling quantum here. Not part of a snapshot: the host sets it
+        again after a restore, as it does the memory limit."""
+        if units is None:
+            self.instruction_limit: int | None = None
+            return
+        milli = to_milli(units, "instruction_limit")
+        if milli <= 0:
+            raise ValueError(f"instruction_limit must be positive energy or None, not {units!r}")
+        self.instruction_limit = milli
 
     @property
     def memory_held(self) -> int:
@@ -359,6 +382,7 @@ class Frame:
         except _Exhausted as exc:
             pc -= 1
             self.pc = pc
+            used += exc.spent  # the work the instruction did before it ran out stays charged
             self.used = used
             self.status = EXHAUSTED
             out = BudgetExceeded(used / 1000, budget / 1000, (costs[pc] + exc.needed) / 1000, pc, self.line_at(pc))
@@ -376,14 +400,21 @@ class Frame:
     def _metered(self, op: int, a: Any, used: int) -> int:
         """Run an instruction whose work grows with its operands (see avm.lang.meter):
         charge that work on top of ``used`` (the fixed cost already in it) and return
-        the new total. Work the budget cannot cover raises _Exhausted with the stack
-        put back as it was before the instruction; a fault keeps what was charged."""
+        the new total. The instruction may spend what the budget has left, and at most
+        the frame's instruction_limit. Work the budget cannot cover raises _Exhausted
+        with the stack put back as it was before the instruction, the work done so
+        far charged (the instruction starts over when the frame continues, and pays
+        again for what it does again); work past the instruction limit is a LimitError
+        fault. Either way, and on any other fault, what was done stays charged."""
         stack = self.stack
         n = _pops(op, a)
         depth = len(stack)
         saved = stack[depth - n:]
         m = M.current()
-        start = self.budget - used + M.FREE
+        left = self.budget - used
+        limit = self.instruction_limit
+        capped = limit is not None and limit < left
+        start = (limit if capped else left) + M.FREE  # type: ignore[operator]
         m.left = start
         m.allocated = 0
         try:
@@ -393,10 +424,17 @@ class Frame:
                 if self.allocated >= max(MEMORY_CHECK_MIN, min(self.held, self.memory_limit // 4),
                                          self.memory_limit - self.held):
                     self._check_memory(m)
-        except M.OutOfEnergy:
+        except M.OutOfEnergy as exc:
             del stack[depth - n:]
             stack.extend(saved)
-            raise _Exhausted(start - m.left - M.FREE) from None
+            charged = max(0, start - m.left - M.FREE)
+            if capped:
+                err = VMError("LimitError", f"{_name(op, a)}: the work of one instruction exceeds the limit of "
+                                            f"{limit / 1000:g} energy")  # type: ignore[operator]
+                err.charged = charged
+                raise err from None
+            # All the instruction is known to need: what it did, and what it asked for and could not have.
+            raise _Exhausted(charged, max(0, start - M.FREE + exc.needed)) from None
         except VMError as exc:
             exc.charged = max(0, start - m.left - M.FREE)
             raise
@@ -415,7 +453,7 @@ class Frame:
         limit = self.memory_limit
         assert limit is not None
         held, nodes = held_bytes(self.stack, self.variables, limit)
-        m.left -= min(max(m.left, 0), nodes // M.NODES_PER_MILLI)
+        m.left -= min(max(m.left, 0), nodes * M.NODE_MILLI)
         self.held = held
         self.allocated = 0
         if held > limit:

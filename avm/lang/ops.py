@@ -158,6 +158,9 @@ def format_text(template: Any, variables: dict[str, Any]) -> str:
     if type(template) is not str:
         raise VMError("TypeError", f"format needs a text template, not {type_name(template)}")
     meter.scan(len(template))
+    # A placeholder is a Python step to fill (~0.1 us) and, in a template of more than 4 KiB
+    # (not cached), one to parse (~1.3 us).
+    meter.spend(template.count("{") * (meter.NODE_MILLI // 2 if len(template) <= 4096 else 6 * meter.NODE_MILLI))
     out: list[str] = []
     size = 0
     for text, is_name in _parse_template(template):
@@ -193,7 +196,7 @@ def _map(frame: Any, stack: list, n: int) -> None:
     if n:
         flat = stack[-2 * n :]
         nest(flat[1::2], "map")
-        make_items(n, "map")
+        make_items(n, "map", meter.MAP_ITEM_BYTES)
         del stack[-2 * n :]
         for i in range(0, 2 * n, 2):
             key = flat[i]
@@ -219,7 +222,7 @@ def _set(frame: Any, stack: list, a: Any) -> None:
         if type(key) is not str:
             raise VMError("TypeError", f"map keys are text, not {type_name(key)}")
         nest((value,), "set")
-        make_items(len(c) + (key not in c), "set")
+        make_items(len(c) + (key not in c), "set", meter.MAP_ITEM_BYTES)
         new: Any = dict(c)
         new[key] = value
         stack[-1] = new
@@ -274,7 +277,13 @@ def observe(frame: Any, field: str, pc: int) -> Any:
 def _number_at_least(value: Any, what: str, kind: str, low: float = 0) -> None:
     if not is_number(value) or value < low or value != value:
         raise VMError("TypeError" if not is_number(value) else "ValueError",
-                      f"{kind}: {what} must be a number >= {low:g}, not {render(value)[:40]}")
+                      f"{kind}: {what} must be a number >= {low:g}, not {_preview(value)}")
+
+
+def _preview(value: Any) -> str:
+    """A value in an error message: scalars as text, containers by type (rendering one is
+    work no instruction pays for)."""
+    return type_name(value) if type(value) in (list, dict) else render(value)[:40]
 
 
 def effect_args(op: int, a: Any, stack: list) -> tuple[Any, ...]:

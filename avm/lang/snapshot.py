@@ -158,6 +158,7 @@ def decode_frame(cls: type[F.Frame], code: Code, data: bytes) -> F.Frame:
     f.last_request = None
     f.outcome = None
     f.memory_limit = None  # not part of the snapshot: the host sets it again
+    f.instruction_limit = None  # nor is this
     f.held = 0
     f.allocated = 0
 

@@ -85,30 +85,36 @@ def measure(value: Any, limit: int = MAX_NODES) -> int:
     """Count the nodes of a value (containers share children, so a value can
     be a DAG whose tree is exponentially larger than its memory); raise
     LimitError past ``limit`` so no walk over it can run away. The count is
-    charged to the running instruction (`avm.lang.meter`)."""
+    charged to the running instruction (`avm.lang.meter`), and the walk stops
+    when it has used up what the instruction may spend (that much charged)."""
     affordable = meter.affordable_nodes()
     bound = min(limit, affordable)
-    count = 0
+    count = 1
     todo = [value]
     while todo:
         v = todo.pop()
-        count += 1
-        if count > bound:
-            _over(count, limit, affordable)
         t = type(v)
         if t is list:
+            count += len(v)
+            if count > bound:
+                _over(count, limit, affordable)
             todo.extend(v)
         elif t is dict:
+            count += 2 * len(v)
+            if count > bound:
+                _over(count, limit, affordable)
             todo.extend(v.values())
-            count += len(v)
     meter.visit(count)
     return count
 
 
 def _over(count: int, limit: int, affordable: int) -> None:
-    if count > limit:
+    """A walk reached ``count`` parts, past ``limit`` or past what it can pay for: charge the
+    parts it walked and raise LimitError (past the limit) or OutOfEnergy (past the energy)."""
+    if count > limit and limit <= affordable:
+        meter.visit(limit)
         raise VMError("LimitError", f"value has more than {limit} parts")
-    meter.spend(-(-count // meter.NODES_PER_MILLI))  # more than is left: raises OutOfEnergy
+    meter.visit(count)  # more than is left: all that is left is charged, and OutOfEnergy raised
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -148,9 +154,9 @@ def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
 
 
 def find_equal(items: list[Any], x: Any) -> int:
-    """Index of the first item equal to ``x``, or -1; charges one part per item
-    plus the parts of any item compared in depth."""
-    meter.visit(len(items))
+    """Index of the first item equal to ``x``, or -1; charges one item looked at per
+    item plus the parts of any item compared in depth."""
+    meter.look(len(items))
     tx = type(x)
     if tx is list or tx is dict:
         n = len(x)
@@ -185,18 +191,18 @@ def equal(a: Any, b: Any, limit: int = MAX_NODES) -> bool:
         return False
     affordable = meter.affordable_nodes()
     bound = min(limit, affordable)
-    count = 0
+    count = 1
     todo = [(a, b)]
     while todo:
         x, y = todo.pop()
-        count += 1
-        if count > bound:
-            _over(count, limit, affordable)
         tx = type(x)
         if tx is list or tx is tuple or tx is dict:
             if type(y) is not tx or len(x) != len(y):
                 meter.visit(count)
                 return False
+            count += len(x)
+            if count > bound:
+                _over(count, limit, affordable)
             if tx is dict:
                 if x.keys() != y.keys():
                     meter.visit(count)
@@ -291,18 +297,20 @@ def _render_into(value: Any, out: list[str], size: int) -> int:
     return size
 
 
-def make_text(length: int, what: str = "text") -> None:
-    """Before building a text of ``length`` characters: LimitError past MAX_TEXT, else charge it."""
+def make_text(length: int, what: str = "text", extra: int = 0) -> None:
+    """Before building a text of ``length`` characters: LimitError past MAX_TEXT, else charge it
+    (and ``extra`` milli-units of work done to build it, e.g. the characters scanned)."""
     if length > MAX_TEXT:
         raise VMError("LimitError", f"{what}: text of {length} characters exceeds the limit of {MAX_TEXT}")
-    meter.make(length)
+    meter.make(length, extra)
 
 
-def make_items(count: int, what: str = "list") -> None:
-    """Before building a container of ``count`` items: LimitError past MAX_ITEMS, else charge it."""
+def make_items(count: int, what: str = "list", item_bytes: int = meter.ITEM_BYTES) -> None:
+    """Before building a container of ``count`` items: LimitError past MAX_ITEMS, else charge
+    it (a map's items: ``item_bytes=meter.MAP_ITEM_BYTES``)."""
     if count > MAX_ITEMS:
         raise VMError("LimitError", f"{what}: {count} items exceeds the limit of {MAX_ITEMS}")
-    meter.make(count * meter.ITEM_BYTES)
+    meter.make(count * item_bytes)
 
 
 def check_text(text: str) -> str:

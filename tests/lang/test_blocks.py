@@ -495,5 +495,5 @@ def test_a_value_of_exponentially_many_shared_parts_is_compared_without_walking_
     # compare both engines on it without expanding it (this once took minutes per example).
     # The value stops growing at the depth limit, the same way in every engine.
     doubling = avm.compile("push 1\nlist 1\nstore a\nloop:\nload a\nload a\nlist 2\nstore a\njump loop\n")
-    trace = differential(doubling, {}, 600_000, [0], [], [0, 1, 2])
+    trace = differential(doubling, {}, 20_000_000, [0], [], [0, 1, 2])
     assert isinstance(trace[-1], Fault) and trace[-1].kind == "LimitError" and "nested" in trace[-1].error

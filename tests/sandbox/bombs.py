@@ -47,12 +47,12 @@ BOMBS: dict[str, tuple[str, tuple[str, ...]]] = {
     "json_dump_shared": (_doubled(18, "load x\ncall json_dump 1\npop\n"), ("budget", "LimitError")),
     "concat_shared": (_doubled(17, "load x\nload x\nconcat\npop\n"), ("budget", "LimitError")),
     # texts and lists past the size limits (checked before they are made)
-    "join_64Gi": (f"{_BIG_LIST}load l\ncall join 1\nreturn\n", ("LimitError",)),
-    "text_of_big_list": (f"{_BIG_LIST}load l\ncall text 1\nreturn\n", ("LimitError",)),
-    "concat_big_list": (f'{_BIG_LIST}load l\npush ""\nconcat\nreturn\n', ("LimitError",)),
+    "join_64Gi": (f"{_BIG_LIST}load l\ncall join 1\nreturn\n", ("LimitError", "budget")),
+    "text_of_big_list": (f"{_BIG_LIST}load l\ncall text 1\nreturn\n", ("LimitError", "budget")),
+    "concat_big_list": (f'{_BIG_LIST}load l\npush ""\nconcat\nreturn\n', ("LimitError", "budget")),
     "format_placeholders": (f'{_BIG_TEXT}push "{{big}}"\npush 349525\ncall repeat 2\nformat\nreturn\n',
                             ("LimitError",)),
-    "replace_grows": (f'{_BIG_TEXT}load big\npush "x"\npush "xx"\ncall replace 3\nreturn\n', ("LimitError",)),
+    "replace_grows": (f'{_BIG_TEXT}load big\npush "x"\npush "xx"\ncall replace 3\nreturn\n', ("LimitError", "budget")),
     "repeat_huge": ('push "x"\npush 1099511627776\ncall repeat 2\nreturn\n', ("LimitError",)),
     "split_many": (_loop('push "a "\npush 524287\ncall repeat 2\nstore t\n', "load t\ncall split 1\npop\n"),
                    ("LimitError", "budget")),
@@ -71,15 +71,15 @@ BOMBS: dict[str, tuple[str, tuple[str, ...]]] = {
     # json
     "json_items": (('push "0,"\npush 524287\ncall repeat 2\npush "["\nswap\nconcat\npush "0]"\nconcat\n'
                     "call json_parse 1\nreturn\n"), ("LimitError",)),
-    "json_deep": ('push "["\npush 349525\ncall repeat 2\ncall json_parse 1\nreturn\n', ("ValueError", "LimitError")),
+    "json_deep": ('push "["\npush 349525\ncall repeat 2\ncall json_parse 1\nreturn\n', ("ValueError", "LimitError", "budget")),
     "json_101_deep": (('push "["\npush 101\ncall repeat 2\npush "]"\npush 101\ncall repeat 2\nconcat\n'
                        "call json_parse 1\nreturn\n"), ("LimitError",)),
     "json_parse_loop": (_loop('push "1,"\npush 30000\ncall repeat 2\npush "["\nswap\nconcat\npush "1]"\nconcat\n'
                               'store t\n',
                               "load t\ncall json_parse 1\npop\n"), ("budget",)),
     # deep values
-    "deep_list": ("push 0\n" + "list 1\n" * 150 + "return\n", ("LimitError",)),
-    "deep_map": ("push 0\n" + "store v\npush k\nload v\nmap 1\n" * 150 + "return\n", ("LimitError",)),
-    "deep_append": (_loop("list 0\nstore v\n", "list 0\nload v\nappend\nstore v\n"), ("LimitError",)),
-    "deep_set": (_loop("map 0\nstore v\n", "map 0\npush k\nload v\nset\nstore v\n"), ("LimitError",)),
+    "deep_list": ("push 0\n" + "list 1\n" * 150 + "return\n", ("LimitError", "budget")),
+    "deep_map": ("push 0\n" + "store v\npush k\nload v\nmap 1\n" * 150 + "return\n", ("LimitError", "budget")),
+    "deep_append": (_loop("list 0\nstore v\n", "list 0\nload v\nappend\nstore v\n"), ("LimitError", "budget")),
+    "deep_set": (_loop("map 0\nstore v\n", "map 0\npush k\nload v\nset\nstore v\n"), ("LimitError", "budget")),
 }

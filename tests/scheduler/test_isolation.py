@@ -23,7 +23,7 @@ WAITER = "load t\nrecv\nreturn\n"
 
 async def test_a_too_deep_value_fails_its_agent_where_it_is_made_beside_healthy_ones(autojump_clock):
     async with VM(hibernate_after_s=0.2) as vm:
-        deep = await vm.spawn(DEEP_RECV, inputs={"t": None}, budget=1000)
+        deep = await vm.spawn(DEEP_RECV, inputs={"t": None}, budget=5000)  # 100 levels: ~1,000 energy of depth checks to build
         healthy = [await vm.spawn(HEALTHY, budget=1000) for _ in range(20)]
         for h in healthy:
             assert await h.result() == 1
