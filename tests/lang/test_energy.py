@@ -4,6 +4,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import avm
+from avm.lang.frame import _METERED as METERED
 from avm.lang.frame import Frame
 from avm.lang.outcomes import BudgetExceeded, Effect
 from tests.lang.drive import drive
@@ -29,26 +30,33 @@ def test_energy_never_exceeds_budget(source, inp, results, budget_milli):
 @SETTINGS
 @given(programs(), inputs, st.lists(effect_results, min_size=1, max_size=4))
 def test_energy_is_the_sum_of_the_costs_of_the_instructions_executed(source, inp, results):
-    """Single-step the real interpreter (a budget of exactly one instruction at a
-    time) and check the charge after every step against the cost table."""
+    """Single-step the real interpreter (a budget of exactly what one instruction asks for at a
+    time) and check the charge after every step against the cost table. An instruction whose work
+    grows with its operands (see avm.lang.meter) may ask for more than its fixed cost; past the free
+    allowance it is charged its fixed cost plus its work, and a run that stops it short charges the
+    work it did and starts it over, so single-stepping such work costs at least a run in one go."""
     code = avm.compile(source)
-    costs = code.decoded()[2]
+    ops, _, costs = code.decoded()[:3]
     frame = Frame(code, budget=0, inputs=inp)
-    expected = 0
+    expected = 0  # the energy given, exactly what each step asked for
+    extra = False  # some instruction asked for more than its fixed cost
     executed = 0
     effects = 0
     while True:
         out = frame.run()
         if isinstance(out, BudgetExceeded):
-            assert out.pc == frame.pc and round(out.needed * 1000) == costs[frame.pc]
+            needed = round(out.needed * 1000)
+            assert out.pc == frame.pc and needed >= costs[frame.pc]
+            if needed != costs[frame.pc]:
+                assert METERED[ops[frame.pc]], f"op {ops[frame.pc]} is not metered but asked for {needed}"
+                extra = True
             if executed >= 3000:
                 break
-            pc = frame.pc
-            frame.add_budget(costs[pc] / 1000)
-            expected += costs[pc]
+            frame.add_budget(needed / 1000)
+            expected += needed
             executed += 1
             continue
-        assert frame.used == expected
+        assert frame.used == expected if not extra else frame.used <= expected
         if isinstance(out, Effect):
             effects += 1
             if effects > 30:
@@ -56,10 +64,11 @@ def test_energy_is_the_sum_of_the_costs_of_the_instructions_executed(source, inp
             frame.resume(results[effects % len(results)])
             continue
         break  # Done, Fault or Stalled
-    assert frame.used == expected
+    assert frame.used == expected if not extra else frame.used <= expected
 
-    # The same program run in one go with a large budget charges the same.
-    whole = Frame(code, budget=expected / 1000 + 1000, inputs=inp)
+    # The same program run in one go with a large budget charges the same (no more, when metered work
+    # was stopped short and redone while single-stepping).
+    whole = Frame(code, budget=frame.used / 1000 + 1000, inputs=inp)
     effects = 0
     while True:
         out2 = whole.run()
@@ -73,7 +82,10 @@ def test_energy_is_the_sum_of_the_costs_of_the_instructions_executed(source, inp
     budget_blind = "energy_check" not in source and "observe" not in source
     if executed < 3000 and effects <= 30 and budget_blind:
         assert type(out2) is type(out)
-        assert whole.used == frame.used
+        if extra:
+            assert whole.used <= frame.used
+        else:
+            assert whole.used == frame.used
 
 
 def _drive_in_quanta(frame: Frame, results: list, quantum: int) -> tuple[object, int]:
