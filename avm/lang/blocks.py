@@ -102,6 +102,9 @@ MAX_INSTRUCTIONS = 4_096  # longer programs are left to the interpreter (generat
 # the interpreter's free allowance; work beyond it raises, and the interpreter, which
 # charges it exactly, runs the block again.
 _METERED = frozenset((O.CALL, O.CONCAT, O.FORMAT, O.LIST, O.MAP, O.SET, O.APPEND, O.ADD, O.EQ, O.NE))
+# Metered only off their int fast path (texts, containers): the general case sets the allowance itself
+# (`_metered_pair`), so a block whose add works on ints (a loop counter) never touches the meter.
+_LAZY_METERED = frozenset((O.ADD, O.EQ, O.NE))
 
 # Opcodes that end a block after themselves.
 _ENDS_BLOCK = frozenset(info.code for info in O.OPS if info.jumps or info.ends or info.effect)
@@ -143,6 +146,17 @@ def run_blocks(frame: F.Frame) -> Outcome:
         return fn(frame, frame.stack, frame.variables, pc, frame.used, frame.budget)
     finally:
         meter.left = M.UNMETERED
+
+
+def _metered_pair(fn: Any) -> Any:
+    """``fn(x, b)`` with the free allowance of one metered instruction (see _LAZY_METERED)."""
+    current, free = M.current, M.FREE
+
+    def metered(x: Any, b: Any) -> Any:
+        current().left = free
+        return fn(x, b)
+
+    return metered
 
 
 def _make_list(items: list[Any]) -> list[Any]:
@@ -273,6 +287,8 @@ _BASE_NS = {
     "_fallback_exception": _fallback_exception,
     "_make_list": _make_list,
     "_meter": M.current,
+    "_add_m": _metered_pair(add),
+    "_equal_m": _metered_pair(equal),
     "__builtins__": {"type": type, "int": int, "Exception": Exception},
 }
 
@@ -281,11 +297,11 @@ _BASE_NS = {
 # with fn = ne, le, gt, ge (written with less/equal in avm.lang.ops), which on two ints agree
 # with the Python operator.
 _INT_BINARY = {
-    O.ADD: ("+", "_add({x}, {b})"),
+    O.ADD: ("+", "_add_m({x}, {b})"),
     O.SUB: ("-", "_sub({x}, {b})"),
     O.LT: ("<", "_less({x}, {b})"),
-    O.EQ: ("==", "_equal({x}, {b})"),
-    O.NE: ("!=", "not _equal({x}, {b})"),
+    O.EQ: ("==", "_equal_m({x}, {b})"),
+    O.NE: ("!=", "not _equal_m({x}, {b})"),
     O.LE: ("<=", "not _less({b}, {x})"),
     O.GT: (">", "_less({b}, {x})"),
     O.GE: (">=", "not _less({x}, {b})"),
@@ -410,7 +426,7 @@ class _Generator:
             depth += 1
             pad = "    " * depth
         out.append(f"{pad}used += {cost}")
-        if any(ops[p] in _METERED for p in range(start, end + 1)):
+        if any(ops[p] in _METERED and ops[p] not in _LAZY_METERED for p in range(start, end + 1)):
             out.append(f"{pad}_m = _meter()")
             out.append(f"{pad}_m.left = {M.FREE}")
         body = _Block(self, start, cost)
@@ -505,7 +521,9 @@ class _Block:
         op = prog.ops[p]
         a = prog.args[p]
         self.spent += prog.costs[p]
-        if op in _METERED:
+        if op in _LAZY_METERED:
+            self.metered += 1  # its general case sets its own allowance (and a later one must set its own)
+        elif op in _METERED:
             # Each metered instruction gets its own free allowance, as in the interpreter (the
             # block start gave the first one its own); its code is emitted right after this.
             if self.metered:
