@@ -5,11 +5,13 @@ a fault keeps the energy the instruction was charged."""
 from __future__ import annotations
 
 import pytest
+import re2  # type: ignore[import-untyped]
 
 import avm
 from avm.lang import meter as M
 from avm.lang import opcodes as O
 from avm.lang.blocks import run_blocks
+from avm.lang.builtins import scan_factor
 from avm.lang.frame import Frame
 from avm.lang.outcomes import BudgetExceeded, Fault
 from tests.sandbox.bombs import BOMBS, BUDGET
@@ -95,7 +97,8 @@ def test_work_on_text_that_is_not_ascii_is_charged_by_its_slower_speed():
     upper = "load t\ncall upper 1\nlen\n"
     assert used("\\u00df", upper) - used("a", upper) == 16384 * 16 - 16384 // 4
     regex = 'push "b+"\nload t\ncall regex_match 2\n'
-    assert used("\\u00df", regex) - used("a", regex) == 3 * 16384 * M.SCAN_MILLI
+    factor = scan_factor(re2.compile("b+"))  # the pattern's own constant (see avm.lang.builtins._searched)
+    assert used("\\u00df", regex) - used("a", regex) == factor * 3 * 16384 * M.SCAN_MILLI
 
 
 def test_small_values_cost_exactly_the_table():
@@ -172,3 +175,17 @@ async def test_agents_may_do_at_most_a_quantum_of_work_in_one_instruction():
         alone = Frame(avm.compile(SHARED), budget=BUDGET, instruction_limit=20.0)
         assert isinstance(alone.run(), Fault)
         assert bomb.energy_used == alone.energy_used  # the eq's 20 of work on top of building the value
+
+
+def test_a_pattern_that_tracks_capture_groups_is_charged_for_them():
+    # RE2 is linear in the text, with a constant that grows with the program and its groups: "(.*)" x 20
+    # then "$" ran ~870 ns a character (20 s of CPU under budget 1,000 when charged by length alone).
+    def used(pattern: str) -> int:
+        src = f'push "a"\npush 500\ncall repeat 2\nstore t\npush "{pattern}"\nload t\ncall regex_match 2\nreturn\n'
+        frame = Frame(avm.compile(src), budget=BUDGET)
+        assert isinstance(frame.run(), avm.Done)
+        return frame.used
+
+    heavy, light = used("(.*)" * 20 + "$"), used("a$")
+    assert scan_factor(re2.compile("(.*)" * 20 + "$")) > 300 * scan_factor(re2.compile("a$"))
+    assert heavy - light >= 300 * 500 * M.SCAN_MILLI
