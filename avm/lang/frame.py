@@ -74,6 +74,10 @@ def _pops(op: int, a: Any) -> int:
     return O.OPS[op].pops
 
 
+# What each metered instruction pops, or -1 where the operand says (call, list, map: see _pops).
+_FIXED_POPS = [-1 if _op in (O.CALL, O.LIST, O.MAP) else O.OPS[_op].pops for _op in range(len(O.OPS))]
+_meter_get = M._get
+
 # Instructions the interpreter runs through Frame._metered (add and eq: only on texts and containers).
 _METERED = [False] * len(O.OPS)
 for _op in (O.CALL, O.CONCAT, O.FORMAT, O.LIST, O.MAP, O.SET, O.APPEND, O.NE, O.ADD, O.EQ):
@@ -407,10 +411,15 @@ class Frame:
         again for what it does again); work past the instruction limit is a LimitError
         fault. Either way, and on any other fault, what was done stays charged."""
         stack = self.stack
-        n = _pops(op, a)
+        n = _FIXED_POPS[op]
+        if n < 0:
+            n = _pops(op, a)
         depth = len(stack)
         saved = stack[depth - n:]
-        m = M.current()
+        try:
+            m = _meter_get()
+        except LookupError:
+            m = M.current()
         left = self.budget - used
         limit = self.instruction_limit
         capped = limit is not None and limit < left
