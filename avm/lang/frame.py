@@ -236,6 +236,18 @@ class Frame:
         self.stack.append(result)
         self.effects += 1
         self.status = READY
+        limit = self.memory_limit
+        if limit is not None and type(result) is not bool and result is not None:
+            # What an effect hands the program is held like what it makes: a receiver that keeps the
+            # messages, tool results or replies it gets is held to its ceiling too.
+            self.allocated += len(result) if type(result) is str else held_bytes([result], {}, limit)[0]
+            if self.allocated >= max(MEMORY_CHECK_MIN, min(self.held, limit // 4), limit - self.held):
+                held = held_bytes(self.stack, self.variables, limit)[0]
+                self.held, self.allocated = held, 0
+                if held > limit:
+                    self._fault(effect.pc, self.used, "MemoryLimit",
+                                f"{effect.kind}: the agent's values hold more than its limit of {limit} bytes")
+                    return
         if self.stall_limit and effect.kind not in STALL_EXEMPT and not (effect.kind == "recv" and result is None):
             request = (effect.kind, effect.args)
             if self.last_request is not None and _same(request, self.last_request) and _same(result, self.last_result):

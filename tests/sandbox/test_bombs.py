@@ -189,3 +189,25 @@ def test_a_pattern_that_tracks_capture_groups_is_charged_for_them():
     heavy, light = used("(.*)" * 20 + "$"), used("a$")
     assert scan_factor(re2.compile("(.*)" * 20 + "$")) > 300 * scan_factor(re2.compile("a$"))
     assert heavy - light >= 300 * 500 * M.SCAN_MILLI
+
+
+def test_what_effects_hand_an_agent_counts_toward_its_memory_ceiling():
+    # A receiver appending each message it gets held 205 MiB under an 8 MiB ceiling: only values the
+    # program made were counted, never the results of recv, tools or the LLM.
+    src = "list 0\nstore xs\nloop:\npush null\nrecv\nstore m\nload xs\nload m\nappend\nstore xs\njump loop\n"
+    frame = Frame(avm.compile(src), budget=100_000, memory_limit=1 << 20)
+    out = frame.run()
+    for i in range(50):
+        assert isinstance(out, avm.Effect), out
+        frame.resume(f"{i:02d}" * 100_000)  # 200 KB each, all distinct
+        out = frame.run()
+        if not isinstance(out, avm.Effect):
+            break
+    assert isinstance(out, Fault) and out.kind == "MemoryLimit" and "recv" in out.error, out
+    assert 5 <= i <= 8  # past 1 MiB held, not at the first message and not 10 MB later
+    small = Frame(avm.compile(src), budget=100_000, memory_limit=1 << 20)
+    out = small.run()
+    for i in range(200):  # small messages that the program drops are never a problem
+        small.resume({"n": i, "text": "short"})
+        out = small.run()
+    assert isinstance(out, avm.Effect)
