@@ -211,3 +211,17 @@ def test_what_effects_hand_an_agent_counts_toward_its_memory_ceiling():
         small.resume({"n": i, "text": "short"})
         out = small.run()
     assert isinstance(out, avm.Effect)
+
+
+def test_comparing_long_texts_is_charged_by_their_length():
+    # Lists of references to 1 Mi texts that differ only at the end: each comparison is a 1 MB memcmp,
+    # and at one part (or one item looked at) each, contains and eq ran 20 s under budget 1,000.
+    setup = ('push "a"\npush 1048575\ncall repeat 2\nstore p\nload p\npush "x"\nconcat\nstore a\n'
+             'load p\npush "y"\nconcat\nstore b\n')
+    for body in ("load a\nlist 1\npush 2000\ncall repeat 2\nload b\ncall contains 2\nreturn\n",
+                 "load a\nlist 1\npush 2000\ncall repeat 2\nload b\nlist 1\npush 2000\ncall repeat 2\neq\nreturn\n",
+                 "load a\nload b\neq\nreturn\n"):
+        frame = Frame(avm.compile(setup + body), budget=100_000)
+        assert isinstance(frame.run(), avm.Done)
+        compares = 2000 if "contains" in body else 1  # eq stops at the first pair that differs
+        assert frame.used >= compares * (1048576 >> 5), body  # 1 milli-unit per 32 characters compared
