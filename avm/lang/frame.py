@@ -241,7 +241,7 @@ class Frame:
             # What an effect hands the program is held like what it makes: a receiver that keeps the
             # messages, tool results or replies it gets is held to its ceiling too.
             self.allocated += len(result) if type(result) is str else held_bytes([result], {}, limit)[0]
-            if self.allocated >= max(MEMORY_CHECK_MIN, min(self.held, limit // 4), limit - self.held):
+            if self._memory_due(limit):
                 held = held_bytes(self.stack, self.variables, limit)[0]
                 self.held, self.allocated = held, 0
                 if held > limit:
@@ -442,8 +442,7 @@ class Frame:
             H.TABLE[op](self, stack, a)  # type: ignore[misc]
             if self.memory_limit is not None:
                 self.allocated += m.allocated
-                if self.allocated >= max(MEMORY_CHECK_MIN, min(self.held, self.memory_limit // 4),
-                                         self.memory_limit - self.held):
+                if self._memory_due(self.memory_limit):
                     self._check_memory(m)
         except M.OutOfEnergy as exc:
             del stack[depth - n:]
@@ -468,6 +467,11 @@ class Frame:
             spent = start - m.left
             m.left = M.UNMETERED
         return used + spent - M.FREE if spent > M.FREE else used
+
+    def _memory_due(self, limit: int) -> bool:
+        """Whether enough has been made since the last measurement of what the frame holds to measure
+        again: at least MEMORY_CHECK_MIN bytes, and never so much that it could pass ``limit`` unseen."""
+        return self.allocated >= max(MEMORY_CHECK_MIN, min(self.held, limit // 4), limit - self.held)
 
     def _check_memory(self, m: Any) -> None:
         """Measure what the frame holds (charged, as far as the budget goes); LimitError past the ceiling."""
