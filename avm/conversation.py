@@ -29,10 +29,11 @@ pushes
 content is a `Ref` into the store, so 1,000 agents holding the same text hold
 1,000 refs to one object. A message's text goes to the store compressed (its
 warm tier) and the message keeps its JSON for the requests that follow, so
-memory holds one uncompressed copy of it, the one that is sent. The system prompt is a template stored once: when
-it has ``{name}`` placeholders they are filled from the agent's inputs while
-the request is built, and the rendered text lives only as long as the
-request. A template without placeholders is sent as its ref.
+memory holds one uncompressed copy of it, the one that is sent. The system
+prompt is a template stored once: when it has ``{name}`` placeholders they
+are filled from the agent's inputs while the request is built, and the
+rendered text lives only as long as the request. A template without
+placeholders is sent as its ref.
 """
 
 from __future__ import annotations
