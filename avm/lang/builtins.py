@@ -36,11 +36,13 @@ from avm.lang.values import (
     check_items,
     check_text,
     find_equal,
+    is_number,
     less,
     lone_surrogate,
     make_items,
     make_text,
     measure,
+    order_cost,
     render,
     type_name,
 )
@@ -241,20 +243,23 @@ def _get_default(c: Any, k: Any, default: Any) -> Any:
 
 @builtin("keys", 1, 300, "the keys of a map, sorted")
 def _keys(m: Any) -> list[str]:
-    _sorting(len(_want(m, dict, "argument", "keys")))
+    _sorting(len(_want(m, dict, "argument", "keys")), m)
     return sorted(m)
 
 
 @builtin("values", 1, 300, "the values of a map, in key order")
 def _values(m: Any) -> list[Any]:
     _want(m, dict, "argument", "values")
-    _sorting(len(m))
+    _sorting(len(m), m)
     return [m[k] for k in sorted(m)]
 
 
-def _sorting(n: int) -> None:
-    """Charge sorting n items: about n log n comparisons, and the list made."""
+def _sorting(n: int, items: Any) -> None:
+    """Charge sorting ``items`` (n of them): about n log n comparisons, reading texts as far as they
+    share a prefix (a merge sort's log2 n levels, and the insertion sort of its short runs: about 6
+    comparisons an item), and the list made."""
     meter.sorting(n)
+    meter.spend(order_cost(items, n.bit_length() + 6))
     make_items(n)
 
 
@@ -285,12 +290,18 @@ def _range(a: Any, b: Any = None) -> list[int]:
     return list(range(start, end))
 
 
+def _order_kinds(a: Any, b: Any) -> None:
+    """TypeError unless ``a`` and ``b`` can be ordered together (numbers, or texts), without comparing them."""
+    if not ((is_number(a) and is_number(b)) or (type(a) is str and type(b) is str)):
+        raise VMError("TypeError", f"cannot order {type_name(a)} and {type_name(b)}")
+
+
 @builtin("sort", 1, 1000, "a list of numbers or of texts, sorted")
 def _sort(items: Any) -> list[Any]:
     _want(items, list, "argument", "sort")
-    _sorting(len(items))
+    _sorting(len(items), items)
     for x in items[1:]:
-        less(items[0], x)  # raises if the kinds cannot be ordered together
+        _order_kinds(items[0], x)  # raises if the kinds cannot be ordered together
     return sorted(items)
 
 
@@ -362,6 +373,7 @@ def _abs(x: Any) -> int | float:
 def _min(a: Any, b: Any = None) -> Any:
     items = _want(a, list, "argument", "min") if b is None else [a, b]
     meter.look(len(items))
+    meter.spend(order_cost(items, 1))
     if not items:
         raise VMError("ValueError", "min: empty list")
     best = items[0]
@@ -375,6 +387,7 @@ def _min(a: Any, b: Any = None) -> Any:
 def _max(a: Any, b: Any = None) -> Any:
     items = _want(a, list, "argument", "max") if b is None else [a, b]
     meter.look(len(items))
+    meter.spend(order_cost(items, 1))
     if not items:
         raise VMError("ValueError", "max: empty list")
     best = items[0]

@@ -240,6 +240,22 @@ def _text_compare(x: str, y: Any) -> None:
         meter.spend(len(x) >> TEXT_COMPARE_SHIFT)
 
 
+ORDER_WIDE_SHIFT = 1  # ordering texts of 2- or 4-byte characters: a loop, 0.1-0.4 ns a character
+
+
+def order_cost(items: Any, passes: int) -> int:
+    """Milli-units to compare the texts of ``items`` in ``passes`` passes, where a pass compares each
+    text at most about once as the shorter of a pair (a merge level of a sort, or a scan for the least):
+    a comparison of texts that share a prefix reads it whole, 1 Mi characters in 35 us (one byte a
+    character) to 390 us (two). 0 when ``items`` are not all texts (ordering them fails anyway)."""
+    try:
+        total = sum(map(len, items))
+        narrow = all(map(str.isascii, items))
+    except TypeError:
+        return 0
+    return (total * passes) >> (TEXT_COMPARE_SHIFT if narrow else ORDER_WIDE_SHIFT)
+
+
 def _scalar_equal(a: Any, b: Any) -> bool:
     ta, tb = type(a), type(b)
     if ta is not tb:

@@ -25,6 +25,11 @@ _MI = 1 << 20
 _BIG_TEXT = f'push "x"\npush {_MI}\ncall repeat 2\nstore big\n'
 _BIG_LIST = f'{_BIG_TEXT}load big\nlist 1\npush 65536\ncall repeat 2\nstore l\n'
 
+# Two texts of 1 Mi characters that differ only in their last one, alternating in a list of 4,096
+# (2 MiB held: the list holds references): comparing the two reads them whole.
+_SIMILAR_TEXTS = ('push "x"\npush 1048575\ncall repeat 2\nstore t\nload t\npush "a"\nconcat\n'
+                  'load t\npush "b"\nconcat\nlist 2\npush 2048\ncall repeat 2\nstore l\npush null\nstore t\n')
+
 BOMBS: dict[str, tuple[str, tuple[str, ...]]] = {
     # regular expressions that backtrack exponentially on a backtracking engine
     "regex_nested_optional": (_loop('push "a"\npush 28\ncall repeat 2\nstore t\n',
@@ -68,6 +73,10 @@ BOMBS: dict[str, tuple[str, tuple[str, ...]]] = {
     "append_quadratic": (_loop("list 0\nstore l\n", "load l\npush 1\nappend\nstore l\n"), ("budget", "LimitError")),
     "sort_big": (_loop("push 65536\npush 0\ncall range 2\nstore l\n", "load l\ncall reverse 1\ncall sort 1\npop\n"),
                  ("budget",)),
+    # ordering texts that share all but their last character (each comparison reads them whole)
+    "sort_long_texts": (_loop(_SIMILAR_TEXTS, "load l\ncall sort 1\npop\n"), ("budget",)),
+    "max_long_texts": (_loop(_SIMILAR_TEXTS, "load l\ncall max 1\npop\n"), ("budget",)),
+    "lt_long_texts": (_loop(_SIMILAR_TEXTS, "load l\npush 0\nget\nload l\npush 1\nget\nlt\npop\n"), ("budget",)),
     # json
     "json_items": (('push "0,"\npush 524287\ncall repeat 2\npush "["\nswap\nconcat\npush "0]"\nconcat\n'
                     "call json_parse 1\nreturn\n"), ("LimitError",)),
