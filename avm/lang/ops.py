@@ -4,6 +4,11 @@
 the stack, or None for the instructions the loop handles itself (the hot
 ones, control flow, energy_check, observe) and for those that leave the VM
 (return, halt, effects; see `effect_args`).
+
+The handlers of metered instructions (see avm.lang.frame._METERED) take their
+operands from the stack only once their work is done and paid for: one that
+runs out of energy (avm.lang.meter.OutOfEnergy) must leave the stack as it
+found it, so that the instruction can start over when the frame continues.
 """
 
 from __future__ import annotations
@@ -45,8 +50,9 @@ def _swap(frame: Any, stack: list, a: Any) -> None:
 
 def _binary(fn: Callable[[Any, Any], Any]) -> Handler:
     def handler(frame: Any, stack: list, a: Any) -> None:
-        b = stack.pop()
-        stack[-1] = fn(stack[-1], b)
+        result = fn(stack[-2], stack[-1])  # add, eq and ne are metered: the operands stay until it is made
+        del stack[-1]
+        stack[-1] = result
 
     return handler
 
@@ -90,11 +96,11 @@ def _call(frame: Any, stack: list, a: Any) -> None:
     if builtin is None:
         raise VMError("NameError", f"unknown builtin {name!r}")
     if argc:
-        argv = stack[-argc:]
+        result = builtin.fn(*stack[-argc:])
         del stack[-argc:]
+        stack.append(result)
     else:
-        argv = []
-    stack.append(builtin.fn(*argv))
+        stack.append(builtin.fn())
 
 
 def _assert(frame: Any, stack: list, a: Any) -> None:
@@ -103,15 +109,17 @@ def _assert(frame: Any, stack: list, a: Any) -> None:
 
 
 def _concat(frame: Any, stack: list, a: Any) -> None:
-    b = stack.pop()
-    x = stack[-1]
+    x = stack[-2]
+    b = stack[-1]
     if type(x) is list and type(b) is list:
         make_items(len(x) + len(b), "concat")
-        stack[-1] = x + b
+        result = x + b
     else:
         left, right = render(x), render(b)
         make_text(len(left) + len(right), "concat")
-        stack[-1] = left + right
+        result = left + right
+    del stack[-1]
+    stack[-1] = result
 
 
 _TEMPLATES: dict[str, tuple[tuple[str, bool], ...]] = {}
@@ -221,9 +229,7 @@ def _get_op(frame: Any, stack: list, a: Any) -> None:
 
 
 def _set(frame: Any, stack: list, a: Any) -> None:
-    value = stack.pop()
-    key = stack.pop()
-    c = stack[-1]
+    c, key, value = stack[-3:]
     if type(c) is dict:
         if type(key) is not str:
             raise VMError("TypeError", f"map keys are text, not {type_name(key)}")
@@ -231,7 +237,6 @@ def _set(frame: Any, stack: list, a: Any) -> None:
         make_items(len(c) + (key not in c), "set", meter.MAP_ITEM_BYTES)
         new: Any = dict(c)
         new[key] = value
-        stack[-1] = new
     elif type(c) is list:
         if type(key) is not int:
             raise VMError("TypeError", f"list index must be an int, not {type_name(key)}")
@@ -241,9 +246,10 @@ def _set(frame: Any, stack: list, a: Any) -> None:
         make_items(len(c), "set")
         new = list(c)
         new[key] = value
-        stack[-1] = new
     else:
         raise VMError("TypeError", f"cannot set an item in {type_name(c)}")
+    del stack[-2:]
+    stack[-1] = new
 
 
 def _len(frame: Any, stack: list, a: Any) -> None:
@@ -255,12 +261,13 @@ def _len(frame: Any, stack: list, a: Any) -> None:
 
 
 def _append(frame: Any, stack: list, a: Any) -> None:
-    value = stack.pop()
-    c = stack[-1]
+    c = stack[-2]
+    value = stack[-1]
     if type(c) is not list:
         raise VMError("TypeError", f"cannot append to {type_name(c)}")
     nest((value,), "append")
     make_items(len(c) + 1, "append")
+    del stack[-1]
     stack[-1] = c + [value]
 
 
