@@ -150,10 +150,10 @@ def run_blocks(frame: F.Frame) -> Outcome:
 
 def _metered_pair(fn: Any) -> Any:
     """``fn(x, b)`` with the free allowance of one metered instruction (see _LAZY_METERED)."""
-    current, free = M.current, M.FREE
+    meter, free = M._get, M.FREE  # run_blocks has set this context's meter
 
     def metered(x: Any, b: Any) -> Any:
-        current().left = free
+        meter().left = free
         return fn(x, b)
 
     return metered
@@ -286,7 +286,7 @@ _BASE_NS = {
     "_fallback_budget": _fallback_budget,
     "_fallback_exception": _fallback_exception,
     "_make_list": _make_list,
-    "_meter": M.current,
+    "_meter": M._get,  # the context variable's own get (run_blocks has set this context's meter)
     "_add_m": _metered_pair(add),
     "_equal_m": _metered_pair(equal),
     "__builtins__": {"type": type, "int": int, "Exception": Exception},

@@ -176,11 +176,24 @@ def find_equal(items: list[Any], x: Any) -> int:
     return -1
 
 
+SMALL_FLAT = 8  # items of a container check_depth charges nothing for when none of them is a container
+
+
 def nest(items: Any, what: str) -> None:
     """Check that a container holding ``items`` stays within MAX_DEPTH."""
     for x in items:
         tx = type(x)
         if tx is list or tx is dict:
+            inner = x if tx is list else x.values()
+            if len(inner) < SMALL_FLAT:
+                # The common case, a small record or list of scalars, without check_depth's walk:
+                # it is one level deep, and its eighth of a part per item rounds down to nothing.
+                for y in inner:
+                    ty = type(y)
+                    if ty is list or ty is dict:
+                        break
+                else:
+                    continue
             try:
                 check_depth(x, MAX_DEPTH - 1)
             except VMError:
@@ -320,12 +333,15 @@ def _render_into(value: Any, out: list[str], size: int) -> int:
     return size
 
 
+_make = meter.make
+
+
 def make_text(length: int, what: str = "text", extra: int = 0) -> None:
     """Before building a text of ``length`` characters: LimitError past MAX_TEXT, else charge it
     (and ``extra`` milli-units of work done to build it, e.g. the characters scanned)."""
     if length > MAX_TEXT:
         raise VMError("LimitError", f"{what}: text of {length} characters exceeds the limit of {MAX_TEXT}")
-    meter.make(length, extra)
+    _make(length, extra)
 
 
 def make_items(count: int, what: str = "list", item_bytes: int = meter.ITEM_BYTES) -> None:
@@ -333,7 +349,7 @@ def make_items(count: int, what: str = "list", item_bytes: int = meter.ITEM_BYTE
     it (a map's items: ``item_bytes=meter.MAP_ITEM_BYTES``)."""
     if count > MAX_ITEMS:
         raise VMError("LimitError", f"{what}: {count} items exceeds the limit of {MAX_ITEMS}")
-    meter.make(count * item_bytes)
+    _make(count * item_bytes, 0)
 
 
 def check_text(text: str) -> str:
