@@ -150,10 +150,10 @@ def run_blocks(frame: F.Frame) -> Outcome:
 
 def _metered_pair(fn: Any) -> Any:
     """``fn(x, b)`` with the free allowance of one metered instruction (see _LAZY_METERED)."""
-    current, free = M.current, M.FREE
+    meter, free = M._get, M.FREE  # run_blocks has set this context's meter
 
     def metered(x: Any, b: Any) -> Any:
-        current().left = free
+        meter().left = free
         return fn(x, b)
 
     return metered
@@ -286,7 +286,8 @@ _BASE_NS = {
     "_fallback_budget": _fallback_budget,
     "_fallback_exception": _fallback_exception,
     "_make_list": _make_list,
-    "_meter": M.current,
+    "_CONTAINERS": (list, dict),
+    "_meter": M._get,  # the context variable's own get (run_blocks has set this context's meter)
     "_add_m": _metered_pair(add),
     "_equal_m": _metered_pair(equal),
     "__builtins__": {"type": type, "int": int, "Exception": Exception},
@@ -606,7 +607,16 @@ class _Block:
         elif op == O.LIST:
             argv = self.pops(a)
             t = self.temp()
-            self.emit(f"{t} = _make_list([{', '.join(argv)}])")
+            if argv and a * M.ITEM_BYTES // M.BYTES_PER_MILLI <= M.FREE:
+                # A short list of no containers does all its work (no depth to check, `a` items made)
+                # within the free allowance, and blocks run with no memory ceiling (run_blocks): the
+                # handler's checks and charges are only needed when an item is a container.
+                nested = " or ".join(f"type({x}) in _CONTAINERS" for x in argv)
+                self.emit(f"{t} = [{', '.join(argv)}]")
+                self.emit(f"if {nested}:")
+                self.emit(f"    _make_list({t})")
+            else:
+                self.emit(f"{t} = _make_list([{', '.join(argv)}])")
             self.push(t)
         elif op == O.GET:
             k, _ = self.pop()

@@ -54,34 +54,17 @@ MEMORY_CHECK_MIN = 64 << 10  # bytes made between two measurements of what a fra
 STALL_EXEMPT = ("sleep",)
 
 
-class _Exhausted(Exception):
-    """An instruction's metered work did not fit in the budget: it did ``spent`` milli-units
-    of work (charged), and all of it needs ``needed`` at least (its fixed cost aside)."""
-
-    def __init__(self, spent: int, needed: int):
-        self.spent = spent
-        self.needed = needed
-
-
-def _pops(op: int, a: Any) -> int:
-    """Values a metered instruction pops (to put them back when it runs out of energy)."""
-    if op == O.CALL:
-        return a[2]  # type: ignore[no-any-return]
-    if op == O.LIST:
-        return a  # type: ignore[no-any-return]
-    if op == O.MAP:
-        return 2 * a  # type: ignore[no-any-return]
-    return O.OPS[op].pops
-
-
-# What each metered instruction pops, or -1 where the operand says (call, list, map: see _pops).
-_FIXED_POPS = [-1 if _op in (O.CALL, O.LIST, O.MAP) else O.OPS[_op].pops for _op in range(len(O.OPS))]
-_meter_get = M._get
-
-# Instructions the interpreter runs through Frame._metered (add and eq: only on texts and containers).
+# Instructions whose work grows with their operands (see avm.lang.meter): the interpreter gives
+# each a meter allowance and charges what it used beyond FREE. add and eq reach that path only
+# off their fast path (not two ints; eq: a list or map on top).
+#
+# The handlers of these instructions (avm.lang.ops) leave the stack untouched until their work
+# is done and paid for: so one that runs out of energy leaves the stack as it was before it,
+# and the interpreter need not save and restore its operands.
 _METERED = [False] * len(O.OPS)
 for _op in (O.CALL, O.CONCAT, O.FORMAT, O.LIST, O.MAP, O.SET, O.APPEND, O.NE, O.ADD, O.EQ):
     _METERED[_op] = True
+NO_CAP = M.UNMETERED  # the per-instruction work limit of a frame that has none
 
 
 def _name(op: int, a: Any) -> str:
@@ -306,6 +289,17 @@ class Frame:
         LOAD, STORE, PUSH, ADD, SUB, LT, JUMP_IF, JUMP, JUMP_UNLESS, EQ, POP, DUP = (
             O.LOAD, O.STORE, O.PUSH, O.ADD, O.SUB, O.LT, O.JUMP_IF, O.JUMP, O.JUMP_UNLESS, O.EQ, O.POP, O.DUP)
         ENERGY_CHECK, OBSERVE = O.ENERGY_CHECK, O.OBSERVE
+        # The meter, looked up once: run() is synchronous, so its context cannot change under it.
+        meter = M.current()
+        FREE, UNMETERED = M.FREE, M.UNMETERED
+        cap = self.instruction_limit
+        if cap is None:
+            cap = NO_CAP
+        mem_limit = self.memory_limit
+        # Bytes made since the last measurement at which to measure again (see _memory_due).
+        due = NO_CAP if mem_limit is None else self._memory_threshold(mem_limit)
+        # The allowance of the metered instruction running, or 0 between them (no work is metered).
+        start = 0
         op = -1
         try:
             while True:
@@ -323,26 +317,33 @@ class Frame:
                 op = ops[pc]
                 a = args[pc]
                 pc += 1
+                # Every instruction but a metered one ends its branch with `continue` (the jump back
+                # that falling off the chain would take anyway); a metered one falls through to the
+                # meter below: add and eq only off their fast paths.
                 if op == LOAD:
                     push(variables[a])
+                    continue
                 elif op == PUSH:
                     push(a)
+                    continue
                 elif op == STORE:
                     variables[a] = pop()
+                    continue
                 elif op == ADD:
                     b = pop()
                     x = stack[-1]
                     if type(x) is int and type(b) is int:
                         stack[-1] = x + b
-                    elif type(b) is str or type(b) is list:
-                        push(b)
-                        used = self._metered(op, a, used)
-                    else:
+                        continue
+                    if type(b) is not str and type(b) is not list:
                         stack[-1] = H.add(x, b)
+                        continue
+                    push(b)  # texts and lists: metered
                 elif op == JUMP_IF:
                     x = pop()
                     if x is True or (x is not False and truthy(x)):
                         pc = a
+                    continue
                 elif op == LT:
                     b = pop()
                     x = stack[-1]
@@ -350,12 +351,15 @@ class Frame:
                         stack[-1] = x < b
                     else:
                         stack[-1] = H.less(x, b)
+                    continue
                 elif op == JUMP:
                     pc = a
+                    continue
                 elif op == JUMP_UNLESS:
                     x = pop()
                     if x is False or (x is not True and not truthy(x)):
                         pc = a
+                    continue
                 elif op == SUB:
                     b = pop()
                     x = stack[-1]
@@ -363,24 +367,23 @@ class Frame:
                         stack[-1] = x - b
                     else:
                         stack[-1] = H.sub(x, b)
+                    continue
                 elif op == EQ:
                     b = pop()
-                    if type(b) is list or type(b) is dict:
-                        push(b)
-                        used = self._metered(op, a, used)
-                    else:
+                    if type(b) is not list and type(b) is not dict:
                         stack[-1] = equal(stack[-1], b)
+                        continue
+                    push(b)  # containers: metered
                 elif op == POP:
                     pop()
+                    continue
                 elif op == DUP:
                     push(stack[-1])
-                else:
+                    continue
+                elif not metered[op]:
                     handler = table[op]
                     if handler is not None:
-                        if metered[op]:
-                            used = self._metered(op, a, used)
-                        else:
-                            handler(self, stack, a)
+                        handler(self, stack, a)
                         continue
                     if op == ENERGY_CHECK:
                         push(budget - used >= a)
@@ -393,85 +396,73 @@ class Frame:
                     self.pc = pc
                     self.used = used
                     return self._leave(op, a, pc - 1)
-        except VMError as exc:
-            return self._fault(pc - 1, used + exc.charged, exc.kind, exc.message)
-        except _Exhausted as exc:
+                # A metered instruction: work that grows with its operands. It may spend what the
+                # budget has left, at most the instruction limit, plus the FREE allowance its fixed
+                # cost includes. Running out raises out of the loop (see the handlers below), the
+                # stack untouched.
+                room = budget - used
+                start = room + FREE if room <= cap else cap + FREE
+                meter.left = start
+                meter.allocated = 0
+                table[op](self, stack, a)  # type: ignore[misc]
+                if mem_limit is not None:
+                    self.allocated += meter.allocated
+                    if self.allocated >= due:
+                        self._check_memory(meter)
+                        due = self._memory_threshold(mem_limit)
+                spent = start - meter.left
+                meter.left = UNMETERED
+                start = 0
+                if spent > FREE:
+                    used += spent - FREE
+        except M.OutOfEnergy as exc:
+            # A metered instruction's work did not fit (nothing else runs with a meter that can run
+            # out). What it did stays charged; the stack is as before it.
             pc -= 1
+            charged = max(0, start - meter.left - FREE)
+            if cap < budget - used:
+                return self._fault(pc, used + charged, "LimitError",
+                                   f"{_name(op, a)}: the work of one instruction exceeds the limit of "
+                                   f"{cap / 1000:g} energy")
             self.pc = pc
-            used += exc.spent  # the work the instruction did before it ran out stays charged
-            self.used = used
+            self.used = used + charged
             self.status = EXHAUSTED
-            out = BudgetExceeded(used / 1000, budget / 1000, (costs[pc] + exc.needed) / 1000, pc, self.line_at(pc))
+            # All the instruction is known to need: its fixed cost, what it did, and what it asked
+            # for and could not have. The instruction starts over when the frame continues, and pays
+            # again for what it does again.
+            needed = costs[pc] + max(0, start - FREE + exc.needed)
+            out = BudgetExceeded(self.used / 1000, budget / 1000, needed / 1000, pc, self.line_at(pc))
             self.outcome = out
             return out
+        except VMError as exc:
+            # A fault keeps the work done charged: a metered instruction's from the meter.
+            charged = max(0, start - meter.left - FREE) if start else exc.charged
+            return self._fault(pc - 1, used + charged, exc.kind, exc.message)
         except KeyError as exc:
             if op == LOAD:
                 return self._fault(pc - 1, used, "NameError", f"undefined variable {exc.args[0]!r}")
             raise
-        except RecursionError:
+        except (RecursionError, MemoryError) as exc:
+            if start:
+                message = ("value nested too deeply" if isinstance(exc, RecursionError)
+                           else "the host ran out of memory making this value")
+                return self._fault(pc - 1, used + max(0, start - meter.left - FREE), "LimitError", message)
+            if isinstance(exc, MemoryError):
+                raise
             return self._fault(pc - 1, used, "LimitError", "value nested too deeply")
         except ArithmeticError as exc:  # OverflowError: an int too large for a float, ...
             return self._fault(pc - 1, used, "ArithmeticError", str(exc))
-
-    def _metered(self, op: int, a: Any, used: int) -> int:
-        """Run an instruction whose work grows with its operands (see avm.lang.meter):
-        charge that work on top of ``used`` (the fixed cost already in it) and return
-        the new total. The instruction may spend what the budget has left, and at most
-        the frame's instruction_limit. Work the budget cannot cover raises _Exhausted
-        with the stack put back as it was before the instruction, the work done so
-        far charged (the instruction starts over when the frame continues, and pays
-        again for what it does again); work past the instruction limit is a LimitError
-        fault. Either way, and on any other fault, what was done stays charged."""
-        stack = self.stack
-        n = _FIXED_POPS[op]
-        if n < 0:
-            n = _pops(op, a)
-        depth = len(stack)
-        saved = stack[depth - n:]
-        try:
-            m = _meter_get()
-        except LookupError:
-            m = M.current()
-        left = self.budget - used
-        limit = self.instruction_limit
-        capped = limit is not None and limit < left
-        start = (limit if capped else left) + M.FREE  # type: ignore[operator]
-        m.left = start
-        m.allocated = 0
-        try:
-            H.TABLE[op](self, stack, a)  # type: ignore[misc]
-            if self.memory_limit is not None:
-                self.allocated += m.allocated
-                if self._memory_due(self.memory_limit):
-                    self._check_memory(m)
-        except M.OutOfEnergy as exc:
-            del stack[depth - n:]
-            stack.extend(saved)
-            charged = max(0, start - m.left - M.FREE)
-            if capped:
-                err = VMError("LimitError", f"{_name(op, a)}: the work of one instruction exceeds the limit of "
-                                            f"{limit / 1000:g} energy")  # type: ignore[operator]
-                err.charged = charged
-                raise err from None
-            # All the instruction is known to need: what it did, and what it asked for and could not have.
-            raise _Exhausted(charged, max(0, start - M.FREE + exc.needed)) from None
-        except VMError as exc:
-            exc.charged = max(0, start - m.left - M.FREE)
-            raise
-        except (RecursionError, MemoryError) as exc:
-            err = VMError("LimitError", "value nested too deeply" if isinstance(exc, RecursionError)
-                          else "the host ran out of memory making this value")
-            err.charged = max(0, start - m.left - M.FREE)
-            raise err from None
         finally:
-            spent = start - m.left
-            m.left = M.UNMETERED
-        return used + spent - M.FREE if spent > M.FREE else used
+            meter.left = UNMETERED
+
+    def _memory_threshold(self, limit: int) -> int:
+        """Bytes to make since the last measurement of what the frame holds before measuring again:
+        at least MEMORY_CHECK_MIN, and never so many that they could pass ``limit`` unseen."""
+        return max(MEMORY_CHECK_MIN, min(self.held, limit // 4), limit - self.held)
 
     def _memory_due(self, limit: int) -> bool:
-        """Whether enough has been made since the last measurement of what the frame holds to measure
-        again: at least MEMORY_CHECK_MIN bytes, and never so much that it could pass ``limit`` unseen."""
-        return self.allocated >= max(MEMORY_CHECK_MIN, min(self.held, limit // 4), limit - self.held)
+        """Whether enough has been made since the last measurement of what the frame holds to measure again."""
+        return self.allocated >= self._memory_threshold(limit)
 
     def _check_memory(self, m: Any) -> None:
         """Measure what the frame holds (charged, as far as the budget goes); LimitError past the ceiling."""

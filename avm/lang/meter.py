@@ -123,6 +123,21 @@ def spend(milli: int) -> None:
     m.left -= milli
 
 
+def spend_in_turn(first: int, then: int) -> None:
+    """``spend(first)`` then ``spend(then)``, in one call: if only the first fits, it stays charged."""
+    try:
+        m = _get()
+    except LookupError:
+        m = current()
+    left = m.left
+    if first + then > left:
+        if first > left:
+            raise OutOfEnergy(first - left)
+        m.left = left - first
+        raise OutOfEnergy(first + then - left)
+    m.left = left - first - then
+
+
 def reserve(milli: int) -> None:
     """Check that ``milli`` units of work would fit, without charging them (an upper
     bound known before the work; the work done is charged after it)."""

@@ -4,6 +4,11 @@
 the stack, or None for the instructions the loop handles itself (the hot
 ones, control flow, energy_check, observe) and for those that leave the VM
 (return, halt, effects; see `effect_args`).
+
+The handlers of metered instructions (see avm.lang.frame._METERED) take their
+operands from the stack only once their work is done and paid for: one that
+runs out of energy (avm.lang.meter.OutOfEnergy) must leave the stack as it
+found it, so that the instruction can start over when the frame continues.
 """
 
 from __future__ import annotations
@@ -45,8 +50,9 @@ def _swap(frame: Any, stack: list, a: Any) -> None:
 
 def _binary(fn: Callable[[Any, Any], Any]) -> Handler:
     def handler(frame: Any, stack: list, a: Any) -> None:
-        b = stack.pop()
-        stack[-1] = fn(stack[-1], b)
+        result = fn(stack[-2], stack[-1])  # add, eq and ne are metered: the operands stay until it is made
+        del stack[-1]
+        stack[-1] = result
 
     return handler
 
@@ -90,11 +96,11 @@ def _call(frame: Any, stack: list, a: Any) -> None:
     if builtin is None:
         raise VMError("NameError", f"unknown builtin {name!r}")
     if argc:
-        argv = stack[-argc:]
+        result = builtin.fn(*stack[-argc:])
         del stack[-argc:]
+        stack.append(result)
     else:
-        argv = []
-    stack.append(builtin.fn(*argv))
+        stack.append(builtin.fn())
 
 
 def _assert(frame: Any, stack: list, a: Any) -> None:
@@ -103,19 +109,26 @@ def _assert(frame: Any, stack: list, a: Any) -> None:
 
 
 def _concat(frame: Any, stack: list, a: Any) -> None:
-    b = stack.pop()
-    x = stack[-1]
+    x = stack[-2]
+    b = stack[-1]
     if type(x) is list and type(b) is list:
         make_items(len(x) + len(b), "concat")
-        stack[-1] = x + b
+        result = x + b
     else:
-        left, right = render(x), render(b)
+        left = x if type(x) is str else render(x)
+        right = b if type(b) is str else render(b)
         make_text(len(left) + len(right), "concat")
-        stack[-1] = left + right
+        result = left + right
+    del stack[-1]
+    stack[-1] = result
 
 
-_TEMPLATES: dict[str, tuple[tuple[str, bool], ...]] = {}
+# A parsed template: its (text, is_placeholder) parts, and the work of filling it that the meter
+# charges beyond the characters scanned (see _template_work).
+Template = tuple[tuple[tuple[str, bool], ...], int]
+_TEMPLATES: dict[str, Template] = {}
 DOUBLED_BRACE_MILLI = 64  # a "{{" or "}}" in a format template (see format_text)
+_MAX_CACHED_TEMPLATE = 4096  # characters: longer templates are parsed each time
 _MAX_CACHED_TEMPLATES = 4096
 
 
@@ -125,11 +138,19 @@ _LITERAL_RUN = re.compile(r"(?:[^{}]+|\{\{|\}\})+")
 _PLACEHOLDER = re.compile(r"\{([^}]*)\}")
 
 
+def _template_work(template: str) -> int:
+    """Milli-units of work to fill ``template`` beyond scanning it. A placeholder is a Python step
+    to fill (~0.1 us) and, in a template too long to cache, one to parse (~1.3 us). A doubled brace
+    is literal text, taken by the parser in runs (~90 ns each, from the pattern match and the
+    replace): DOUBLED_BRACE_MILLI each; only single braces are placeholders."""
+    doubled = template.count("{{")
+    placeholders = max(0, template.count("{") - 2 * doubled)
+    step = meter.NODE_MILLI // 2 if len(template) <= _MAX_CACHED_TEMPLATE else 6 * meter.NODE_MILLI
+    return placeholders * step + (doubled + template.count("}}")) * DOUBLED_BRACE_MILLI
+
+
 def _parse_template(template: str) -> tuple[tuple[str, bool], ...]:
-    """Split a template into (text, is_placeholder) parts; cached, as templates are nearly always constants."""
-    parts = _TEMPLATES.get(template)
-    if parts is not None:
-        return parts
+    """Split a template into (text, is_placeholder) parts (the caller caches them)."""
     out: list[tuple[str, bool]] = []
     i = 0
     n = len(template)
@@ -146,34 +167,34 @@ def _parse_template(template: str) -> tuple[tuple[str, bool], ...]:
             raise VMError("FormatError", f"unclosed placeholder at position {i} in format template")
         out.append((m.group(1), True))
         i = m.end()
-    parts = tuple(out)
-    if len(template) <= 4096:
-        if len(_TEMPLATES) >= _MAX_CACHED_TEMPLATES:
-            _TEMPLATES.clear()
-        _TEMPLATES[template] = parts
-    return parts
+    return tuple(out)
 
 
 def format_text(template: Any, variables: dict[str, Any]) -> str:
     """Fill {name} placeholders from variables; {{ and }} are literal braces."""
     if type(template) is not str:
         raise VMError("TypeError", f"format needs a text template, not {type_name(template)}")
-    meter.scan(len(template))
-    # A placeholder is a Python step to fill (~0.1 us) and, in a template of more than 4 KiB
-    # (not cached), one to parse (~1.3 us).
-    # A doubled brace is literal text, taken by the parser in runs (~90 ns each, from the pattern
-    # match and the replace): DOUBLED_BRACE_MILLI each; only single braces are placeholders.
-    doubled = template.count("{{")
-    placeholders = max(0, template.count("{") - 2 * doubled)
-    meter.spend(placeholders * (meter.NODE_MILLI // 2 if len(template) <= 4096 else 6 * meter.NODE_MILLI)
-                + (doubled + template.count("}}")) * DOUBLED_BRACE_MILLI)
+    # Templates are nearly always constants: their parts and their work are kept, the work
+    # charged (with the characters scanned) before the template is parsed or filled.
+    cached = _TEMPLATES.get(template)
+    work = _template_work(template) if cached is None else cached[1]
+    meter.spend_in_turn(len(template) * meter.SCAN_MILLI, work)
+    if cached is None:
+        parts = _parse_template(template)
+        if len(template) <= _MAX_CACHED_TEMPLATE:
+            if len(_TEMPLATES) >= _MAX_CACHED_TEMPLATES:
+                _TEMPLATES.clear()
+            _TEMPLATES[template] = (parts, work)
+    else:
+        parts = cached[0]
     out: list[str] = []
     size = 0
-    for text, is_name in _parse_template(template):
+    for text, is_name in parts:
         if is_name:
             if text not in variables:
                 raise VMError("FormatError", f"format: no variable {text!r}")
-            text = render(variables[text])
+            value = variables[text]
+            text = value if type(value) is str else render(value)
         size += len(text)
         if size > MAX_TEXT:
             raise VMError("LimitError", f"format: text of more than {MAX_TEXT} characters exceeds the limit")
@@ -221,29 +242,29 @@ def _get_op(frame: Any, stack: list, a: Any) -> None:
 
 
 def _set(frame: Any, stack: list, a: Any) -> None:
-    value = stack.pop()
-    key = stack.pop()
-    c = stack[-1]
+    c, key, value = stack[-3:]
     if type(c) is dict:
         if type(key) is not str:
             raise VMError("TypeError", f"map keys are text, not {type_name(key)}")
-        nest((value,), "set")
+        if type(value) is list or type(value) is dict:
+            nest((value,), "set")
         make_items(len(c) + (key not in c), "set", meter.MAP_ITEM_BYTES)
         new: Any = dict(c)
         new[key] = value
-        stack[-1] = new
     elif type(c) is list:
         if type(key) is not int:
             raise VMError("TypeError", f"list index must be an int, not {type_name(key)}")
         if not -len(c) <= key < len(c):
             raise VMError("IndexError", f"index {key} out of range for a list of {len(c)}")
-        nest((value,), "set")
+        if type(value) is list or type(value) is dict:
+            nest((value,), "set")
         make_items(len(c), "set")
         new = list(c)
         new[key] = value
-        stack[-1] = new
     else:
         raise VMError("TypeError", f"cannot set an item in {type_name(c)}")
+    del stack[-2:]
+    stack[-1] = new
 
 
 def _len(frame: Any, stack: list, a: Any) -> None:
@@ -255,12 +276,14 @@ def _len(frame: Any, stack: list, a: Any) -> None:
 
 
 def _append(frame: Any, stack: list, a: Any) -> None:
-    value = stack.pop()
-    c = stack[-1]
+    c = stack[-2]
+    value = stack[-1]
     if type(c) is not list:
         raise VMError("TypeError", f"cannot append to {type_name(c)}")
-    nest((value,), "append")
+    if type(value) is list or type(value) is dict:
+        nest((value,), "append")
     make_items(len(c) + 1, "append")
+    del stack[-1]
     stack[-1] = c + [value]
 
 
