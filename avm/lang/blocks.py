@@ -101,10 +101,11 @@ MAX_INSTRUCTIONS = 4_096  # longer programs are left to the interpreter (generat
 # Opcodes whose work the meter charges (avm.lang.meter). A block holding one gives them
 # the interpreter's free allowance; work beyond it raises, and the interpreter, which
 # charges it exactly, runs the block again.
-_METERED = frozenset((O.CALL, O.CONCAT, O.FORMAT, O.LIST, O.MAP, O.SET, O.APPEND, O.ADD, O.EQ, O.NE))
+_METERED = frozenset((O.CALL, O.CONCAT, O.FORMAT, O.LIST, O.MAP, O.SET, O.APPEND, O.ADD, O.EQ, O.NE,
+                      O.LT, O.LE, O.GT, O.GE))
 # Metered only off their int fast path (texts, containers): the general case sets the allowance itself
 # (`_metered_pair`), so a block whose add works on ints (a loop counter) never touches the meter.
-_LAZY_METERED = frozenset((O.ADD, O.EQ, O.NE))
+_LAZY_METERED = frozenset((O.ADD, O.EQ, O.NE, O.LT, O.LE, O.GT, O.GE))
 
 # Opcodes that end a block after themselves.
 _ENDS_BLOCK = frozenset(info.code for info in O.OPS if info.jumps or info.ends or info.effect)
@@ -277,7 +278,6 @@ _BASE_NS = {
     "_div": div,
     "_mod": mod,
     "_neg": neg,
-    "_less": less,
     "_equal": equal,
     "_truthy": truthy,
     "_observe": H.observe,
@@ -290,6 +290,7 @@ _BASE_NS = {
     "_meter": M._get,  # the context variable's own get (run_blocks has set this context's meter)
     "_add_m": _metered_pair(add),
     "_equal_m": _metered_pair(equal),
+    "_less_m": _metered_pair(less),
     "__builtins__": {"type": type, "int": int, "Exception": Exception},
 }
 
@@ -300,12 +301,12 @@ _BASE_NS = {
 _INT_BINARY = {
     O.ADD: ("+", "_add_m({x}, {b})"),
     O.SUB: ("-", "_sub({x}, {b})"),
-    O.LT: ("<", "_less({x}, {b})"),
+    O.LT: ("<", "_less_m({x}, {b})"),
     O.EQ: ("==", "_equal_m({x}, {b})"),
     O.NE: ("!=", "not _equal_m({x}, {b})"),
-    O.LE: ("<=", "not _less({b}, {x})"),
-    O.GT: (">", "_less({b}, {x})"),
-    O.GE: (">=", "not _less({x}, {b})"),
+    O.LE: ("<=", "not _less_m({b}, {x})"),
+    O.GT: (">", "_less_m({b}, {x})"),
+    O.GE: (">=", "not _less_m({x}, {b})"),
 }
 # Instructions whose TABLE handler applies one helper to its operands: `_binary(fn)`, _neg,
 # _not, _and, _or. The expression gives the same value (or raises the same way).

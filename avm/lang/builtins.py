@@ -37,7 +37,7 @@ from avm.lang.values import (
     check_text,
     find_equal,
     is_number,
-    less,
+    less_paid,
     lone_surrogate,
     make_items,
     make_text,
@@ -378,7 +378,7 @@ def _min(a: Any, b: Any = None) -> Any:
         raise VMError("ValueError", "min: empty list")
     best = items[0]
     for x in items[1:]:
-        if less(x, best):
+        if less_paid(x, best):
             best = x
     return best
 
@@ -392,7 +392,7 @@ def _max(a: Any, b: Any = None) -> Any:
         raise VMError("ValueError", "max: empty list")
     best = items[0]
     for x in items[1:]:
-        if less(best, x):
+        if less_paid(best, x):
             best = x
     return best
 

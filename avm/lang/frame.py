@@ -38,7 +38,7 @@ from avm.lang.outcomes import (
     Preempted,
     Stalled,
 )
-from avm.lang.values import VMError, equal, is_value, lone_surrogate, truthy, type_name
+from avm.lang.values import LONG_TEXT, VMError, equal, is_value, lone_surrogate, truthy, type_name
 from avm.lang.values_held import held_bytes
 
 READY = "ready"
@@ -56,13 +56,14 @@ STALL_EXEMPT = ("sleep",)
 
 # Instructions whose work grows with their operands (see avm.lang.meter): the interpreter gives
 # each a meter allowance and charges what it used beyond FREE. add and eq reach that path only
-# off their fast path (not two ints; eq: a list or map on top).
+# off their fast path (not two ints; eq: a list or map on top), lt and eq also for a text longer than
+# LONG_TEXT on top (comparing it may read it whole); le, gt and ge always.
 #
 # The handlers of these instructions (avm.lang.ops) leave the stack untouched until their work
 # is done and paid for: so one that runs out of energy leaves the stack as it was before it,
 # and the interpreter need not save and restore its operands.
 _METERED = [False] * len(O.OPS)
-for _op in (O.CALL, O.CONCAT, O.FORMAT, O.LIST, O.MAP, O.SET, O.APPEND, O.NE, O.ADD, O.EQ):
+for _op in (O.CALL, O.CONCAT, O.FORMAT, O.LIST, O.MAP, O.SET, O.APPEND, O.NE, O.ADD, O.EQ, O.LT, O.LE, O.GT, O.GE):
     _METERED[_op] = True
 NO_CAP = M.UNMETERED  # the per-instruction work limit of a frame that has none
 
@@ -349,9 +350,11 @@ class Frame:
                     x = stack[-1]
                     if type(x) is int and type(b) is int:
                         stack[-1] = x < b
-                    else:
+                        continue
+                    if type(b) is not str or len(b) <= LONG_TEXT:
                         stack[-1] = H.less(x, b)
-                    continue
+                        continue
+                    push(b)  # a long text: metered
                 elif op == JUMP:
                     pc = a
                     continue
@@ -370,10 +373,11 @@ class Frame:
                     continue
                 elif op == EQ:
                     b = pop()
-                    if type(b) is not list and type(b) is not dict:
+                    tb = type(b)
+                    if tb is not list and tb is not dict and (tb is not str or len(b) <= LONG_TEXT):
                         stack[-1] = equal(stack[-1], b)
                         continue
-                    push(b)  # containers: metered
+                    push(b)  # containers and long texts: metered
                 elif op == POP:
                     pop()
                     continue

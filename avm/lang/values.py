@@ -558,6 +558,18 @@ def neg(a: Any) -> Any:
 
 
 def less(a: Any, b: Any) -> bool:
+    """a < b for two numbers or two texts; charges reading two long texts (see order_cost)."""
+    if type(a) is str and type(b) is str:
+        if len(a) > LONG_TEXT and len(b) > LONG_TEXT and a is not b:
+            # they may share a prefix as long as the shorter one: read whole, at the speed of their kind
+            meter.spend(min(len(a), len(b)) >> (TEXT_COMPARE_SHIFT if a.isascii() and b.isascii()
+                                                 else ORDER_WIDE_SHIFT))
+        return a < b
+    return less_paid(a, b)
+
+
+def less_paid(a: Any, b: Any) -> bool:
+    """`less` for a caller that has paid for reading the texts already (`order_cost`)."""
     if is_number(a) and is_number(b):
         return a < b
     if type(a) is str and type(b) is str:
