@@ -551,17 +551,21 @@ async def _send(sock: Any, pieces: list[bytes]) -> None:
     """Write ``pieces`` with ``sendmsg`` (scatter/gather): the kernel copies from the pieces themselves,
     so a body that waits for a slow server holds no copy of the shared parts (a 1,000-request burst of
     27 KB bodies joined first held 27 MB until the server read them)."""
-    views = [memoryview(p) for p in pieces if p]
-    while views:
-        sent = await sock.sendmsg(views[:_IOV_MAX])
-        while sent:
-            first = len(views[0])
-            if sent >= first:
-                sent -= first
-                del views[0]
+    # ``pieces`` is the caller's own list: a piece the kernel took in part is replaced by a view of the
+    # rest (views are made only then: most requests go in one call).
+    start, end = 0, len(pieces)
+    while start < end:
+        sent = await sock.sendmsg(pieces[start:start + _IOV_MAX])
+        while sent and start < end:
+            size = len(pieces[start])
+            if sent >= size:
+                sent -= size
+                start += 1
             else:
-                views[0] = views[0][sent:]
+                pieces[start] = memoryview(pieces[start])[sent:]
                 sent = 0
+        while start < end and not len(pieces[start]):
+            start += 1  # empty pieces
 
 
 class _Stale(Exception):
