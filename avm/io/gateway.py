@@ -30,10 +30,9 @@ or an `LLMError`. On the way:
 6. **Failures.** Connection errors, timeouts, 429 and 5xx are retried with
    exponential backoff and jitter, at least as late as the server's
    ``Retry-After`` (capped), up to ``max_retries`` times; each attempt has
-   ``attempt_timeout_s``, so every call ends. A whole call can also be
-   bounded: ``timeout=`` to `complete`, or ``request_timeout_s`` for all
-   (off by default: the cancel scope it takes per waiting request is a
-   measurable share of the gateway's CPU with 10,000 agents waiting). A
+   ``attempt_timeout_s``, so every call ends. A whole call is bounded too:
+   ``timeout=`` to `complete`, or ``request_timeout_s`` for all (a sweep
+   over the waiting requests, not a cancel scope each). A
    malformed reply, a failed batch item,
    a 4xx becomes an `LLMError` naming the request, delivered to its waiters
    only. A 401 is logged once, clearly, never retried, and from then on

@@ -30,7 +30,10 @@ class GatewaySettings:
     max_in_flight: int = 1 << 16  # requests sent and not yet answered, all models (a batch carries many)
     max_in_flight_per_model: int = 1 << 16  # the same, per model
     aging_s: float = 1.0  # a request of priority p ranks as if it had arrived p * aging_s later
-    attempt_timeout_s: float = 60.0  # one HTTP attempt
+    # One HTTP attempt. As long as the OpenAI SDK's default: a reasoning model or a long completion can
+    # take minutes, and a server with a queue answers late, not never; at 60 s, 10,000 agents against
+    # a server that queued them past a minute sent 8,712 duplicate requests (each retry more work for it).
+    attempt_timeout_s: float = 600.0
     request_timeout_s: float | None = 600.0  # a whole complete() call, queue and retries included (None: no limit)
     max_retries: int = 4  # more attempts after the first, for retryable failures
     backoff_s: float = 0.2  # delay before the first retry; doubles each time, with jitter
