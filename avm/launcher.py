@@ -170,6 +170,9 @@ async def run_fleet(spec: RunSpec, options: RunOptions | None = None) -> RunOutc
             g = gateway()
             summary["http_connections_max"] = g.http_connections_max
             summary["batches_refused"] = g.batches_refused
+            summary["llm_retries"] = g.retries  # failed attempts sent again (a run can succeed through them)
+            summary["llm_retries_by_kind"] = dict(g.retries_by_kind)
+            summary["llm_first_retries"] = dict(g.first_retries)  # kind -> the first such failure, in full
         if len(handles) <= RESULTS_SHOWN:
             summary["results"] = [_result(h) for h in handles]
         if store is not None:

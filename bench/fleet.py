@@ -458,6 +458,9 @@ async def run_fleet(url: str, agents: int, turns: int, latency: float, connectio
         "llm_calls": calls, "llm_calls_per_s": round(calls / wall, 1),
         "http_requests": g1.http_requests - g0.http_requests, "http_connections_max": g1.http_connections_max,
         "retries": g1.retries - g0.retries, "http_reconnects": g1.http_reconnects - g0.http_reconnects,
+        "retries_by_kind": {k: n - g0.retries_by_kind.get(k, 0) for k, n in g1.retries_by_kind.items()
+                            if n - g0.retries_by_kind.get(k, 0)},
+        "first_retries": {k: m for k, m in g1.first_retries.items() if k not in g0.first_retries},
         "batches": g1.batches - g0.batches, "batch_size_mean": round(g1.batch_size_mean, 1),
         "latency_p50_s": round(g1.latency_p50_s, 4), "latency_p99_s": round(g1.latency_p99_s, 4),
         "cpu_s": round(cpu, 3), "cpu_ms_per_call": round(cpu / calls * 1e3, 4) if calls else None,
@@ -550,6 +553,10 @@ def describe(run: dict[str, Any]) -> str:
             f"(VmHWM {run['hwm_kib_per_agent']} KiB), GC {run['gc_s']:.3f} s in {run['gc_collections']}, "
             f"store {run['store_unique_kib_per_agent']:.1f} KiB unique/agent (dedup x{run['store_dedup_ratio_run']}), "
             f"done {run['done']:,}/{run['agents']:,}")
+    if run.get("retries"):
+        line += f", {run['retries']:,} retries (" + ", ".join(
+            f"{n:,} {kind}: {run.get('first_retries', {}).get(kind, '')}"
+            for kind, n in run.get("retries_by_kind", {}).items()) + ")"
     if run["failed"] or run["errors"]:
         line += f", FAILED {run['failed']:,}; " + "; ".join(run["errors"])
     return line

@@ -285,6 +285,33 @@ def test_a_busy_endpoint_is_probed_again_and_a_run_where_every_call_fails_exits_
     assert "this model does not exist" in summary["llm_first_errors"]["bad_request"]
 
 
+def test_the_summary_shows_what_was_retried_in_a_run_that_succeeded(tmp_path):
+    from tests.support.http_server import Answer, scripted_server
+
+    program = tmp_path / "hello.avm"
+    program.write_text(HELLO)
+    posts = iter([Answer(500, {"error": {"message": "overloaded, try again"}}),
+                  Answer(429, {"error": {"message": "slow down"}}, headers={"retry-after": "0"})])
+    reply = {"id": "c1", "object": "chat.completion", "created": 0, "model": "m",
+             "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+             "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+
+    def handler(request):
+        if request.method == "GET":
+            return Answer(200, {"data": []})
+        return next(posts, Answer(200, reply))
+
+    with scripted_server(handler) as url:
+        result = subprocess.run([sys.executable, "-m", "avm", "run", str(program), "--agents", "1", "--llm", url,
+                                 "--model", "m", "--no-dashboard", "--json"], capture_output=True, text=True,
+                                timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    summary = summary_of(result)
+    assert summary["llm_errors_by_kind"] == {} and summary["llm_retries"] == 2
+    assert summary["llm_retries_by_kind"] == {"server": 1, "rate_limit": 1}
+    assert "overloaded, try again" in summary["llm_first_retries"]["server"]
+
+
 def test_llm_connections_bounds_the_requests_in_flight(tmp_path):
     program = tmp_path / "hello.avm"
     program.write_text(HELLO)

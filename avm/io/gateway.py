@@ -187,6 +187,8 @@ class Gateway:
         self._coalesced = self._sent = self._http = self._batches = self._batch_items = self._batch_max = 0
         self._streamed = self._retries = self._prompt_tokens = self._completion_tokens = 0
         self._errors: dict[str, int] = {}
+        self._retried: dict[str, int] = {}  # failures retried, by kind, and the first message of each
+        self._first_retried: dict[str, str] = {}
         self._first_errors: dict[str, str] = {}
         self._latencies: list[float] = []
         self._latency_seen = 0
@@ -590,6 +592,10 @@ class Gateway:
                     p.attempts += 1
                     p.state = _RETRY
                     self._retries += 1
+                    kind = outcome.kind
+                    self._retried[kind] = self._retried.get(kind, 0) + 1
+                    if kind not in self._first_retried:
+                        self._first_retried[kind] = outcome.message
                     continue
                 message = outcome.message
                 if p.attempts > 1:
@@ -717,5 +723,6 @@ class Gateway:
             in_flight=self._in_flight, queued=self._queued, http_connections_opened=opened,
             http_connections_max=peak, prompt_tokens=self._prompt_tokens,
             completion_tokens=self._completion_tokens, cache_errors=self._cache.errors,
-            batches_refused=self._batches_refused, http_reconnects=getattr(self._backend, "reconnects", 0))
+            batches_refused=self._batches_refused, http_reconnects=getattr(self._backend, "reconnects", 0),
+            retries_by_kind=dict(self._retried), first_retries=dict(self._first_retried))
 

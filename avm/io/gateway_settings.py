@@ -114,6 +114,8 @@ class GatewayStatistics:
     first_errors: dict[str, str] = dataclasses.field(default_factory=dict)  # kind -> the first such error's message
     batches_refused: int = 0  # batches a server refused (their requests were sent singly)
     http_reconnects: int = 0  # requests sent again at once because a kept-alive connection had been closed
+    retries_by_kind: dict[str, int] = dataclasses.field(default_factory=dict)  # the failures retried, by kind
+    first_retries: dict[str, str] = dataclasses.field(default_factory=dict)  # kind -> the first such failure's message
 
     @property
     def hits(self) -> int:

@@ -180,6 +180,10 @@ async def test_injected_faults_are_retried_until_every_request_succeeds():
     assert faults.get("429", 0) and faults.get("500", 0) and faults.get("drop", 0)
     assert stats.retries + stats.http_reconnects == sum(faults.values()) and stats.errors_by_kind == {}
     assert stats.sent == 60 + stats.retries
+    # what was retried, by kind, with the first message of each (a 429 and a 500 are different kinds)
+    assert sum(stats.retries_by_kind.values()) == stats.retries and len(stats.retries_by_kind) >= 2
+    assert stats.first_retries.keys() == stats.retries_by_kind.keys()
+    assert all(stats.first_retries.values())
 
 
 async def test_failed_batches_are_retried_too():
