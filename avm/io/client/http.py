@@ -79,6 +79,7 @@ _RECV = 1 << 16
 _MAX_HEADERS = 1 << 16
 _PEEK_FLAGS = socket.MSG_PEEK | socket.MSG_DONTWAIT
 _IOV_MAX = 512  # pieces per sendmsg (Linux takes 1,024)
+_END_OF_MESSAGE = h11.EndOfMessage()  # immutable: one for every request
 
 
 class HTTPError(Exception):
@@ -370,7 +371,8 @@ class ConnectionPool:
 
     def _headers(self, origin: Origin, method: bytes, target: bytes,
                  headers: Sequence[tuple[bytes, bytes]]) -> tuple[Any, bytes]:
-        """(what h11 is told, the request's head as written but its Content-Length), made once per kind.
+        """(the h11.Request event h11 is told, the request's head as written but its Content-Length),
+        made once per kind.
 
         h11 validates the headers once here; afterwards it is told of each
         request as one without a body (its Request and EndOfMessage events:
@@ -389,10 +391,11 @@ class ConnectionPool:
                 told = _normalize(fixed)
             head = b"%s %s HTTP/1.1\r\n" % (method, target) + b"".join(
                 b"%s: %s\r\n" % (name, value) for name, value in fixed[:-1])
-            h11.Request(method=method, target=target, headers=fixed)  # validates method and target too
+            # validates method and target too; the event is immutable, so every such request reuses it
+            event = h11.Request(method=method, target=target, headers=told)
             if len(self._fixed) > 64:
                 self._fixed.clear()
-            made = self._fixed[key] = (told, head)
+            made = self._fixed[key] = (event, head)
         return made
 
     def _checkout(self, host: _Host) -> _Conn | None:
@@ -460,8 +463,8 @@ class ConnectionPool:
         h = conn.h11
         try:
             stream = conn.stream
-            h.send(h11.Request(method=method, target=target, headers=told))
-            h.send(h11.EndOfMessage())
+            h.send(told)  # the request's h11.Request event, made once by _headers
+            h.send(_END_OF_MESSAGE)
             size = 0
             for piece in body:
                 size += len(piece)
