@@ -303,6 +303,17 @@ class ToolResult:
     seconds: float
 
 
+_PASS_THROUGH = (trio.Cancelled, KeyboardInterrupt, GeneratorExit)
+
+
+def _passes_through(exc: BaseException) -> bool:
+    """True for what a tool's failure must not swallow: a cancellation, Ctrl+C, a coroutine's close
+    (alone, or in a group a nursery inside the tool raised)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(_PASS_THROUGH) is not None
+    return isinstance(exc, _PASS_THROUGH)
+
+
 class ToolRegistry:
     """The tools of one VM, by name."""
 
@@ -374,7 +385,11 @@ class ToolRegistry:
             return self._failed(t, exc.kind, str(exc), start)
         except TypeError as exc:
             return self._failed(t, "TypeError", f"{name}: {exc}", start)
-        except Exception as exc:  # the tool's own bug: a value for the program, not a crash of the VM
+        except BaseException as exc:  # noqa: BLE001 - the tool's own failure, SystemExit and BaseException
+            # subclasses included: a value for the program, never the end of the VM; a cancellation or
+            # Ctrl+C is not the tool's and goes on
+            if _passes_through(exc):
+                raise
             return self._failed(t, type(exc).__name__, f"{name} raised {type(exc).__name__}: {exc}", start)
         elapsed = time.perf_counter() - start
         self._seconds += elapsed

@@ -128,6 +128,47 @@ async def test_exceptions_and_timeouts_are_values_not_crashes():
     assert stats.errors == 2 and stats.timeouts == 1 and stats.ok == 1 and stats.by_tool["slow"] == 2
 
 
+class _NotAnException(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("error", [SystemExit(3), _NotAnException("boom"),
+                                   BaseExceptionGroup("two", [SystemExit(1), _NotAnException("x")])])
+async def test_a_tool_raising_a_base_exception_fails_as_a_value(error):
+    @avm.tool
+    async def exits() -> str:
+        raise error
+
+    reg = ToolRegistry([exits])
+    r = await reg.invoke("exits", [], {"exits"})
+    assert r.ok is False and r.value["error"]["type"] == type(error).__name__
+    assert reg.statistics().errors == 1
+
+
+async def test_a_cancellation_inside_a_tool_is_not_the_tools_failure():
+    @avm.tool
+    async def waits() -> str:
+        await trio.sleep(10)
+        return "late"
+
+    reg = ToolRegistry([waits])
+    with trio.move_on_after(0.05) as scope:
+        await reg.invoke("waits", [], {"waits"})
+    assert scope.cancelled_caught and reg.statistics().errors == 0
+
+
+async def test_a_tool_raising_system_exit_ends_its_agent_only():
+    @avm.tool
+    async def quits(x: str = "") -> str:
+        raise SystemExit(3)
+
+    async with avm.VM(tools=[quits]) as vm:
+        bad = await vm.spawn("map 0\ntool quits 1\nreturn\n", budget=10.0, tools=["quits"])
+        good = [await vm.spawn("push 1\npush 2\nadd\nreturn\n", budget=10.0) for _ in range(20)]
+        assert [await g.result() for g in good] == [3] * 20
+        assert (await bad.result())["error"]["type"] == "SystemExit"
+
+
 async def test_results_that_are_not_vm_values_are_errors():
     @tool
     def weird() -> object:
