@@ -34,9 +34,9 @@ from avm.lang.values import (
     VMError,
     check_int,
     check_items,
+    check_orderable,
     check_text,
     find_equal,
-    is_number,
     less_paid,
     lone_surrogate,
     make_items,
@@ -290,18 +290,12 @@ def _range(a: Any, b: Any = None) -> list[int]:
     return list(range(start, end))
 
 
-def _order_kinds(a: Any, b: Any) -> None:
-    """TypeError unless ``a`` and ``b`` can be ordered together (numbers, or texts), without comparing them."""
-    if not ((is_number(a) and is_number(b)) or (type(a) is str and type(b) is str)):
-        raise VMError("TypeError", f"cannot order {type_name(a)} and {type_name(b)}")
-
-
 @builtin("sort", 1, 1000, "a list of numbers or of texts, sorted")
 def _sort(items: Any) -> list[Any]:
     _want(items, list, "argument", "sort")
     _sorting(len(items), items)
     for x in items[1:]:
-        _order_kinds(items[0], x)  # raises if the kinds cannot be ordered together
+        check_orderable(items[0], x)  # raises if the kinds cannot be ordered together
     return sorted(items)
 
 

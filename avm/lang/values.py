@@ -570,8 +570,11 @@ def less(a: Any, b: Any) -> bool:
 
 def less_paid(a: Any, b: Any) -> bool:
     """`less` for a caller that has paid for reading the texts already (`order_cost`)."""
-    if is_number(a) and is_number(b):
-        return a < b
-    if type(a) is str and type(b) is str:
-        return a < b
-    raise VMError("TypeError", f"cannot order {type_name(a)} and {type_name(b)}")
+    check_orderable(a, b)
+    return a < b  # type: ignore[no-any-return]
+
+
+def check_orderable(a: Any, b: Any) -> None:
+    """TypeError unless ``a`` and ``b`` can be ordered together (numbers, or texts), without comparing them."""
+    if not ((is_number(a) and is_number(b)) or (type(a) is str and type(b) is str)):
+        raise VMError("TypeError", f"cannot order {type_name(a)} and {type_name(b)}")

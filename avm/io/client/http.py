@@ -260,18 +260,18 @@ class ConnectionPool:
                            headers: Sequence[tuple[bytes, bytes]], body: Sequence[bytes],
                            on_data: Callable[[bytes], Any] | None) -> HTTPResponse:
         """One HTTP/1.1 request (a slot held): on a kept-alive connection, else on a new one."""
-        told, head = self._headers(origin, method, target, headers)
+        event, head = self._headers(origin, method, target, headers)
         conn = self._checkout(host)
         if conn is not None:
             try:
-                return await self._exchange(host, conn, method, target, told, head, body, on_data, reused=True)
+                return await self._exchange(host, conn, method, target, event, head, body, on_data, reused=True)
             except _Stale:
                 self.reconnects += 1
         conn = await self._connect(host, origin)
         if type(conn) is not _Conn:  # the server chose HTTP/2 for this new connection: so does the origin
             return await self._h2_exchange(host, origin, method, target, headers, body, on_data)
         try:
-            return await self._exchange(host, conn, method, target, told, head, body, on_data, reused=False)
+            return await self._exchange(host, conn, method, target, event, head, body, on_data, reused=False)
         except _Stale as exc:
             raise HTTPError("closed", str(exc)) from None
 
@@ -287,9 +287,9 @@ class ConnectionPool:
             if conn is None:  # the origin speaks HTTP/1.1 after all
                 return await self._h1_exchange(host, origin, method, target, headers, body, on_data)
             if type(conn) is _Conn:  # a new connection on which the server chose HTTP/1.1
-                told, head = self._headers(origin, method, target, headers)
+                event, head = self._headers(origin, method, target, headers)
                 try:
-                    return await self._exchange(host, conn, method, target, told, head, body, on_data,
+                    return await self._exchange(host, conn, method, target, event, head, body, on_data,
                                                 reused=False)
                 except _Stale as exc:
                     raise HTTPError("closed", str(exc)) from None
@@ -386,13 +386,13 @@ class ConnectionPool:
         made = self._fixed.get(key)
         if made is None:
             fixed = [(b"host", origin.host_header), *headers, (b"content-length", b"0")]
-            told: Any = fixed
+            normalized: Any = fixed
             if _normalize is not None:
-                told = _normalize(fixed)
+                normalized = _normalize(fixed)
             head = b"%s %s HTTP/1.1\r\n" % (method, target) + b"".join(
                 b"%s: %s\r\n" % (name, value) for name, value in fixed[:-1])
             # validates method and target too; the event is immutable, so every such request reuses it
-            event = h11.Request(method=method, target=target, headers=told)
+            event = h11.Request(method=method, target=target, headers=normalized)
             if len(self._fixed) > 64:
                 self._fixed.clear()
             made = self._fixed[key] = (event, head)
@@ -455,7 +455,7 @@ class ConnectionPool:
         return _Conn(stream, tcp.socket)
 
     async def _exchange(self, host: _Host, conn: _Conn, method: bytes, target: bytes,
-                        told: Any, head: bytes, body: Sequence[bytes],
+                        event: Any, head: bytes, body: Sequence[bytes],
                         on_data: Callable[[bytes], Any] | None, reused: bool) -> HTTPResponse:
         """One request and response on ``conn``; it goes back to the idle deque if it can be reused."""
         done = False
@@ -463,7 +463,7 @@ class ConnectionPool:
         h = conn.h11
         try:
             stream = conn.stream
-            h.send(told)  # the request's h11.Request event, made once by _headers
+            h.send(event)  # the request's h11.Request event, made once by _headers
             h.send(_END_OF_MESSAGE)
             size = 0
             for piece in body:
