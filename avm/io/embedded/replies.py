@@ -44,8 +44,8 @@ from typing import Any
 import blake3
 
 from avm.io.embedded.faults import LLMServerError
+from avm.io.json_codec import canonical as _canonical
 
-_DUMPS = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 _ASKS_PROGRAM = re.compile(r"\b(?:programs?|avm)\b", re.IGNORECASE)
 
 _STOPWORDS = frozenset("""about above after again against also because been before being below between
@@ -100,7 +100,7 @@ def canonical(body: dict[str, Any], skip: tuple[str, ...] = UNSEEDED) -> bytes:
     """The canonical JSON of a request body: sorted keys, compact, without `skip`."""
     if any(key in body for key in skip):
         body = {k: v for k, v in body.items() if k not in skip}
-    return _DUMPS(body).encode()
+    return _canonical(body)
 
 
 def digest(data: bytes) -> bytes:

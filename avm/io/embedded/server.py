@@ -51,7 +51,6 @@ the three completion endpoints, one decision per HTTP request) in
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import signal
@@ -80,6 +79,7 @@ from avm.io.embedded.replies import (
     digest,
     tokens,
 )
+from avm.io.json_codec import dumps, loads
 
 __all__ = ["LLMServer", "LLMServerError", "ServerSettings", "ServerStatistics", "run_server", "serve_llm"]
 
@@ -89,7 +89,6 @@ HOST = "127.0.0.1"
 FINGERPRINT = "avm-embedded-1"
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 _RECV = 1 << 16
-_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _JSON = b"application/json"
 _CHAT, _BATCH, _COMPLETIONS, _MODELS, _HEALTH = (
     "/v1/chat/completions", "/v1/chat/completions/batch", "/v1/completions", "/v1/models", "/health")
@@ -119,12 +118,12 @@ class ServerStatistics:
 
 
 def _error_body(message: str, kind: str, code: str | None, param: str | None = None) -> bytes:
-    return _DUMPS({"error": {"message": message, "type": kind, "param": param, "code": code}}).encode()
+    return dumps({"error": {"message": message, "type": kind, "param": param, "code": code}})
 
 
 def _vllm_error_body(message: str, param: str | None) -> bytes:
     """vLLM's answer to a request that fails validation (always with status 400)."""
-    return _DUMPS({"error": {"message": message, "type": "Bad Request", "param": param, "code": 400}}).encode()
+    return dumps({"error": {"message": message, "type": "Bad Request", "param": param, "code": 400}})
 
 
 def _raw_response(status: bytes, body: bytes, extra: bytes = b"") -> bytes:
@@ -463,18 +462,18 @@ class LLMServer:
 
     async def _models(self, c: _Peer, body: bytes) -> None:
         data = {"object": "list", "data": [self._model_card(m) for m in self.settings.models]}
-        await self._send(c, 200, _DUMPS(data).encode())
+        await self._send(c, 200, dumps(data))
 
     async def _model(self, c: _Peer, name: str) -> None:
         if name not in self.settings.models:
             body = _error_body(f"the model {name!r} does not exist", "invalid_request_error", "model_not_found")
             return await self._send(c, 404, body)
-        await self._send(c, 200, _DUMPS(self._model_card(name)).encode())
+        await self._send(c, 200, dumps(self._model_card(name)))
 
     @staticmethod
     def _parse(raw: bytes) -> Any:
         try:
-            return json.loads(raw)
+            return loads(raw)
         except ValueError as exc:
             raise BadRequest(f"the request body is not valid JSON: {exc}", None, "invalid_json") from None
 
@@ -517,7 +516,7 @@ class LLMServer:
         delay = plan.answer_delay(longest)
         if delay:
             await trio.sleep(delay)
-        await self._send(c, 200, _DUMPS(response).encode())
+        await self._send(c, 200, dumps(response))
 
     async def _batch(self, c: _Peer, raw: bytes) -> None:
         """vLLM's batch: one object, ``messages`` a list of conversations; one chat.completion back."""
@@ -525,7 +524,7 @@ class LLMServer:
             if c.content_type != _JSON:  # vLLM's validate_json_request; its error is a 400 too
                 raise BadRequest("Unsupported Media Type: Only 'application/json' is allowed", "body")
             try:
-                body = json.loads(raw)
+                body = loads(raw)
             except ValueError as exc:
                 raise BadRequest(f"the request body is not valid JSON: {exc}", "body") from None
             items = check_batch(body)
@@ -567,13 +566,13 @@ class LLMServer:
         delay = plan.answer_delay(longest)
         if delay:
             await trio.sleep(delay)
-        await self._send(c, 200, _DUMPS(response).encode())
+        await self._send(c, 200, dumps(response))
 
     async def _completions(self, c: _Peer, raw: bytes) -> None:
         body = self._parse(raw)
         prompts = check_completion(body)
         base = canonical(body, UNSEEDED + ("prompt",)) + b"\n"
-        seeds = [digest(base + _DUMPS(p).encode()) for p in prompts]
+        seeds = [digest(base + dumps(p)) for p in prompts]
         plan = self._faults.decide(digest(b"".join(seeds)))
         streaming = body.get("stream") is True
         ident = f"cmpl-{seeds[0][:12].hex()}"
@@ -600,7 +599,7 @@ class LLMServer:
         delay = plan.answer_delay(max(c.tokens for c in choices))
         if delay:
             await trio.sleep(delay)
-        await self._send(c, 200, _DUMPS(response).encode())
+        await self._send(c, 200, dumps(response))
 
     async def _stream(self, c: _Peer, events: list[tuple[dict[str, Any], float]],
                       plan: Plan, include_usage: bool, response: dict[str, Any]) -> None:
@@ -615,7 +614,7 @@ class LLMServer:
         pending = [conn.send(h11.Response(status_code=200, headers=_STREAM_HEADERS)) or b""]  # type: ignore[arg-type]
         per_token = plan.per_token_s
         for event, chars in events:
-            pending.append(conn.send(h11.Data(data=b"data: " + _DUMPS(event).encode() + b"\n\n")) or b"")
+            pending.append(conn.send(h11.Data(data=b"data: " + dumps(event) + b"\n\n")) or b"")
             if per_token and chars:
                 await self._write(c, b"".join(pending))
                 pending = []

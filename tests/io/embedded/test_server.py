@@ -545,6 +545,18 @@ def test_finish_prefers_whichever_comes_first():
 
 # ---------------------------------------------------------------- errors
 
+async def test_bodies_json_does_not_allow_are_400_not_500(client):
+    """A lone surrogate escape, nesting 100,000 deep, NaN: OpenAI-style 400s, not a traceback and a 500."""
+    lone = b'{"model":"m","messages":[{"role":"user","content":"\\ud800"}]}'
+    deep = b'{"model":"m","messages":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    nan = b'{"model":"m","temperature":NaN,"messages":[{"role":"user","content":"hi"}]}'
+    for raw in (lone, deep, nan):
+        for path in ("/chat/completions", "/completions"):
+            r = await client.post(path, content=raw, headers={"content-type": "application/json"})
+            assert r.status_code == 400, (path, raw[:60])
+            assert r.json()["error"]["code"] == "invalid_json"
+
+
 async def test_errors_are_openai_style(client):
     bad_json = await client.post("/chat/completions", content=b"{not json")
     assert bad_json.status_code == 400 and bad_json.json()["error"]["code"] == "invalid_json"
