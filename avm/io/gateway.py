@@ -26,7 +26,11 @@ or an `LLMError`. On the way:
    HTTP request where the backend accepts batches (else one by one, over the
    same bounded slots). ``max_in_flight`` and ``max_in_flight_per_model``
    bound the requests sent and not yet answered: beyond them requests stay
-   queued, in priority order (backpressure).
+   queued, in priority order (backpressure). A request that no batch can
+   take, with nothing queued ahead of it and capacity free, skips the queue:
+   its caller's task sends it at once and reads the reply (see
+   `Gateway._send_now`; a fleet against a server without batches sends every
+   request that way).
 6. **Failures.** Connection errors, timeouts, 429 and 5xx are retried with
    exponential backoff and jitter, at least as late as the server's
    ``Retry-After`` (capped), up to ``max_retries`` times; each attempt has
@@ -104,6 +108,7 @@ class _Pending:
         "head",
         "key",
         "model",
+        "owner",
         "rank",
         "reply",
         "seq",
@@ -123,7 +128,8 @@ class _Pending:
         self.rank = rank
         self.seq = seq
         self.attempts = 1
-        self.tasks: list[trio.lowlevel.Task] = []  # the trio tasks waiting for it
+        self.tasks: list[trio.lowlevel.Task] = []  # the trio tasks waiting for it (not the owner)
+        self.owner: trio.CancelScope | None = None  # while the task that made it sends it (`Gateway._send_now`)
         self.done = False
         self.reply: Reply | None = None
         self.error: LLMError | None = None
@@ -292,8 +298,50 @@ class Gateway:
         if cacheable:
             self._flights[key] = pending
         self._live.add(pending)
+        if (self._queued == 0 and not (pending.batchable and s.batch and self._backend.supports_batch)
+                and self._in_flight < s.max_in_flight and self._slots.value > 0
+                and self._in_flight_by_model.get(pending.model, 0) < s.max_in_flight_per_model):
+            return await self._send_now(pending, start, timeout)
         self._enqueue(pending)
         return await self._wait(pending, start, timeout)
+
+    async def _send_now(self, p: _Pending, start: float, timeout: float | None) -> LLMResponse:
+        """Send ``p`` from the caller's own task and read its reply there (capacity is free, nothing waits
+        ahead of it, no batch can take it).
+
+        Through the queue, a request crossed three trio tasks (the caller, the batcher, a sender) and a
+        reply two (the sender, the caller): each hand-over waits for a whole round of the scheduler. When
+        a thousand replies arrive together, every agent's next request then waits until all thousand
+        agents have done each step, so the fleet stays in lock-step bursts and each turn costs the
+        whole burst (measured: efficiency 0.72 at 1,000 agents against a 1 s server). Here the reply
+        reaches the program, and its next request the wire, within one step of one task.
+
+        Identical requests may still join ``p`` (single-flight): they wait in ``p.tasks`` as usual. If
+        the caller is cancelled while ``p`` is on the wire, its connection is dropped and ``p`` goes back
+        to the queue for those who joined it (or is abandoned if none did). A retryable failure is
+        retried through the queue, the caller waiting as any waiter does.
+        """
+        self._slots.acquire_nowait()
+        p.state = _SENT
+        self._in_flight += 1
+        model = p.model
+        self._in_flight_by_model[model] = self._in_flight_by_model.get(model, 0) + 1
+        # the caller's timeout, or `_finish` (a deadline passed, the gateway closed) ends the send
+        p.owner = trio.CancelScope(deadline=_INF if timeout is None else start + timeout)
+        try:
+            with p.owner:
+                await self._send(model, [p])
+        finally:
+            p.owner = None
+            if not p.done and p.state == _SENT:  # the caller was cancelled (or timed out) on the wire
+                self._release(p)
+                if p.tasks:
+                    self._enqueue(p)
+                else:
+                    self._abandon(p)
+        if p.done:
+            return self._result(p, start)
+        return await self._wait(p, start, timeout)  # a retry is due, or the caller's timeout has passed
 
     def _deadline(self, start: float, timeout: float | None) -> float:
         """When the sweeper fails a request: ``request_timeout_s`` after it came, unless the caller gave its
@@ -331,6 +379,10 @@ class Gateway:
                 self._abandon(p)
         if not p.done:
             raise self._raised(LLMError(f"no reply within {limit:g} s", kind="timeout", request=p.ident))
+        return self._result(p, start)
+
+    def _result(self, p: _Pending, start: float) -> LLMResponse:
+        """The reply of ``p`` (done) to one of its callers, or its error raised."""
         error = p.error
         if error is not None:
             raise self._raised(LLMError(error.message, kind=error.kind, request=error.request, status=error.status))
@@ -461,11 +513,20 @@ class Gateway:
             return model, items
 
     async def _batcher(self) -> None:
-        """Forever: take an HTTP slot, take a batch, send it in its own task."""
+        """Forever: once a request is queued, take an HTTP slot, take a batch, send it in its own task.
+
+        An idle batcher holds no slot: with every slot but one in use, the caller of the next request
+        sends it itself (`_send_now`)."""
         slots = self._slots
         assert self._nursery is not None
         while True:
+            if self._queued == 0:
+                await self._sleep_until(1)
+                continue
             await slots.acquire()
+            if self._queued == 0:  # what was queued was abandoned while the slot came
+                slots.release()
+                continue
             try:
                 model, items = await self._take()
             except Exception:  # a bug: fail what waits rather than take the VM down, and go on
@@ -587,7 +648,7 @@ class Gateway:
                     self._on_auth(outcome)
                     self._finish(p, error=self._auth_error(p.ident))
                     continue
-                if outcome.retryable and p.attempts <= self.settings.max_retries and p.tasks:
+                if outcome.retryable and p.attempts <= self.settings.max_retries and (p.tasks or p.owner is not None):
                     retry.append((self._backoff(p.attempts, outcome.retry_after), p))
                     p.attempts += 1
                     p.state = _RETRY
@@ -636,6 +697,8 @@ class Gateway:
         if self._flights.get(p.key) is p:
             del self._flights[p.key]
         p.done = True
+        if p.owner is not None:
+            p.owner.cancel()
         tasks = p.tasks
         if tasks:
             for task in tasks:
