@@ -241,10 +241,17 @@ class Tool:
     async def call(self, arguments: dict[str, Any]) -> Any:
         if self.limiter is None:
             self.limiter = trio.CapacityLimiter(self.concurrency)
-        async with self.limiter:
+        limiter = self.limiter
+        try:  # no checkpoint when the tool has room: a tool that never waits runs in its caller's step
+            limiter.acquire_nowait()
+        except trio.WouldBlock:
+            await limiter.acquire()
+        try:
             if self.is_async:
                 return await self.fn(**arguments)
             return await trio.to_thread.run_sync(lambda: self.fn(**arguments), abandon_on_cancel=True)
+        finally:
+            limiter.release()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Calling a tool directly calls the function (handy in tests)."""
