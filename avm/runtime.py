@@ -67,7 +67,7 @@ S = AgentState
 _CACHE_CAP = 1024  # distinct sources, prompts and grants remembered
 _NO_TOOLS: frozenset[str] = frozenset()
 _TOP_KEPT = 16  # ended agents remembered for statistics(top=...)
-_TOOL_CALLS_REMEMBERED = 65536  # (agent, tool call) pairs remembered to count repeats
+_TOOL_CALLS_REMEMBERED = 16384  # (agent, tool call) pairs remembered to count repeats: ~80 bytes each
 
 
 class VMError(AvmError):

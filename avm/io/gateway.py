@@ -326,19 +326,46 @@ class Gateway:
         self._in_flight += 1
         model = p.model
         self._in_flight_by_model[model] = self._in_flight_by_model.get(model, 0) + 1
-        # the caller's timeout, or `_finish` (a deadline passed, the gateway closed) ends the send
-        p.owner = trio.CancelScope(deadline=_INF if timeout is None else start + timeout)
+        s = self.settings
+        backend = self._backend
+        send = backend.send
+        if s.stream:
+            send = backend.send_stream
+            self._streamed += 1
+        self._http += 1
+        self._sent += 1
+        # One cancel scope bounds the attempt and the caller's timeout, and lets `_finish` (a deadline
+        # passed, the gateway closed) end the send: each scope a waiting request holds costs ~0.6 KB.
+        attempt_end = trio.current_time() + s.attempt_timeout_s
+        caller_end = _INF if timeout is None else start + timeout
+        p.owner = scope = trio.CancelScope(deadline=min(attempt_end, caller_end))
+        outcome: Reply | Failure | None = None
         try:
-            with p.owner:
-                await self._send(model, [p])
+            with scope:
+                outcome = await send([p.head, *p.conv])
+        except Failure as failure:
+            outcome = failure
+        except Exception:  # a bug must not take the caller down: its request fails, the gateway goes on
+            log.exception("LLM gateway: unexpected error sending a request for %s", model)
+            if p.state == _SENT:
+                self._finish(p, error=LLMError("internal error in the LLM gateway (see the log)", kind="internal",
+                                               request=p.ident))
         finally:
+            self._slots.release()
+            if outcome is None and not p.done and p.state == _SENT and scope.cancelled_caught and (
+                    attempt_end <= caller_end and trio.current_time() >= attempt_end):
+                outcome = Failure("timeout", f"no reply within {s.attempt_timeout_s:g} s")
+            if outcome is None:
+                p.owner = None
+                if not p.done and p.state == _SENT:  # the caller was cancelled, or its timeout passed, on the wire
+                    self._release(p)
+                    if p.tasks:
+                        self._enqueue(p)
+                    else:
+                        self._abandon(p)
+        if outcome is not None:
+            self._settle([(p, outcome)])  # the owner still set: a retryable failure is retried for it
             p.owner = None
-            if not p.done and p.state == _SENT:  # the caller was cancelled (or timed out) on the wire
-                self._release(p)
-                if p.tasks:
-                    self._enqueue(p)
-                else:
-                    self._abandon(p)
         if p.done:
             return self._result(p, start)
         return await self._wait(p, start, timeout)  # a retry is due, or the caller's timeout has passed

@@ -76,6 +76,7 @@ except ImportError:  # pragma: no cover - a future h11
 __all__ = ["ConnectionPool", "HTTPError", "HTTPResponse", "Origin", "parse_url"]
 
 _RECV = 1 << 16
+_wait_readable = trio.lowlevel.wait_readable
 _MAX_HEADERS = 1 << 16
 _PEEK_FLAGS = socket.MSG_PEEK | socket.MSG_DONTWAIT
 _IOV_MAX = 512  # pieces per sendmsg (Linux takes 1,024)
@@ -469,6 +470,7 @@ class ConnectionPool:
         done = False
         got_bytes = False
         h = conn.h11
+        raw = None if conn.tls else conn.raw
         try:
             stream = conn.stream
             h.send(event)  # the request's h11.Request event, made once by _headers
@@ -494,8 +496,15 @@ class ConnectionPool:
                 event = h.next_event()
                 if event is h11.NEED_DATA:
                     try:
-                        data = await stream.receive_some(_RECV)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        if raw is None:
+                            data = await stream.receive_some(_RECV)
+                        else:  # plain TCP: the stdlib socket, and trio only to wait (as trio's own recv does)
+                            try:
+                                data = raw.recv(_RECV)
+                            except BlockingIOError:
+                                await _wait_readable(raw)
+                                continue
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                         if reused and not got_bytes:
                             raise _Stale("the server closed the connection") from None
                         raise HTTPError("closed", f"the connection broke during the response: {_cause(exc)}") \
