@@ -261,14 +261,22 @@ class ConnectionPool:
         try:
             if host.h2 is not None:
                 return await self._h2_exchange(host, origin, method, target, headers, body, on_data)
-            return await self._h1_exchange(host, origin, method, target, headers, body, on_data)
+            event, head = self._headers(origin, method, target, headers)
+            conn = self._checkout(host)
+            if conn is not None:  # as _h1_exchange does
+                try:
+                    return await self._exchange(host, conn, method, target, event, head, body, on_data, reused=True)
+                except _Stale:
+                    self.reconnects += 1
+            return await self._h1_fresh(host, origin, method, target, headers, event, head, body, on_data)
         finally:
             slots.release()
 
     async def _h1_exchange(self, host: _Host, origin: Origin, method: bytes, target: bytes,
                            headers: Sequence[tuple[bytes, bytes]], body: Sequence[bytes],
                            on_data: Callable[[bytes], Any] | None) -> HTTPResponse:
-        """One HTTP/1.1 request (a slot held): on a kept-alive connection, else on a new one."""
+        """One HTTP/1.1 request (a slot held): on a kept-alive connection, else on a new one (`request`
+        does the same itself, so that a request waiting for its response holds one coroutine frame less)."""
         event, head = self._headers(origin, method, target, headers)
         conn = self._checkout(host)
         if conn is not None:
@@ -276,6 +284,12 @@ class ConnectionPool:
                 return await self._exchange(host, conn, method, target, event, head, body, on_data, reused=True)
             except _Stale:
                 self.reconnects += 1
+        return await self._h1_fresh(host, origin, method, target, headers, event, head, body, on_data)
+
+    async def _h1_fresh(self, host: _Host, origin: Origin, method: bytes, target: bytes,
+                        headers: Sequence[tuple[bytes, bytes]], event: Any, head: bytes, body: Sequence[bytes],
+                        on_data: Callable[[bytes], Any] | None) -> HTTPResponse:
+        """One HTTP/1.1 request (a slot held) on a new connection (no kept-alive one could take it)."""
         conn = await self._connect(host, origin)
         if type(conn) is not _Conn:  # the server chose HTTP/2 for this new connection: so does the origin
             return await self._h2_exchange(host, origin, method, target, headers, body, on_data)
@@ -502,7 +516,9 @@ class ConnectionPool:
                             try:
                                 data = raw.recv(_RECV)
                             except BlockingIOError:
-                                await _wait_readable(raw)
+                                data = None
+                            if data is None:  # waited for outside the except clause, which would keep the
+                                await _wait_readable(raw)  # exception and its traceback (0.7 KB) for the wait
                                 continue
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                         if reused and not got_bytes:
@@ -581,9 +597,13 @@ async def _send(sock: Any, raw: Any, pieces: list[bytes]) -> None:
     start, end = 0, len(pieces)
     while start < end:
         chunk = pieces[start:start + _IOV_MAX]
-        try:
-            sent = raw.sendmsg(chunk) if raw is not None else await sock.sendmsg(chunk)
-        except BlockingIOError:
+        sent = -1
+        if raw is not None:
+            try:
+                sent = raw.sendmsg(chunk)
+            except BlockingIOError:
+                pass
+        if sent < 0:  # trio waits for room (outside the except clause: see the response's read)
             sent = await sock.sendmsg(chunk)
         while sent and start < end:
             size = len(pieces[start])

@@ -123,7 +123,13 @@ class OpenAIBackend:
 
     async def send(self, body: Sequence[bytes]) -> Reply:
         """One chat completion; ``body`` = (head, *messages): ``head`` ends with ``"messages":[``."""
-        response = await self._request(_POST, self._chat, [*body, _END])
+        # `_request` written out: a request waiting for its reply holds one coroutine frame less (~0.3 KB)
+        try:
+            response = await self._pool.request(self._origin, _POST, self._chat, self._headers, [*body, _END])
+        except HTTPError as exc:
+            raise self._transport_failure(exc) from None
+        if response.status != 200:
+            raise self._status_failure(response)
         return parse_chat(self._json(response.body))
 
     async def send_batch(self, head: bytes, conversations: Sequence[Sequence[bytes]]) -> list[Reply | Failure]:
