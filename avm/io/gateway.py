@@ -111,6 +111,7 @@ class _Pending:
         "owner",
         "rank",
         "reply",
+        "request",
         "seq",
         "state",
         "tasks",
@@ -121,7 +122,8 @@ class _Pending:
         self.key = key
         self.model = request.model
         self.head = head  # shared by every request with the same parameters (the encoder keeps one)
-        self.conv = conv  # this request's own messages: the only bytes it holds alone
+        self.conv: list[bytes] | None = conv  # this request's own messages; None once handed to the backend
+        self.request = request  # to encode the messages again if they must be sent again
         self.batchable = batchable  # vLLM's batch endpoint can take it (cleared after a refused batch)
         self.deadline = deadline
         self.cacheable = cacheable
@@ -295,6 +297,7 @@ class Gateway:
         s = self.settings
         pending = _Pending(request, key, head, conv, batchable(request) and not s.stream, cacheable,
                            start + priority * s.aging_s, next(self._seq), self._deadline(start, timeout))
+        del conv  # held from here by `pending` only, which gives it up once it is sent (`_body`)
         if cacheable:
             self._flights[key] = pending
         self._live.add(pending)
@@ -342,7 +345,7 @@ class Gateway:
         outcome: Reply | Failure | None = None
         try:
             with scope:
-                outcome = await send([p.head, *p.conv])
+                outcome = await send(self._body(p))
         except Failure as failure:
             outcome = failure
         except Exception:  # a bug must not take the caller down: its request fails, the gateway goes on
@@ -614,7 +617,7 @@ class Gateway:
             outcome: Reply | Failure
             with trio.move_on_after(s.attempt_timeout_s) as scope:
                 try:
-                    outcome = await send([p.head, *p.conv])
+                    outcome = await send(self._body(p))
                 except Failure as failure:
                     outcome = failure
             if scope.cancelled_caught:
@@ -624,7 +627,7 @@ class Gateway:
         outcomes: list[Reply | Failure] | Failure
         with trio.move_on_after(s.attempt_timeout_s) as scope:
             try:
-                outcomes = await backend.send_batch(items[0].head, [p.conv for p in items])
+                outcomes = await backend.send_batch(items[0].head, [self._conv(p) for p in items])
             except Failure as failure:
                 outcomes = failure
         if scope.cancelled_caught:
@@ -648,6 +651,20 @@ class Gateway:
         else:
             self._count_batch(items)
             self._settle(list(zip(items, outcomes)))
+
+    def _conv(self, p: _Pending) -> list[bytes]:
+        """The pieces of ``p``'s messages, encoded again if an earlier attempt gave them up."""
+        conv = p.conv
+        if conv is None:
+            conv = p.conv = self._encoder.parts(p.request)[1]
+        return conv
+
+    def _body(self, p: _Pending) -> list[bytes]:
+        """``p``'s body for the backend's ``send``, which may empty it once written: ``p`` gives its pieces up,
+        so that a request waiting for its reply holds none of them (its messages' JSON, some unpacked)."""
+        body = [p.head, *self._conv(p)]
+        p.conv = None
+        return body
 
     def _count_batch(self, items: list[_Pending]) -> None:
         """A batch the server took (an error of its own, a 5xx or a timeout, still counts as sent)."""

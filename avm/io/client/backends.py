@@ -13,11 +13,15 @@ Nothing is encoded twice, and no caller assembles a whole body::
     class Backend(Protocol):
         supports_batch: bool          # may turn False when the server refuses batches
         max_connections: int          # requests it can have in flight at once
-        async def send(self, body: Sequence[bytes]) -> Reply          # [head, *messages]
+        async def send(self, body: Sequence[bytes]) -> Reply          # [head, *messages]; a list may be emptied
         async def send_stream(self, body: Sequence[bytes]) -> Reply   # the same, streamed (SSE)
         async def send_batch(self, head: bytes, conversations: Sequence[Sequence[bytes]]) -> list[Reply | Failure]
         def connections(self) -> tuple[int, int]   # (opened so far, most open at once)
         async def aclose(self) -> None
+
+A list given to ``send`` is the backend's from then on: it may append to it
+and empty it once the request is written, so that a request waiting for its
+reply holds none of its pieces (the gateway encodes them again for a retry).
 
 A failed attempt raises `Failure` (a whole batch failed) or is returned in
 the batch's list (one item failed). A `Failure` holds a ``kind`` (as

@@ -237,7 +237,8 @@ class ConnectionPool:
     # ------------------------------------------------------------ requests
 
     async def request(self, origin: Origin, method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]],
-                      body: Sequence[bytes] = (), on_data: Callable[[bytes], Any] | None = None) -> HTTPResponse:
+                      body: Sequence[bytes] = (), on_data: Callable[[bytes], Any] | None = None, *,
+                      consume: bool = False) -> HTTPResponse:
         """Send one request and read its whole response.
 
         ``headers`` must not hold Host or Content-Length (they are added).
@@ -246,6 +247,10 @@ class ConnectionPool:
         and the response's ``body`` is empty (any other response is read
         whole, as without it); ``on_data`` may return True to say it has what
         it needs (the rest is still read, so the connection can be reused).
+        With ``consume`` (and a list ``body``), the list is emptied once the
+        request is written over HTTP/1.1: its pieces need not live until the
+        response. A kept-alive connection found closed after that fails with
+        kind ``"closed"`` instead of being sent again on a new one.
         """
         if self._closed:
             raise HTTPError("closed", "the connection pool is closed")
@@ -265,10 +270,12 @@ class ConnectionPool:
             conn = self._checkout(host)
             if conn is not None:  # as _h1_exchange does
                 try:
-                    return await self._exchange(host, conn, method, target, event, head, body, on_data, reused=True)
+                    return await self._exchange(host, conn, method, target, event, head, body, on_data, reused=True,
+                                                consume=consume)
                 except _Stale:
                     self.reconnects += 1
-            return await self._h1_fresh(host, origin, method, target, headers, event, head, body, on_data)
+            return await self._h1_fresh(host, origin, method, target, headers, event, head, body, on_data,
+                                        consume)
         finally:
             slots.release()
 
@@ -288,13 +295,14 @@ class ConnectionPool:
 
     async def _h1_fresh(self, host: _Host, origin: Origin, method: bytes, target: bytes,
                         headers: Sequence[tuple[bytes, bytes]], event: Any, head: bytes, body: Sequence[bytes],
-                        on_data: Callable[[bytes], Any] | None) -> HTTPResponse:
+                        on_data: Callable[[bytes], Any] | None, consume: bool = False) -> HTTPResponse:
         """One HTTP/1.1 request (a slot held) on a new connection (no kept-alive one could take it)."""
         conn = await self._connect(host, origin)
         if type(conn) is not _Conn:  # the server chose HTTP/2 for this new connection: so does the origin
             return await self._h2_exchange(host, origin, method, target, headers, body, on_data)
         try:
-            return await self._exchange(host, conn, method, target, event, head, body, on_data, reused=False)
+            return await self._exchange(host, conn, method, target, event, head, body, on_data, reused=False,
+                                        consume=consume)
         except _Stale as exc:
             raise HTTPError("closed", str(exc)) from None
 
@@ -479,7 +487,7 @@ class ConnectionPool:
 
     async def _exchange(self, host: _Host, conn: _Conn, method: bytes, target: bytes,
                         event: Any, head: bytes, body: Sequence[bytes],
-                        on_data: Callable[[bytes], Any] | None, reused: bool) -> HTTPResponse:
+                        on_data: Callable[[bytes], Any] | None, reused: bool, consume: bool = False) -> HTTPResponse:
         """One request and response on ``conn``; it goes back to the idle deque if it can be reused."""
         done = False
         got_bytes = False
@@ -501,6 +509,9 @@ class ConnectionPool:
                 if reused:
                     raise _Stale("the server closed the connection") from None
                 raise HTTPError("closed", f"sending the request failed: {_cause(exc)}") from None
+            if consume and type(body) is list:
+                body.clear()  # written: the caller gave its pieces up (see `request`)
+                reused = False  # nothing left to send again on a new connection: a closed one is an error
             status = 0
             response_headers: dict[str, str] = {}
             chunks: list[bytes] = []

@@ -122,10 +122,16 @@ class OpenAIBackend:
     # ------------------------------------------------------------ the interface
 
     async def send(self, body: Sequence[bytes]) -> Reply:
-        """One chat completion; ``body`` = (head, *messages): ``head`` ends with ``"messages":[``."""
-        # `_request` written out: a request waiting for its reply holds one coroutine frame less (~0.3 KB)
+        """One chat completion; ``body`` = (head, *messages): ``head`` ends with ``"messages":[``. A list is
+        taken over: it is appended to and emptied once written."""
+        # `_request` written out: a request waiting for its reply holds one coroutine frame less (~0.3 KB).
+        # A list body is the caller's to give up: the pool empties it once written (consume=True).
+        if type(body) is list:
+            body.append(_END)
+        else:
+            body = [*body, _END]
         try:
-            response = await self._pool.request(self._origin, _POST, self._chat, self._headers, [*body, _END])
+            response = await self._pool.request(self._origin, _POST, self._chat, self._headers, body, consume=True)
         except HTTPError as exc:
             raise self._transport_failure(exc) from None
         if response.status != 200:

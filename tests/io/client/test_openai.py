@@ -119,6 +119,23 @@ async def test_a_kept_alive_connection_the_server_closed_is_replaced_and_the_req
         assert b.connections()[0] == 3 and len(seen) == 3
 
 
+async def test_a_sent_body_is_given_up_and_a_kept_alive_connection_that_then_closes_is_a_retryable_failure():
+    """The pieces of a list body are dropped once written (a waiting request holds none of them), so a
+    kept-alive connection the server closes after reading the request cannot be sent on again by the
+    pool: the request fails as a connection failure, which the gateway retries (encoding it again)."""
+    seen: list[Seen] = []
+    answers = iter([Answer(200, completion()), Answer(drop=True), Answer(200, completion("again"))])
+    with backend(lambda r: next(answers), seen) as b:
+        body = [HEAD, CONV]
+        assert (await b.send(body)).text == "hi"
+        assert body == []  # given up once written
+        with pytest.raises(Failure) as info:
+            await b.send([HEAD, CONV])
+        assert info.value.kind == "connection" and info.value.retryable
+        assert (await b.send(BODY)).text == "again"  # a new connection
+    assert [r.body for r in seen] == [HEAD + CONV + b"]}"] * 3
+
+
 async def test_https_with_the_trust_store_of_ssl_cert_file(tmp_path, monkeypatch):
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
