@@ -517,6 +517,7 @@ class ConnectionPool:
             chunks: list[bytes] = []
             satisfied = False
             streaming = False
+            ready = False  # whether the socket may have bytes to read without waiting
             while True:
                 event = h.next_event()
                 if event is h11.NEED_DATA:
@@ -524,12 +525,15 @@ class ConnectionPool:
                         if raw is None:
                             data = await stream.receive_some(_RECV)
                         else:  # plain TCP: the stdlib socket, and trio only to wait (as trio's own recv does)
+                            if not ready:  # the first read waits first: the reply cannot be there yet, and a
+                                await _wait_readable(raw)  # recv that fails makes an exception whose traceback
+                                ready = True  # gives this coroutine a frame object (0.4 KB) for its lifetime
                             try:
                                 data = raw.recv(_RECV)
                             except BlockingIOError:
                                 data = None
-                            if data is None:  # waited for outside the except clause, which would keep the
-                                await _wait_readable(raw)  # exception and its traceback (0.7 KB) for the wait
+                            if data is None:  # a spurious wake-up, or the rest of a reply not yet there
+                                ready = False
                                 continue
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                         if reused and not got_bytes:
