@@ -76,6 +76,7 @@ except ImportError:  # pragma: no cover - a future h11
 __all__ = ["ConnectionPool", "HTTPError", "HTTPResponse", "Origin", "parse_url"]
 
 _RECV = 1 << 16
+_PEER_TTL_S = 60.0  # how long new connections go straight to the address an earlier one found (`_tcp`)
 _wait_readable = trio.lowlevel.wait_readable
 _MAX_HEADERS = 1 << 16
 _PEEK_FLAGS = socket.MSG_PEEK | socket.MSG_DONTWAIT
@@ -164,13 +165,16 @@ class _Conn:
 class _Host:
     """The connections to one origin."""
 
-    __slots__ = ("h2", "idle", "open", "slots")
+    __slots__ = ("finding", "h2", "idle", "open", "peer", "peer_until", "slots")
 
     def __init__(self, limit: int, h2: Any = None):
         self.slots = trio.Semaphore(limit)
         self.idle: deque[_Conn] = deque()
         self.open = 0
         self.h2 = h2  # an `H2Origin` while the origin speaks (or may speak) HTTP/2; None: HTTP/1.1
+        self.peer: tuple[int, Any] | None = None  # (family, address) the last connection found (see `_tcp`)
+        self.peer_until = 0.0
+        self.finding: trio.Event | None = None  # set when the connection finding the peer is made (or failed)
 
 
 class _Attempt:
@@ -452,7 +456,7 @@ class ConnectionPool:
         """A new connection: a `_Conn` (HTTP/1.1), or an `H2Connection` if the server chose h2 (ALPN)."""
         try:
             with trio.fail_after(self.connect_timeout_s):
-                tcp = await trio.open_tcp_stream(origin.host, origin.port)
+                tcp = await self._tcp(host, origin)
         except trio.TooSlowError:
             raise HTTPError("connect", f"no connection to {origin.host}:{origin.port} within "
                                        f"{self.connect_timeout_s:g} s") from None
@@ -484,6 +488,46 @@ class ConnectionPool:
         if self._open > self.peak:
             self.peak = self._open
         return _Conn(stream, tcp.socket)
+
+    async def _tcp(self, host: _Host, origin: Origin) -> trio.SocketStream:
+        """A TCP connection to ``origin``.
+
+        One is made by trio's ``open_tcp_stream`` (the name resolved, happy eyeballs over its addresses)
+        and the address it reached is remembered for `_PEER_TTL_S`: the connections after it go straight
+        there, a socket and a connect. (trio's way costs a nursery, tasks and cancel scopes per connection,
+        about 5 KB each while a 1,000-agent fleet's first requests all connected at once: a quarter of the
+        fleet's peak memory.) Connections asked for while the address is being found wait for it; a direct
+        connect that fails forgets the address, and that connection finds one again.
+        """
+        while host.peer is None and host.finding is not None:
+            await host.finding.wait()
+        peer = host.peer
+        if peer is not None:
+            if time.monotonic() >= host.peer_until:
+                host.peer = None  # found again (the name may point elsewhere now); the others wait for it
+            else:
+                sock = trio.socket.socket(peer[0], socket.SOCK_STREAM)
+                try:
+                    await sock.connect(peer[1])
+                except OSError:
+                    sock.close()
+                    if host.peer is peer:
+                        host.peer = None
+                except BaseException:
+                    sock.close()
+                    raise
+                else:
+                    return trio.SocketStream(sock)
+        finding = host.finding = trio.Event()
+        try:
+            tcp = await trio.open_tcp_stream(origin.host, origin.port)
+            raw = tcp.socket
+            host.peer, host.peer_until = (raw.family, raw.getpeername()), time.monotonic() + _PEER_TTL_S
+        finally:
+            finding.set()
+            if host.finding is finding:
+                host.finding = None
+        return tcp
 
     async def _exchange(self, host: _Host, conn: _Conn, method: bytes, target: bytes,
                         event: Any, head: bytes, body: Sequence[bytes],
