@@ -32,31 +32,26 @@ objects) raises `RequestError`.
 from __future__ import annotations
 
 import json
-import threading
 from typing import Any
 
-import zstandard
 from cachetools import LRUCache
 
 from avm.errors import StoreError
-from avm.io.request import PLACEHOLDER, Filled, LLMRequest, Message, RequestError, ToolCalls
+from avm.io.packing import pack
+from avm.io.packing import unpack as _unpack
+from avm.io.request import PLACEHOLDER, Filled, LLMRequest, Message, PackedCalls, RequestError, ToolCalls
 from avm.memory.ref import Ref
 
 __all__ = ["Packed", "WireEncoder", "dumps", "keep_wire", "tool_calls", "unpack"]
 
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
-PACK_MIN_BYTES = 256  # a message's JSON this long or longer is kept compressed, if that saves a quarter
-_ZSTD = threading.local()  # a compressor and a decompressor per thread: zstandard's are not thread-safe
 
 
 class Packed(bytes):
-    """A message's JSON, kept by the message compressed (zstd, level 1, no dictionary).
-
-    An agent's conversation is sent again with every request, so each message keeps its JSON rather
-    than encode it each time; kept plain, the JSON was a third of what a waiting agent of
-    bench/fleet.py held (its tool results). Unpacking costs about a microsecond a message, and the
-    unpacked pieces live only while the request is sent (`avm.io.client.http` empties the body once
-    it is written)."""
+    """A message's JSON, kept by the message packed (`avm.io.packing`): an agent keeps its messages'
+    JSON for its next requests, and kept plain that was a third of what a waiting agent of
+    bench/fleet.py held. The unpacked pieces live only while the request is sent
+    (`avm.io.client.http` empties the body once it is written)."""
 
     __slots__ = ()
 
@@ -66,25 +61,10 @@ def unpack(wire: bytes) -> bytes:
     return _unpack(wire) if type(wire) is Packed else wire
 
 
-def _unpack(packed: bytes) -> bytes:
-    try:
-        return _ZSTD.d(packed)  # type: ignore[no-any-return]
-    except AttributeError:
-        _ZSTD.d = zstandard.ZstdDecompressor().decompress
-        return _ZSTD.d(packed)  # type: ignore[no-any-return]
-
-
 def _kept(wire: bytes) -> bytes:
-    """``wire`` as a message keeps it: `Packed` when long enough and compressible, else as it is."""
-    if len(wire) >= PACK_MIN_BYTES:
-        try:
-            pack = _ZSTD.c
-        except AttributeError:
-            pack = _ZSTD.c = zstandard.ZstdCompressor(level=1, write_checksum=False).compress
-        packed = pack(wire)
-        if len(packed) * 4 <= len(wire) * 3:
-            return Packed(packed)
-    return wire
+    """``wire`` as a message keeps it: `Packed` when that saves, else as it is."""
+    packed = pack(wire)
+    return wire if packed is None else Packed(packed)
 
 
 def dumps(value: Any) -> bytes:
@@ -106,14 +86,16 @@ def keep_wire(message: Message, text: str | None) -> Message:
 
 def _calls_only(m: Message) -> bool:
     """An assistant message with only tool calls (the usual turn of a tool-using agent)."""
-    return type(m.tool_calls) is ToolCalls and m.content is None and m.name is None and m.tool_call_id is None
+    return isinstance(m.tool_calls, ToolCalls) and m.content is None and m.name is None and m.tool_call_id is None
 
 
 def tool_calls(calls: Any) -> ToolCalls:
     """A reply's tool calls (OpenAI's dicts) as the message keeps them: each in OpenAI's form
     ``{"id", "type": "function", "function": {"name", "arguments"}}`` (a streamed call's ``index`` is
     dropped), or as it came when it has other fields."""
-    return ToolCalls(dumps([_standard(call) for call in calls]))
+    data = dumps([_standard(call) for call in calls])
+    packed = pack(data)
+    return ToolCalls(data) if packed is None else PackedCalls(packed)
 
 
 def _standard(call: Any) -> Any:
@@ -259,7 +241,7 @@ class WireEncoder:
             return
         if _calls_only(m):
             out.append(_CALLS_HEAD)
-            out.append(m.tool_calls)  # type: ignore[arg-type]
+            out.append(m.tool_calls.json())  # type: ignore[union-attr]
             out.append(b"}")
             return
         content = m.content

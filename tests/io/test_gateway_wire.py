@@ -150,7 +150,7 @@ def test_tool_calls_are_held_compactly_and_each_message_is_encoded_once():
     streamed = {**call, "index": 0}  # a streamed call's index is not part of the message
     odd = {"id": "c2", "type": "function", "function": {"name": "x", "arguments": "{}"}, "extra": 1}
     compact = tool_calls([streamed, odd])
-    assert type(compact) is ToolCalls and compact.calls() == [call, odd]  # one with fields of its own: as it came
+    assert isinstance(compact, ToolCalls) and compact.calls() == [call, odd]  # one with fields of its own: as it came
     assistant = Message("assistant", None, tool_calls=tool_calls([call]))
     tool = Message("tool", "3 results", tool_call_id="c1")
     encoder = WireEncoder()
@@ -175,7 +175,8 @@ def test_tool_calls_are_held_compactly_and_each_message_is_encoded_once():
 def test_a_message_keeps_its_json_packed_when_that_saves_and_every_request_sends_it_exactly(texts):
     """Messages keep long JSON compressed (`Packed`); what goes on the wire is each message's JSON,
     the same for every request that carries it."""
-    from avm.io.wire import PACK_MIN_BYTES, Packed, keep_wire, unpack
+    from avm.io.packing import PACK_MIN_BYTES
+    from avm.io.wire import Packed, keep_wire, unpack
 
     store = ContentStore()
     messages = []
