@@ -68,6 +68,8 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
+from avm.io.client.readiness import Readiness
+
 try:  # see ConnectionPool._headers
     from h11._headers import normalize_and_validate as _normalize
 except ImportError:  # pragma: no cover - a future h11
@@ -77,7 +79,6 @@ __all__ = ["ConnectionPool", "HTTPError", "HTTPResponse", "Origin", "parse_url"]
 
 _RECV = 1 << 16
 _PEER_TTL_S = 60.0  # how long new connections go straight to the address an earlier one found (`_tcp`)
-_wait_readable = trio.lowlevel.wait_readable
 _MAX_HEADERS = 1 << 16
 _PEEK_FLAGS = socket.MSG_PEEK | socket.MSG_DONTWAIT
 _IOV_MAX = 512  # pieces per sendmsg (Linux takes 1,024)
@@ -221,6 +222,7 @@ class ConnectionPool:
         self.streams_peak = 0  # the most requests at once on one HTTP/2 connection
         self._open = 0
         self._closed = False
+        self._readiness = Readiness()  # what plain-TCP requests wait on for their reply
 
     @property
     def open(self) -> int:
@@ -570,7 +572,7 @@ class ConnectionPool:
                             data = await stream.receive_some(_RECV)
                         else:  # plain TCP: the stdlib socket, and trio only to wait (as trio's own recv does)
                             if not ready:  # the first read waits first: the reply cannot be there yet, and a
-                                await _wait_readable(raw)  # recv that fails makes an exception whose traceback
+                                await self._readiness.wait(raw)  # recv that fails makes an exception whose traceback
                                 ready = True  # gives this coroutine a frame object (0.4 KB) for its lifetime
                             try:
                                 data = raw.recv(_RECV)
@@ -627,6 +629,7 @@ class ConnectionPool:
     async def aclose(self) -> None:
         """Close every idle connection; requests in flight close theirs when they end."""
         self._closed = True
+        self._readiness.close()
         for host in self._hosts.values():
             while host.idle:
                 self._drop(host, host.idle.pop())
