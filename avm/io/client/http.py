@@ -1,4 +1,4 @@
-"""HTTP/1.1 on trio + h11 (and HTTP/2 where the server offers it), with a connection pool whose every step is O(1).
+"""HTTP/1.1 on trio (and HTTP/2 where the server offers it), with a connection pool whose every step is O(1).
 
 An LLM takes 0.1-10 s per request, so a fleet keeps R requests in flight by
 holding R connections (HTTP/1.1 carries one request per connection at a
@@ -44,14 +44,14 @@ so this module is AVM's own:
 
 Errors are `HTTPError` with a ``kind``: "connect" (no connection could be
 made), "tls", "closed" (the server closed the connection, or reset or
-refused the stream, before a complete response), "protocol" (a response h11
-or h2 cannot parse). Timeouts are the
+refused the stream, before a complete response), "protocol" (a response
+`avm.io.client.h1` or h2 cannot read). Timeouts are the
 caller's: wrap a request in a trio cancel scope; a cancelled request closes
 its connection (its state is unknown).
 
-The protocol is RFC 9112 as h11 implements it (python-hyper/h11,
-``h11/_connection.py``): one ``Connection`` per socket, ``start_next_cycle``
-between requests on a kept-alive connection.
+The protocol is RFC 9112: h11 (python-hyper/h11) validates each kind of
+request once (`ConnectionPool._headers`), the pool writes requests itself, and
+`avm.io.client.h1` reads each response (tested against h11 as an oracle).
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
+from avm.io.client.h1 import END, NEED_DATA, RESPONSE, ProtocolError, ResponseReader, Truncated
 from avm.io.client.readiness import Readiness
 
 try:  # see ConnectionPool._headers
@@ -82,7 +83,6 @@ _PEER_TTL_S = 60.0  # how long new connections go straight to the address an ear
 _MAX_HEADERS = 1 << 16
 _PEEK_FLAGS = socket.MSG_PEEK | socket.MSG_DONTWAIT
 _IOV_MAX = 512  # pieces per sendmsg (Linux takes 1,024)
-_END_OF_MESSAGE = h11.EndOfMessage()  # immutable: one for every request
 
 
 class HTTPError(Exception):
@@ -133,16 +133,15 @@ class HTTPResponse:
 
 
 class _Conn:
-    """One connection: its stream, its socket, its h11 state, when it went idle."""
+    """One connection: its stream, its socket, when it went idle."""
 
-    __slots__ = ("h11", "idle_since", "raw", "sock", "stream", "tls")
+    __slots__ = ("idle_since", "raw", "sock", "stream", "tls")
 
     def __init__(self, stream: trio.abc.Stream, sock: Any):
         self.stream = stream
         self.sock = sock  # the trio socket under the stream (and TLS)
         self.raw = getattr(sock, "_sock", None)  # the stdlib socket under it: trio's has no synchronous calls
         self.tls = not isinstance(stream, trio.SocketStream)
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEADERS)
         self.idle_since = 0.0
 
     def close(self) -> None:
@@ -272,15 +271,15 @@ class ConnectionPool:
         try:
             if host.h2 is not None:
                 return await self._h2_exchange(host, origin, method, target, headers, body, on_data)
-            event, head = self._headers(origin, method, target, headers)
+            head = self._headers(origin, method, target, headers)
             conn = self._checkout(host)
             if conn is not None:  # as _h1_exchange does
                 try:
-                    return await self._exchange(host, conn, method, target, event, head, body, on_data, reused=True,
+                    return await self._exchange(host, conn, method, target, head, body, on_data, reused=True,
                                                 consume=consume)
                 except _Stale:
                     self.reconnects += 1
-            return await self._h1_fresh(host, origin, method, target, headers, event, head, body, on_data,
+            return await self._h1_fresh(host, origin, method, target, headers, head, body, on_data,
                                         consume)
         finally:
             slots.release()
@@ -290,24 +289,24 @@ class ConnectionPool:
                            on_data: Callable[[bytes], Any] | None) -> HTTPResponse:
         """One HTTP/1.1 request (a slot held): on a kept-alive connection, else on a new one (`request`
         does the same itself, so that a request waiting for its response holds one coroutine frame less)."""
-        event, head = self._headers(origin, method, target, headers)
+        head = self._headers(origin, method, target, headers)
         conn = self._checkout(host)
         if conn is not None:
             try:
-                return await self._exchange(host, conn, method, target, event, head, body, on_data, reused=True)
+                return await self._exchange(host, conn, method, target, head, body, on_data, reused=True)
             except _Stale:
                 self.reconnects += 1
-        return await self._h1_fresh(host, origin, method, target, headers, event, head, body, on_data)
+        return await self._h1_fresh(host, origin, method, target, headers, head, body, on_data)
 
     async def _h1_fresh(self, host: _Host, origin: Origin, method: bytes, target: bytes,
-                        headers: Sequence[tuple[bytes, bytes]], event: Any, head: bytes, body: Sequence[bytes],
+                        headers: Sequence[tuple[bytes, bytes]], head: bytes, body: Sequence[bytes],
                         on_data: Callable[[bytes], Any] | None, consume: bool = False) -> HTTPResponse:
         """One HTTP/1.1 request (a slot held) on a new connection (no kept-alive one could take it)."""
         conn = await self._connect(host, origin)
         if type(conn) is not _Conn:  # the server chose HTTP/2 for this new connection: so does the origin
             return await self._h2_exchange(host, origin, method, target, headers, body, on_data)
         try:
-            return await self._exchange(host, conn, method, target, event, head, body, on_data, reused=False,
+            return await self._exchange(host, conn, method, target, head, body, on_data, reused=False,
                                         consume=consume)
         except _Stale as exc:
             raise HTTPError("closed", str(exc)) from None
@@ -324,9 +323,9 @@ class ConnectionPool:
             if conn is None:  # the origin speaks HTTP/1.1 after all
                 return await self._h1_exchange(host, origin, method, target, headers, body, on_data)
             if type(conn) is _Conn:  # a new connection on which the server chose HTTP/1.1
-                event, head = self._headers(origin, method, target, headers)
+                head = self._headers(origin, method, target, headers)
                 try:
-                    return await self._exchange(host, conn, method, target, event, head, body, on_data,
+                    return await self._exchange(host, conn, method, target, head, body, on_data,
                                                 reused=False)
                 except _Stale as exc:
                     raise HTTPError("closed", str(exc)) from None
@@ -406,34 +405,29 @@ class ConnectionPool:
             conn.closing = True
         return conn
 
-    def _headers(self, origin: Origin, method: bytes, target: bytes,
-                 headers: Sequence[tuple[bytes, bytes]]) -> tuple[Any, bytes]:
-        """(the h11.Request event h11 is told, the request's head as written but its Content-Length),
-        made once per kind.
+    def _headers(self, origin: Origin, method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+        """The request's head as written but its Content-Length, made once per kind.
 
-        h11 validates the headers once here; afterwards it is told of each
-        request as one without a body (its Request and EndOfMessage events:
-        all it needs to read the response), while the pool writes the head
-        with the real Content-Length and the body's pieces itself, so that
-        h11 does not copy every piece, and no piece is copied before the
-        kernel takes it (`_send`). ``Headers`` lives in ``h11._headers``
-        (h11 0.14-0.16); without it, h11 validates the plain list each time.
+        h11 validates the request line and the header fields once here (an ``h11.Request`` is made
+        and dropped); the pool writes the head with the real Content-Length and the body's pieces
+        itself, so that no piece is copied before the kernel takes it (`_send`), and reads the
+        response with `avm.io.client.h1`. ``normalize_and_validate`` lives in ``h11._headers``
+        (h11 0.14-0.16); without it, h11 validates the plain list.
         """
         key = (origin, method, target, tuple(headers))
-        made = self._fixed.get(key)
-        if made is None:
+        head = self._fixed.get(key)
+        if head is None:
             fixed = [(b"host", origin.host_header), *headers, (b"content-length", b"0")]
             normalized: Any = fixed
             if _normalize is not None:
                 normalized = _normalize(fixed)
+            h11.Request(method=method, target=target, headers=normalized)  # raises for an invalid request
             head = b"%s %s HTTP/1.1\r\n" % (method, target) + b"".join(
                 b"%s: %s\r\n" % (name, value) for name, value in fixed[:-1])
-            # validates method and target too; the event is immutable, so every such request reuses it
-            event = h11.Request(method=method, target=target, headers=normalized)
             if len(self._fixed) > 64:
                 self._fixed.clear()
-            made = self._fixed[key] = (event, head)
-        return made
+            self._fixed[key] = head
+        return head
 
     def _checkout(self, host: _Host) -> _Conn | None:
         idle = host.idle
@@ -532,17 +526,15 @@ class ConnectionPool:
         return tcp
 
     async def _exchange(self, host: _Host, conn: _Conn, method: bytes, target: bytes,
-                        event: Any, head: bytes, body: Sequence[bytes],
+                        head: bytes, body: Sequence[bytes],
                         on_data: Callable[[bytes], Any] | None, reused: bool, consume: bool = False) -> HTTPResponse:
         """One request and response on ``conn``; it goes back to the idle deque if it can be reused."""
         done = False
         got_bytes = False
-        h = conn.h11
+        reader = ResponseReader(no_body=method == b"HEAD", max_head=_MAX_HEADERS)
         raw = None if conn.tls else conn.raw
         try:
             stream = conn.stream
-            h.send(event)  # the request's h11.Request event, made once by _headers
-            h.send(_END_OF_MESSAGE)
             size = 0
             for piece in body:
                 size += len(piece)
@@ -558,15 +550,13 @@ class ConnectionPool:
             if consume and type(body) is list:
                 body.clear()  # written: the caller gave its pieces up (see `request`)
                 reused = False  # nothing left to send again on a new connection: a closed one is an error
-            status = 0
-            response_headers: dict[str, str] = {}
             chunks: list[bytes] = []
             satisfied = False
             streaming = False
             ready = False  # whether the socket may have bytes to read without waiting
             while True:
-                event = h.next_event()
-                if event is h11.NEED_DATA:
+                event = reader.next_event()
+                if event is NEED_DATA:
                     try:
                         if raw is None:
                             data = await stream.receive_some(_RECV)
@@ -590,35 +580,24 @@ class ConnectionPool:
                         got_bytes = True
                     elif reused and not got_bytes:
                         raise _Stale("the server closed the connection")
-                    elif not status:
-                        raise HTTPError("closed", "the server closed the connection without answering")
-                    h.receive_data(data)  # type: ignore[arg-type]
-                    continue
-                kind = type(event)
-                if kind is h11.Response:
-                    status = event.status_code  # type: ignore[union-attr]
-                    response_headers = {k.decode("latin-1"): v.decode("latin-1")
-                                        for k, v in event.headers}  # type: ignore[union-attr]
-                    streaming = on_data is not None and status == 200 and response_headers.get(
+                    reader.receive(data)
+                elif event is RESPONSE:
+                    streaming = on_data is not None and reader.status == 200 and reader.headers.get(
                         "content-type", "").startswith("text/event-stream")
-                elif kind is h11.Data:
-                    data = bytes(event.data)  # type: ignore[union-attr]
-                    if not streaming:
-                        chunks.append(data)
-                    elif not satisfied and on_data is not None:
-                        satisfied = bool(on_data(data))
-                elif kind is h11.EndOfMessage:
+                elif event is END:
                     break
-                elif kind is h11.ConnectionClosed:
-                    raise HTTPError("closed", "the server closed the connection before the response ended")
-                # InformationalResponse (100 Continue) and PAUSED cannot end a response: go on
+                elif not streaming:  # a piece of the body
+                    chunks.append(event)  # type: ignore[arg-type]
+                elif not satisfied and on_data is not None:
+                    satisfied = bool(on_data(event))
             done = True
-            return HTTPResponse(status, response_headers, b"".join(chunks) if len(chunks) != 1 else chunks[0])
-        except h11.RemoteProtocolError as exc:
+            return HTTPResponse(reader.status, reader.headers, b"".join(chunks) if len(chunks) != 1 else chunks[0])
+        except Truncated as exc:
+            raise HTTPError("closed", str(exc)) from None
+        except ProtocolError as exc:
             raise HTTPError("protocol", f"the server's response is not valid HTTP/1.1: {exc}") from None
         finally:
-            if done and h.our_state is h11.DONE and h.their_state is h11.DONE and not self._closed:
-                h.start_next_cycle()
+            if done and reader.keep_alive and not self._closed:
                 conn.idle_since = time.monotonic()
                 host.idle.append(conn)
             else:
