@@ -10,10 +10,11 @@ dictionary), its tool calls 159 bytes 41 (141).
 
 ``pack(data)`` is the packed form of ``data``, or None when packing does not save a quarter: one
 byte, the number of the dictionary used (0: none), then a zstd frame without magic number,
-dictionary id or checksum (the frame keeps its content size). The dictionary is trained once per
-process, from the first samples offered (`avm.memory.dictionary.DictionaryTrainer`, which also
-trains the store's), and kept for the process's life: packed bytes never outlive the dictionary
-they need. Packing takes a few microseconds, unpacking about one; both may run in any thread.
+dictionary id or checksum (the frame keeps its content size). A dictionary is trained from the
+first 512 samples offered (`avm.memory.dictionary.DictionaryTrainer`, which also trains the
+store's) and again, twice, on the 2,048 after each training (a fleet's first messages are its
+tasks; its tool calls and results come after); each is kept for the process's life, so packed
+bytes never outlive the dictionary they need. Packing takes a few microseconds, unpacking about one; both may run in any thread.
 """
 
 from __future__ import annotations
@@ -35,13 +36,16 @@ _TRAINER_SETTINGS = {
     "dict_size_bytes": 8 << 10,
     "compress_min_bytes": PACK_MIN_BYTES,
     "dict_sample_max_bytes": 16 << 10,
-    "dict_train_samples": 512,  # a 1,000-agent fleet's first turn or two
+    "dict_train_samples": 512,
     "dict_train_min_bytes": 32 << 10,
-    "dict_retrain_samples": 0,  # once: a dictionary is never dropped, so there is only ever one
+    # Trained again on the samples after that (a fleet's first messages are all of one kind, its task:
+    # the tool calls and results come after), up to `_MAX_DICTS` - 1 trainings: no dictionary is dropped.
+    "dict_retrain_samples": 2048,
     "dict_sample_buffer_bytes": 256 << 10,  # training on this takes a few milliseconds, once
     "compress_level": _LEVEL,
 }
 
+_MAX_DICTS = 4  # "no dictionary" and three trained ones
 _lock = threading.Lock()  # the trainer's
 _trainer = DictionaryTrainer(_TRAINER_SETTINGS)
 _dicts: list[zstandard.ZstdCompressionDict | None] = [None]  # number -> dictionary; only ever appended to
@@ -56,7 +60,7 @@ def _compressor(zdict: zstandard.ZstdCompressionDict | None) -> Any:
 
 def _offer(data: bytes) -> None:
     with _lock:
-        if len(_dicts) == 1 and _trainer.offer(data):
+        if len(_dicts) < _MAX_DICTS and _trainer.offer(data):
             trained = _trainer.train()
             if trained is not None:
                 _dicts.append(zstandard.ZstdCompressionDict(trained, dict_type=zstandard.DICT_TYPE_AUTO))
@@ -67,7 +71,7 @@ def pack(data: bytes) -> bytes | None:
     n = len(data)
     if n < PACK_MIN_BYTES:
         return None
-    if _trainer.enabled and len(_dicts) == 1:
+    if len(_dicts) < _MAX_DICTS and _trainer.enabled:
         _offer(data)
     number = len(_dicts) - 1
     try:
