@@ -197,36 +197,35 @@ class AgentHandle:
     # --- the task ------------------------------------------------------------------
 
     async def _main(self, woken: bool = False) -> None:
-        try:
-            await self._live(woken)
-        except Exception as exc:  # noqa: BLE001 - whatever went wrong handling this agent: it fails, the others go on
-            self._crashed(exc)
-
-    async def _live(self, woken: bool) -> None:
+        # One coroutine for the task's whole life (not a wrapper catching for another): an agent waiting
+        # for its reply holds every frame of its chain of awaits.
         vm = self.vm
-        if self.cancel_requested:  # cancelled before it ever ran
-            if woken:
-                vm._unpin_snapshot(self)
-            self._finish(S.CANCELLED, "cancelled")
-            return
         try:
-            with trio.CancelScope() as scope:
-                self.scope = scope
+            if self.cancel_requested:  # cancelled before it ever ran
                 if woken:
-                    self._wake_frame()
-                await self._drive()
-        except _Hibernate as h:
-            self.scope = None
-            vm._hibernate(self, h.deadline)
-            return
-        except trio.Cancelled:  # the VM is closing
+                    vm._unpin_snapshot(self)
+                self._finish(S.CANCELLED, "cancelled")
+                return
+            try:
+                with trio.CancelScope() as scope:
+                    self.scope = scope
+                    if woken:
+                        self._wake_frame()
+                    await self._drive()
+            except _Hibernate as h:
+                self.scope = None
+                vm._hibernate(self, h.deadline)
+                return
+            except trio.Cancelled:  # the VM is closing
+                self.scope = None
+                if self.state not in TERMINAL:
+                    self._finish(S.CANCELLED, "cancelled: the VM exited")
+                raise
             self.scope = None
             if self.state not in TERMINAL:
-                self._finish(S.CANCELLED, "cancelled: the VM exited")
-            raise
-        self.scope = None
-        if self.state not in TERMINAL:
-            self._finish(S.CANCELLED, "cancelled")
+                self._finish(S.CANCELLED, "cancelled")
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong handling this agent: it fails, the others go on
+            self._crashed(exc)
 
     def _crashed(self, exc: Exception) -> None:
         """An exception escaped while the VM handled this agent (a bug in AVM): the agent ends FAILED
