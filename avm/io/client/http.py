@@ -60,7 +60,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -241,10 +241,10 @@ class ConnectionPool:
 
     # ------------------------------------------------------------ requests
 
-    async def request(self, origin: Origin, method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]],
-                      body: Sequence[bytes] = (), on_data: Callable[[bytes], Any] | None = None, *,
-                      consume: bool = False) -> HTTPResponse:
-        """Send one request and read its whole response.
+    def request(self, origin: Origin, method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]],
+                body: Sequence[bytes] = (), on_data: Callable[[bytes], Any] | None = None, *,
+                consume: bool = False) -> Awaitable[HTTPResponse]:
+        """Send one request and read its whole response (``await`` what this returns).
 
         ``headers`` must not hold Host or Content-Length (they are added).
         With ``on_data``, the body of a 200 response of type
@@ -263,6 +263,22 @@ class ConnectionPool:
         if host is None:
             h2 = self._h2.H2Origin() if self.http2 and origin.scheme == "https" else None
             host = self._hosts[origin] = _Host(self.max_connections, h2)
+        if host.h2 is None and host.idle and host.slots.value:
+            # The usual request: a slot free and a kept-alive connection. It is the exchange's coroutine
+            # itself, which gives the slot back: a request waiting for its reply holds no frame of this
+            # method (~0.35 KB). Nothing waits between here and the exchange's first step.
+            host.slots.acquire_nowait()
+            conn = self._checkout(host)
+            if conn is not None:
+                return self._exchange(host, conn, method, target, self._headers(origin, method, target, headers),
+                                      body, on_data, reused=True, consume=consume, fresh=(origin, headers))
+            host.slots.release()
+        return self._request(host, origin, method, target, headers, body, on_data, consume)
+
+    async def _request(self, host: _Host, origin: Origin, method: bytes, target: bytes,
+                       headers: Sequence[tuple[bytes, bytes]], body: Sequence[bytes],
+                       on_data: Callable[[bytes], Any] | None, consume: bool) -> HTTPResponse:
+        """`request` when a slot must be waited for, the origin speaks HTTP/2, or no connection is idle."""
         slots = host.slots
         try:  # no checkpoint when a slot is free: the request goes out in the caller's step (see _send)
             slots.acquire_nowait()
@@ -527,8 +543,14 @@ class ConnectionPool:
 
     async def _exchange(self, host: _Host, conn: _Conn, method: bytes, target: bytes,
                         head: bytes, body: Sequence[bytes],
-                        on_data: Callable[[bytes], Any] | None, reused: bool, consume: bool = False) -> HTTPResponse:
-        """One request and response on ``conn``; it goes back to the idle deque if it can be reused."""
+                        on_data: Callable[[bytes], Any] | None, reused: bool, consume: bool = False,
+                        fresh: tuple[Origin, Sequence[tuple[bytes, bytes]]] | None = None) -> HTTPResponse:
+        """One request and response on ``conn``; it goes back to the idle deque if it can be reused.
+
+        With ``fresh`` (the origin and headers), this is `request`'s usual path: the exchange holds a
+        slot, which it gives back, and sends the request again on a new connection if ``conn`` turns
+        out to be closed (`_Stale`); without it, the caller does both."""
+        stale = False
         done = False
         got_bytes = False
         reader = ResponseReader(no_body=method == b"HEAD", max_head=_MAX_HEADERS)
@@ -596,12 +618,25 @@ class ConnectionPool:
             raise HTTPError("closed", str(exc)) from None
         except ProtocolError as exc:
             raise HTTPError("protocol", f"the server's response is not valid HTTP/1.1: {exc}") from None
+        except _Stale:
+            if fresh is None:
+                raise
+            stale = True
         finally:
             if done and reader.keep_alive and not self._closed:
                 conn.idle_since = time.monotonic()
                 host.idle.append(conn)
             else:
                 self._drop(host, conn)
+            if fresh is not None and not stale:
+                host.slots.release()
+        # `conn` was closed before the server saw the request: once more on a new one, the slot still held
+        self.reconnects += 1
+        origin, headers = fresh
+        try:
+            return await self._h1_fresh(host, origin, method, target, headers, head, body, on_data, consume)
+        finally:
+            host.slots.release()
 
     # ------------------------------------------------------------ lifetime
 

@@ -27,6 +27,7 @@ _EPOLL = getattr(select, "epoll", None)
 _IN_ONCE = getattr(select, "EPOLLIN", 0) | getattr(select, "EPOLLONESHOT", 0)
 _SUCCEEDED = trio.lowlevel.Abort.SUCCEEDED
 
+_Parking: Any
 try:  # trio's parking message: what ``wait_task_rescheduled`` yields to the run loop (trio/_core/_traps.py;
     from trio._core._traps import WaitTaskRescheduled as _Parking  # the loop checks ``type(msg) is`` it)
 except ImportError:  # pragma: no cover - a trio that moved it: park through its public function
@@ -42,11 +43,11 @@ class _Park:
         self._readiness = readiness
         self._fd = fd
 
-    def __await__(self) -> _Park:
+    def __await__(self) -> Any:  # an iterator: itself
         return self
 
     def __next__(self) -> Any:
-        return _Parking(self)  # type: ignore[misc]  # trio keeps ``self`` as the task's abort function
+        return _Parking(self)  # trio keeps ``self`` as the task's abort function
 
     def send(self, resumed: Any) -> None:
         # trio resumes a parked task with an Outcome: its value ends the await, or its error is raised here

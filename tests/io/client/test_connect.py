@@ -58,3 +58,20 @@ async def test_an_address_that_stops_answering_is_forgotten_and_found_again():
         assert response.status == 200 and response.body == b"ok"
         assert host.peer is not None and host.peer[1] == ("127.0.0.1", origin.port)  # found again
         await pool.aclose()
+
+
+async def test_a_kept_alive_connection_that_closes_unanswered_is_sent_on_again_on_a_new_one():
+    """The server reads a request on a kept-alive connection and closes it without a byte: a body the
+    pool may keep (not ``consume``) goes again on a new connection, and every slot comes back."""
+    answers = iter([Answer(body=b"first"), Answer(drop=True), Answer(body=b"again")])
+    seen: list = []
+    with scripted_server(lambda r: next(answers), seen=seen) as url:
+        origin, target = parse_url(url + "/x")
+        pool = ConnectionPool(max_connections=4)
+        for expected in (b"first", b"again"):
+            response = await pool.request(origin, b"POST", target.encode(), [], (b"{", b"}"))
+            assert response.status == 200 and response.body == expected
+        host = pool._hosts[origin]
+        assert pool.reconnects == 1 and pool.opened == 2 and host.slots.value == 4
+        await pool.aclose()
+    assert [r.body for r in seen] == [b"{}"] * 3

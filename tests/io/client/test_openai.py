@@ -110,13 +110,19 @@ async def test_the_connection_limit_holds_and_requests_wait_for_a_free_one():
         assert b.connections() == (3, 3)
 
 
+def slots_all_free(b: OpenAIBackend) -> bool:
+    """No request holds a slot of the pool (each path of a request gives its slot back)."""
+    return all(host.slots.value == b._pool.max_connections for host in b._pool._hosts.values())
+
+
 async def test_a_kept_alive_connection_the_server_closed_is_replaced_and_the_request_goes_through():
     seen: list[Seen] = []
     with backend(lambda r: Answer(200, completion(), silent_close=True), seen) as b:
         for _ in range(3):
             assert (await b.send(BODY)).text == "hi"
             await trio.sleep(0.05)  # the server closes its side meanwhile
-        assert b.connections()[0] == 3 and len(seen) == 3
+        assert b.connections()[0] == 3 and len(seen) == 3 and slots_all_free(b)
+
 
 
 async def test_a_sent_body_is_given_up_and_a_kept_alive_connection_that_then_closes_is_a_retryable_failure():
@@ -133,6 +139,7 @@ async def test_a_sent_body_is_given_up_and_a_kept_alive_connection_that_then_clo
             await b.send([HEAD, CONV])
         assert info.value.kind == "connection" and info.value.retryable
         assert (await b.send(BODY)).text == "again"  # a new connection
+        assert slots_all_free(b)
     assert [r.body for r in seen] == [HEAD + CONV + b"]}"] * 3
 
 
