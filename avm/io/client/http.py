@@ -287,32 +287,25 @@ class ConnectionPool:
         try:
             if host.h2 is not None:
                 return await self._h2_exchange(host, origin, method, target, headers, body, on_data)
-            head = self._headers(origin, method, target, headers)
-            conn = self._checkout(host)
-            if conn is not None:  # as _h1_exchange does
-                try:
-                    return await self._exchange(host, conn, method, target, head, body, on_data, reused=True,
-                                                consume=consume)
-                except _Stale:
-                    self.reconnects += 1
-            return await self._h1_fresh(host, origin, method, target, headers, head, body, on_data,
-                                        consume)
+            return await self._h1_exchange(host, origin, method, target, headers, body, on_data, consume)
         finally:
             slots.release()
 
     async def _h1_exchange(self, host: _Host, origin: Origin, method: bytes, target: bytes,
                            headers: Sequence[tuple[bytes, bytes]], body: Sequence[bytes],
-                           on_data: Callable[[bytes], Any] | None) -> HTTPResponse:
+                           on_data: Callable[[bytes], Any] | None, consume: bool = False) -> HTTPResponse:
         """One HTTP/1.1 request (a slot held): on a kept-alive connection, else on a new one (`request`
-        does the same itself, so that a request waiting for its response holds one coroutine frame less)."""
+        takes the first way itself when it needs no wait, so that a request waiting for its response
+        holds two coroutine frames less)."""
         head = self._headers(origin, method, target, headers)
         conn = self._checkout(host)
         if conn is not None:
             try:
-                return await self._exchange(host, conn, method, target, head, body, on_data, reused=True)
+                return await self._exchange(host, conn, method, target, head, body, on_data, reused=True,
+                                            consume=consume)
             except _Stale:
                 self.reconnects += 1
-        return await self._h1_fresh(host, origin, method, target, headers, head, body, on_data)
+        return await self._h1_fresh(host, origin, method, target, headers, head, body, on_data, consume)
 
     async def _h1_fresh(self, host: _Host, origin: Origin, method: bytes, target: bytes,
                         headers: Sequence[tuple[bytes, bytes]], head: bytes, body: Sequence[bytes],

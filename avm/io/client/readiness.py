@@ -7,10 +7,10 @@ of its own, which one system task waits on through trio, and a waiting request p
 a `_Park`: one small object that is at once the awaitable (it yields trio's own parking message,
 as ``trio.lowlevel.wait_task_rescheduled`` does, without that function's two coroutine frames, the
 message and the closure it keeps: ~0.9 KB less per waiting request) and the abort function, plus
-an entry in a dict. The task is woken with ``trio.lowlevel.reschedule`` when its socket is readable. It keeps trio's semantics: one waiter per
-socket, one-shot registration (``EPOLLONESHOT``, as trio's own epoll manager uses, see
-trio/_core/_io_epoll.py), cancellation removes the waiter. Where there is no epoll (not Linux), it
-is trio's ``wait_readable``.
+an entry in a dict. The task is woken with ``trio.lowlevel.reschedule`` when its socket is
+readable. It keeps trio's semantics: one waiter per socket, one-shot registration
+(``EPOLLONESHOT``, as trio's own epoll manager uses, see trio/_core/_io_epoll.py), cancellation
+removes the waiter. Where there is no epoll (not Linux), it is trio's ``wait_readable``.
 """
 
 from __future__ import annotations
