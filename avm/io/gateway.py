@@ -131,7 +131,8 @@ class _Pending:
         self.seq = seq
         self.attempts = 1
         self.tasks: list[trio.lowlevel.Task] = []  # the trio tasks waiting for it (not the owner)
-        self.owner: trio.CancelScope | None = None  # while the task that made it sends it (`Gateway._send_now`)
+        # while the task that made it sends it (`Gateway._send_now`): True, or the cancel scope bounding it
+        self.owner: trio.CancelScope | bool | None = None
         self.done = False
         self.reply: Reply | None = None
         self.error: LLMError | None = None
@@ -337,17 +338,33 @@ class Gateway:
             self._streamed += 1
         self._http += 1
         self._sent += 1
-        # One cancel scope bounds the attempt and the caller's timeout, and lets `_finish` (a deadline
-        # passed, the gateway closed) end the send: each scope a waiting request holds costs ~0.6 KB.
-        attempt_end = trio.current_time() + s.attempt_timeout_s
+        # The attempt ends at the first of its own limit, the caller's timeout and the request's deadline
+        # (the sweeper's). A backend that takes the deadline bounds the wait itself, and the request holds
+        # no cancel scope while it waits (~0.9 KB each); `_finish` (the gateway closing, an auth failure)
+        # does not interrupt it: the pool's close wakes it, and a reply that comes after is let go.
+        # Other backends get one cancel scope, which `_finish` cancels.
+        now = trio.current_time()
+        attempt_end = now + s.attempt_timeout_s
         caller_end = _INF if timeout is None else start + timeout
-        p.owner = scope = trio.CancelScope(deadline=min(attempt_end, caller_end))
+        end = min(attempt_end, caller_end, p.deadline)
+        scope = None
+        if getattr(backend, "deadlines", False):
+            p.owner = True
+            sending = send(self._body(p), end)
+        else:
+            p.owner = scope = trio.CancelScope(deadline=end)
+            sending = send(self._body(p))
         outcome: Reply | Failure | None = None
         try:
-            with scope:
-                outcome = await send(self._body(p))
+            if scope is None:
+                outcome = await sending
+            else:
+                with scope:
+                    outcome = await sending
         except Failure as failure:
             outcome = failure
+            if failure.kind == "deadline":  # as a cancel scope's deadline would have ended it (below)
+                outcome = None
         except Exception:  # a bug must not take the caller down: its request fails, the gateway goes on
             log.exception("LLM gateway: unexpected error sending a request for %s", model)
             if p.state == _SENT:
@@ -355,9 +372,13 @@ class Gateway:
                                                request=p.ident))
         finally:
             self._slots.release()
-            if outcome is None and not p.done and p.state == _SENT and scope.cancelled_caught and (
-                    attempt_end <= caller_end and trio.current_time() >= attempt_end):
-                outcome = Failure("timeout", f"no reply within {s.attempt_timeout_s:g} s")
+            if outcome is None and not p.done and p.state == _SENT and trio.current_time() >= end and (
+                    scope is None or scope.cancelled_caught):
+                if end == attempt_end and attempt_end < caller_end:
+                    outcome = Failure("timeout", f"no reply within {s.attempt_timeout_s:g} s")
+                elif end == p.deadline and p.deadline < caller_end:
+                    self._finish(p, error=LLMError(f"no reply within {s.request_timeout_s:g} s", kind="timeout",
+                                                   request=p.ident))
             if outcome is None:
                 p.owner = None
                 if not p.done and p.state == _SENT:  # the caller was cancelled, or its timeout passed, on the wire
@@ -741,8 +762,9 @@ class Gateway:
         if self._flights.get(p.key) is p:
             del self._flights[p.key]
         p.done = True
-        if p.owner is not None:
-            p.owner.cancel()
+        owner = p.owner
+        if owner is not None and owner is not True:
+            owner.cancel()
         tasks = p.tasks
         if tasks:
             for task in tasks:

@@ -230,6 +230,40 @@ async def test_a_request_timeout_bounds_the_whole_call():
         assert gw.statistics().errors_by_kind == {"timeout": 1}
 
 
+async def test_the_default_deadline_bounds_a_request_to_a_real_server_that_holds_its_reply():
+    """The pool bounds the attempt itself (no cancel scope per request): at the request's deadline the caller
+    fails, its connection is closed and its capacity given back."""
+    async with serve_llm(port=0, latency_ms=5_000, dialect="openai") as server, \
+            Gateway(OpenAIBackend(server.url, batch=False), request_timeout_s=0.3, attempt_timeout_s=60.0) as gw:
+        start = trio.current_time()
+        with pytest.raises(LLMError, match="no reply within 0.3 s") as info:
+            await gw.complete(ask("held"))
+        assert info.value.kind == "timeout" and 0.3 <= trio.current_time() - start < 2.0
+        stats = gw.statistics()
+        assert stats.in_flight == 0 and stats.retries == 0
+        assert gw._in_flight == 0 and gw._backend._pool.open == 0
+
+
+async def test_closing_the_gateway_ends_requests_waiting_on_a_real_server_at_once():
+    outcomes: list[LLMError] = []
+    async with serve_llm(port=0, latency_ms=5_000, dialect="openai") as server:
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            gw = Gateway(OpenAIBackend(server.url, batch=False))
+            await gw.__aenter__()
+
+            async def call(text: str) -> None:
+                with pytest.raises(LLMError) as info:
+                    await gw.complete(ask(text))
+                outcomes.append(info.value)
+            for text in ("one", "two", "three"):
+                nursery.start_soon(call, text)
+            await trio.sleep(0.2)
+            await gw.__aexit__(None, None, None)
+        assert trio.current_time() - start < 2.0
+    assert [e.kind for e in outcomes] == ["cancelled"] * 3
+
+
 TOOLS = ({"type": "function", "function": {"name": "lookup", "description": "Look a topic up.",
                                            "parameters": {"type": "object", "properties": {"q": {"type": "string"}},
                                                           "required": ["q"]}}},)

@@ -56,6 +56,7 @@ request once (`ConnectionPool._headers`), the pool writes requests itself, and
 
 from __future__ import annotations
 
+import math
 import socket
 import ssl
 import time
@@ -221,7 +222,7 @@ class ConnectionPool:
         self.streams_peak = 0  # the most requests at once on one HTTP/2 connection
         self._open = 0
         self._closed = False
-        self._readiness = Readiness()  # what plain-TCP requests wait on for their reply
+        self._readiness = Readiness(_late)  # what plain-TCP requests wait on for their reply
 
     @property
     def open(self) -> int:
@@ -243,7 +244,7 @@ class ConnectionPool:
 
     def request(self, origin: Origin, method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]],
                 body: Sequence[bytes] = (), on_data: Callable[[bytes], Any] | None = None, *,
-                consume: bool = False) -> Awaitable[HTTPResponse]:
+                consume: bool = False, deadline: float = math.inf) -> Awaitable[HTTPResponse]:
         """Send one request and read its whole response (``await`` what this returns).
 
         ``headers`` must not hold Host or Content-Length (they are added).
@@ -256,6 +257,8 @@ class ConnectionPool:
         request is written over HTTP/1.1: its pieces need not live until the
         response. A kept-alive connection found closed after that fails with
         kind ``"closed"`` instead of being sent again on a new one.
+        Past ``deadline`` (trio time), the request fails with kind ``"deadline"`` and its connection is
+        closed; it costs no cancel scope while the request waits for its response (see `Readiness`).
         """
         if self._closed:
             raise HTTPError("closed", "the connection pool is closed")
@@ -263,7 +266,7 @@ class ConnectionPool:
         if host is None:
             h2 = self._h2.H2Origin() if self.http2 and origin.scheme == "https" else None
             host = self._hosts[origin] = _Host(self.max_connections, h2)
-        if host.h2 is None and host.idle and host.slots.value:
+        if host.h2 is None and host.idle and host.slots.value and origin.scheme == "http":
             # The usual request: a slot free and a kept-alive connection. It is the exchange's coroutine
             # itself, which gives the slot back: a request waiting for its reply holds no frame of this
             # method (~0.35 KB). Nothing waits between here and the exchange's first step.
@@ -271,29 +274,38 @@ class ConnectionPool:
             conn = self._checkout(host)
             if conn is not None:
                 return self._exchange(host, conn, method, target, self._headers(origin, method, target, headers),
-                                      body, on_data, reused=True, consume=consume, fresh=(origin, headers))
+                                      body, on_data, reused=True, consume=consume, fresh=(origin, headers),
+                                      deadline=deadline)
             host.slots.release()
-        return self._request(host, origin, method, target, headers, body, on_data, consume)
+        return self._request(host, origin, method, target, headers, body, on_data, consume, deadline)
 
     async def _request(self, host: _Host, origin: Origin, method: bytes, target: bytes,
                        headers: Sequence[tuple[bytes, bytes]], body: Sequence[bytes],
-                       on_data: Callable[[bytes], Any] | None, consume: bool) -> HTTPResponse:
-        """`request` when a slot must be waited for, the origin speaks HTTP/2, or no connection is idle."""
+                       on_data: Callable[[bytes], Any] | None, consume: bool, deadline: float) -> HTTPResponse:
+        """`request` when a slot must be waited for, the origin speaks HTTP/2 or TLS, or no connection is
+        idle: the deadline is a cancel scope here (a connection, TLS or HTTP/2 waits in many places)."""
         slots = host.slots
-        try:  # no checkpoint when a slot is free: the request goes out in the caller's step (see _send)
-            slots.acquire_nowait()
-        except trio.WouldBlock:
-            await slots.acquire()
-        try:
-            if host.h2 is not None:
-                return await self._h2_exchange(host, origin, method, target, headers, body, on_data)
-            return await self._h1_exchange(host, origin, method, target, headers, body, on_data, consume)
-        finally:
-            slots.release()
+        with trio.move_on_at(deadline) as scope:
+            try:  # no checkpoint when a slot is free: the request goes out in the caller's step (see _send)
+                slots.acquire_nowait()
+            except trio.WouldBlock:
+                await slots.acquire()
+            try:
+                if self._closed:
+                    raise HTTPError("closed", "the connection pool is closed")
+                if host.h2 is not None:
+                    return await self._h2_exchange(host, origin, method, target, headers, body, on_data)
+                return await self._h1_exchange(host, origin, method, target, headers, body, on_data, consume,
+                                               deadline)
+            finally:
+                slots.release()
+        assert scope.cancelled_caught
+        raise _late()
 
     async def _h1_exchange(self, host: _Host, origin: Origin, method: bytes, target: bytes,
                            headers: Sequence[tuple[bytes, bytes]], body: Sequence[bytes],
-                           on_data: Callable[[bytes], Any] | None, consume: bool = False) -> HTTPResponse:
+                           on_data: Callable[[bytes], Any] | None, consume: bool = False,
+                           deadline: float = math.inf) -> HTTPResponse:
         """One HTTP/1.1 request (a slot held): on a kept-alive connection, else on a new one (`request`
         takes the first way itself when it needs no wait, so that a request waiting for its response
         holds two coroutine frames less)."""
@@ -302,21 +314,22 @@ class ConnectionPool:
         if conn is not None:
             try:
                 return await self._exchange(host, conn, method, target, head, body, on_data, reused=True,
-                                            consume=consume)
+                                            consume=consume, deadline=deadline)
             except _Stale:
                 self.reconnects += 1
-        return await self._h1_fresh(host, origin, method, target, headers, head, body, on_data, consume)
+        return await self._h1_fresh(host, origin, method, target, headers, head, body, on_data, consume, deadline)
 
     async def _h1_fresh(self, host: _Host, origin: Origin, method: bytes, target: bytes,
                         headers: Sequence[tuple[bytes, bytes]], head: bytes, body: Sequence[bytes],
-                        on_data: Callable[[bytes], Any] | None, consume: bool = False) -> HTTPResponse:
+                        on_data: Callable[[bytes], Any] | None, consume: bool = False,
+                        deadline: float = math.inf) -> HTTPResponse:
         """One HTTP/1.1 request (a slot held) on a new connection (no kept-alive one could take it)."""
         conn = await self._connect(host, origin)
         if type(conn) is not _Conn:  # the server chose HTTP/2 for this new connection: so does the origin
             return await self._h2_exchange(host, origin, method, target, headers, body, on_data)
         try:
             return await self._exchange(host, conn, method, target, head, body, on_data, reused=False,
-                                        consume=consume)
+                                        consume=consume, deadline=deadline)
         except _Stale as exc:
             raise HTTPError("closed", str(exc)) from None
 
@@ -537,7 +550,8 @@ class ConnectionPool:
     async def _exchange(self, host: _Host, conn: _Conn, method: bytes, target: bytes,
                         head: bytes, body: Sequence[bytes],
                         on_data: Callable[[bytes], Any] | None, reused: bool, consume: bool = False,
-                        fresh: tuple[Origin, Sequence[tuple[bytes, bytes]]] | None = None) -> HTTPResponse:
+                        fresh: tuple[Origin, Sequence[tuple[bytes, bytes]]] | None = None,
+                        deadline: float = math.inf) -> HTTPResponse:
         """One request and response on ``conn``; it goes back to the idle deque if it can be reused.
 
         With ``fresh`` (the origin and headers), this is `request`'s usual path: the exchange holds a
@@ -557,7 +571,7 @@ class ConnectionPool:
                 if conn.tls:
                     await stream.send_all(_joined(head, size, body))
                 else:
-                    await _send(conn.sock, conn.raw, [head + b"content-length: %d\r\n\r\n" % size, *body])
+                    await _send(conn.sock, conn.raw, [head + b"content-length: %d\r\n\r\n" % size, *body], deadline)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 if reused:
                     raise _Stale("the server closed the connection") from None
@@ -577,8 +591,8 @@ class ConnectionPool:
                             data = await stream.receive_some(_RECV)
                         else:  # plain TCP: the stdlib socket, and trio only to wait (as trio's own recv does)
                             if not ready:  # the first read waits first: the reply cannot be there yet, and a
-                                await self._readiness.wait(raw)  # recv that fails makes an exception whose traceback
-                                ready = True  # gives this coroutine a frame object (0.4 KB) for its lifetime
+                                await self._readiness.wait(raw, deadline)  # recv that fails makes an exception whose
+                                ready = True  # traceback gives this coroutine a frame object (0.4 KB) for its life
                             try:
                                 data = raw.recv(_RECV)
                             except BlockingIOError:
@@ -627,16 +641,18 @@ class ConnectionPool:
         self.reconnects += 1
         origin, headers = fresh
         try:
-            return await self._h1_fresh(host, origin, method, target, headers, head, body, on_data, consume)
+            return await self._h1_fresh(host, origin, method, target, headers, head, body, on_data, consume,
+                                        deadline)
         finally:
             host.slots.release()
 
     # ------------------------------------------------------------ lifetime
 
     async def aclose(self) -> None:
-        """Close every idle connection; requests in flight close theirs when they end."""
+        """Close every idle connection; requests waiting for a plain-TCP response fail now (kind
+        ``"closed"``), the others close their connections when they end."""
         self._closed = True
-        self._readiness.close()
+        self._readiness.close(lambda: HTTPError("closed", "the connection pool is closed"))
         for host in self._hosts.values():
             while host.idle:
                 self._drop(host, host.idle.pop())
@@ -652,7 +668,7 @@ def _joined(head: bytes, size: int, body: Sequence[bytes]) -> bytes:
     return b"".join([head, b"content-length: %d\r\n\r\n" % size, *body])
 
 
-async def _send(sock: Any, raw: Any, pieces: list[bytes]) -> None:
+async def _send(sock: Any, raw: Any, pieces: list[bytes], deadline: float = math.inf) -> None:
     """Write ``pieces`` with ``sendmsg`` (scatter/gather): the kernel copies from the pieces themselves,
     so a body that waits for a slow server holds no copy of the shared parts (a 1,000-request burst of
     27 KB bodies joined first held 27 MB until the server read them).
@@ -673,7 +689,10 @@ async def _send(sock: Any, raw: Any, pieces: list[bytes]) -> None:
             except BlockingIOError:
                 pass
         if sent < 0:  # trio waits for room (outside the except clause: see the response's read)
-            sent = await sock.sendmsg(chunk)
+            with trio.move_on_at(deadline):
+                sent = await sock.sendmsg(chunk)
+            if sent < 0:
+                raise _late()
         while sent and start < end:
             size = len(pieces[start])
             if sent >= size:
@@ -684,6 +703,10 @@ async def _send(sock: Any, raw: Any, pieces: list[bytes]) -> None:
                 sent = 0
         while start < end and not len(pieces[start]):
             start += 1  # empty pieces
+
+
+def _late() -> HTTPError:
+    return HTTPError("deadline", "no response before the request's deadline")
 
 
 class _Stale(Exception):

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import ssl
@@ -101,6 +102,7 @@ class OpenAIBackend:
         self.model = model or ""  # for display: every request names its model
         self.max_connections = max_connections
         self.supports_batch = batch is not False
+        self.deadlines = True  # send and send_stream bound an attempt themselves (see avm.io.client.backends)
         self._batch_auto = batch is None
         self._batch_seen = False  # a batch was accepted once: the endpoint exists
         self._key = key or None
@@ -121,9 +123,10 @@ class OpenAIBackend:
 
     # ------------------------------------------------------------ the interface
 
-    async def send(self, body: Sequence[bytes]) -> Reply:
+    async def send(self, body: Sequence[bytes], deadline: float = math.inf) -> Reply:
         """One chat completion; ``body`` = (head, *messages): ``head`` ends with ``"messages":[``. A list is
-        taken over: it is appended to and emptied once written."""
+        taken over: it is appended to and emptied once written. Past ``deadline`` (trio time): `Failure`
+        kind "deadline"."""
         # `_request` written out: a request waiting for its reply holds one coroutine frame less (~0.3 KB).
         # A list body is the caller's to give up: the pool empties it once written (consume=True).
         if type(body) is list:
@@ -131,7 +134,8 @@ class OpenAIBackend:
         else:
             body = [*body, _END]
         try:
-            response = await self._pool.request(self._origin, _POST, self._chat, self._headers, body, consume=True)
+            response = await self._pool.request(self._origin, _POST, self._chat, self._headers, body, consume=True,
+                                                deadline=deadline)
         except HTTPError as exc:
             raise self._transport_failure(exc) from None
         if response.status != 200:
@@ -169,8 +173,8 @@ class OpenAIBackend:
         self._batch_seen = True
         return split_batch(data, conversations)
 
-    async def send_stream(self, body: Sequence[bytes]) -> Reply:
-        """One chat completion, streamed as server-sent events and assembled."""
+    async def send_stream(self, body: Sequence[bytes], deadline: float = math.inf) -> Reply:
+        """One chat completion, streamed as server-sent events and assembled (``deadline`` as `send`'s)."""
         stream = ChatStream()
         decoder = SSEDecoder()
         finished = False
@@ -183,7 +187,7 @@ class OpenAIBackend:
                     return True
             return False
 
-        response = await self._request(_POST, self._chat, [*body, _STREAM_END], stream_to=on_data)
+        response = await self._request(_POST, self._chat, [*body, _STREAM_END], stream_to=on_data, deadline=deadline)
         if response.body:  # not an event stream: a plain completion
             return parse_chat(self._json(response.body))
         if not finished:
@@ -223,10 +227,10 @@ class OpenAIBackend:
     # ------------------------------------------------------------ HTTP
 
     async def _request(self, method: bytes, target: bytes, body: Sequence[bytes], *,
-                       stream_to: Any = None) -> HTTPResponse:
+                       stream_to: Any = None, deadline: float = math.inf) -> HTTPResponse:
         try:
             response = await self._pool.request(self._origin, method, target, self._headers, body,
-                                                on_data=stream_to)
+                                                on_data=stream_to, deadline=deadline)
         except HTTPError as exc:
             raise self._transport_failure(exc) from None
         if response.status != 200:
@@ -236,6 +240,8 @@ class OpenAIBackend:
     def _transport_failure(self, exc: HTTPError) -> Failure:
         """Connections that fail or break are worth retrying; a TLS failure is a configuration matter."""
         what = self.scrub(exc.message)
+        if exc.kind == "deadline":
+            return Failure("deadline", what)
         if exc.kind == "tls":
             return Failure("connection", f"{what} (check the certificate, or SSL_CERT_FILE)")
         return Failure("connection", what)

@@ -4,11 +4,13 @@ again. Real sockets; the server is the standard library's (tests/support/http_se
 
 from __future__ import annotations
 
+import math
 import socket
 
+import pytest
 import trio
 
-from avm.io.client.http import ConnectionPool, parse_url
+from avm.io.client.http import ConnectionPool, HTTPError, parse_url
 from tests.support.http_server import Answer, scripted_server
 
 
@@ -75,3 +77,24 @@ async def test_a_kept_alive_connection_that_closes_unanswered_is_sent_on_again_o
         assert pool.reconnects == 1 and pool.opened == 2 and host.slots.value == 4
         await pool.aclose()
     assert [r.body for r in seen] == [b"{}"] * 3
+
+
+async def test_a_request_past_its_deadline_fails_closes_its_connection_and_gives_its_slot_back():
+    """The usual request (a kept-alive connection) waits for its response with no cancel scope: the pool's
+    readiness wakes it at its deadline."""
+    answers = iter([Answer(body=b"first"), Answer(body=b"late", delay=3.0), Answer(body=b"next")])
+    with scripted_server(lambda r: next(answers)) as url:
+        origin, target = parse_url(url + "/x")
+        pool = ConnectionPool(max_connections=4)
+        response = await pool.request(origin, b"POST", target.encode(), [], (b"{", b"}"))
+        assert response.body == b"first" and len(pool._hosts[origin].idle) == 1
+        start = trio.current_time()
+        with pytest.raises(HTTPError) as info:
+            await pool.request(origin, b"POST", target.encode(), [], [b"{", b"}"], consume=True,
+                               deadline=start + 0.2)
+        assert info.value.kind == "deadline" and 0.2 <= trio.current_time() - start < 1.5
+        host = pool._hosts[origin]
+        assert pool.open == 0 and host.slots.value == 4 and pool._readiness._waiters == {}
+        response = await pool.request(origin, b"POST", target.encode(), [], (b"{", b"}"), deadline=math.inf)
+        assert response.body == b"next"
+        await pool.aclose()

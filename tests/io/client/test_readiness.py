@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import select
 import socket
 import sys
@@ -117,3 +118,101 @@ async def test_a_waiting_task_parks_on_one_small_object_and_is_resumed_with_the_
             nursery.cancel_scope.cancel()
         assert cancelled and readiness._waiters == {}
         readiness.close()
+
+
+class _Late(Exception):
+    pass
+
+
+async def test_a_wait_past_its_deadline_raises_what_late_makes_and_leaves_no_waiter_and_others_wait_on():
+    readiness = Readiness(late=lambda: _Late("too late"))
+    pairs = [socket.socketpair() for _ in range(3)]
+    results: dict[int, str] = {}
+    try:
+        async def wait(i: int, deadline: float) -> None:
+            try:
+                await readiness.wait(pairs[i][0], deadline)
+                results[i] = "readable"
+            except _Late:
+                results[i] = "late"
+        now = trio.current_time()
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wait, 0, now + 10)  # woken by its socket long before its deadline
+                nursery.start_soon(wait, 1, now + 0.1)
+                nursery.start_soon(wait, 2, math.inf)  # no deadline
+                await trio.sleep(0.02)
+                pairs[0][1].send(b"x")
+                await trio.sleep(0.3)
+                assert results == {0: "readable", 1: "late"}
+                assert set(readiness._waiters) == {pairs[2][0].fileno()}
+                pairs[2][1].send(b"x")
+        assert results == {0: "readable", 1: "late", 2: "readable"}
+        assert trio.current_time() - now < 1
+    finally:
+        readiness.close()
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+async def test_an_earlier_deadline_given_while_the_readiness_task_waits_is_kept():
+    """The system task waits until the first deadline it knew of; a wait that comes later with an earlier
+    deadline moves that up."""
+    readiness = Readiness(late=lambda: _Late("too late"))
+    (a, b), (c, d) = socket.socketpair(), socket.socketpair()
+    with a, b, c, d:
+        now = trio.current_time()
+        late_at: list[float] = []
+        async def wait(sock: socket.socket, deadline: float) -> None:
+            with pytest.raises(_Late):
+                await readiness.wait(sock, deadline)
+            late_at.append(trio.current_time() - now)
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wait, a, now + 3)
+                await trio.sleep(0.05)
+                nursery.start_soon(wait, c, now + 0.2)
+                await trio.sleep(0.5)
+                assert len(late_at) == 1 and 0.2 <= late_at[0] < 0.5
+                nursery.cancel_scope.cancel()
+        readiness.close()
+
+
+async def test_woken_waits_do_not_pile_up_in_the_deadline_heap():
+    readiness = Readiness(late=lambda: _Late("too late"))
+    a, b = socket.socketpair()
+    with a, b:
+        far = trio.current_time() + 600
+        for _ in range(1000):
+            b.send(b"x")
+            with trio.fail_after(5):
+                await readiness.wait(a, far)
+            a.recv(1)
+        assert len(readiness._deadlines) <= 2 * len(readiness._waiters) + 65
+        readiness.close()
+
+
+async def test_close_with_an_error_wakes_every_waiter_with_it_now():
+    readiness = Readiness()
+    pairs = [socket.socketpair() for _ in range(3)]
+    errors: list[BaseException] = []
+    try:
+        async def wait(sock: socket.socket) -> None:
+            try:
+                await readiness.wait(sock, trio.current_time() + 60)
+            except _Late as exc:
+                errors.append(exc)
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                for a, _ in pairs:
+                    nursery.start_soon(wait, a)
+                await trio.sleep(0.05)
+                readiness.close(lambda: _Late("closed"))
+        assert len(errors) == 3 and len({id(e) for e in errors}) == 3 and readiness._waiters == {}
+        await trio.sleep(0.02)
+        assert readiness._epoll is None
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
