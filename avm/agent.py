@@ -411,7 +411,7 @@ class AgentHandle:
         conversation.extend(messages)
         request = vm._request(self, conversation)
         try:
-            response = await vm.gateway.complete(request, priority=self.rank)
+            response = await vm._submit(request, priority=self.rank)
         except LLMError as exc:
             vm._note_llm_error(exc)
             return llm_error_value(exc.kind, str(exc))

@@ -205,6 +205,7 @@ class VM:
         self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
         self._llm = llm
         self.gateway: Any = None
+        self._submit: Any = None
         self.llm_url: str | None = None
         self.model = ""
         self.runq = RunQueue(self.settings.aging_s)
@@ -270,6 +271,9 @@ class VM:
             self._gc_threshold = (before, gc.get_threshold())
         try:
             self.gateway = await self._open_gateway(stack)
+            # what an agent's llm awaits: a gateway's `submit` (no frame of its own while the reply is
+            # awaited), or the `complete` of a gateway given by the caller that has no `submit`
+            self._submit = getattr(self.gateway, "submit", None) or self.gateway.complete
             self._nursery = await stack.enter_async_context(trio.open_nursery())
             self._nursery.start_soon(self.runq.dispatch)
             self._nursery.start_soon(self._timers.run)

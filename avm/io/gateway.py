@@ -63,6 +63,7 @@ import itertools
 import logging
 import math
 import random
+from collections.abc import Awaitable, Generator
 from contextlib import AsyncExitStack
 from heapq import heappop, heappush
 from types import TracebackType
@@ -92,6 +93,19 @@ _current_task = trio.lowlevel.current_task
 _wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
 _reschedule = trio.lowlevel.reschedule
 _ABORT_OK = trio.lowlevel.Abort.SUCCEEDED
+
+
+class _Ready:
+    """An awaitable whose value is there already (a cache hit): awaiting it does not yield."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.value
+        yield  # a generator that returns at once
 
 
 class _Pending:
@@ -249,6 +263,14 @@ class Gateway:
         yielding to the scheduler (a few microseconds, no checkpoint): a
         caller that may loop on hits yields on its own schedule.
         """
+        return await self.submit(request, priority=priority, timeout=timeout)
+
+    def submit(self, request: LLMRequest, *, priority: int = 1,
+               timeout: float | None = None) -> Awaitable[LLMResponse]:
+        """`complete` for callers that await at once (``await gateway.submit(...)``): what it returns is the
+        coroutine that waits for the reply (or the reply, ready), so a request waiting for its reply holds
+        no frame of this method (~0.4 KB; what an agent's request does). An error found before anything
+        is sent is raised by the call itself."""
         start = trio.current_time()
         self._requests += 1
         if priority not in PRIORITIES:
@@ -266,18 +288,18 @@ class Gateway:
             entry = self._cache.hot(key)
             if entry is not None:
                 self._hits_hot += 1
-                return LLMResponse(entry[0], entry[1], Usage(entry[2], entry[3]), trio.current_time() - start, True,
-                                   entry[4])
+                return _Ready(LLMResponse(entry[0], entry[1], Usage(entry[2], entry[3]), trio.current_time() - start,
+                                          True, entry[4]))
             pending = self._flights.get(key)
             if pending is not None:
                 self._coalesced += 1
                 pending.deadline = max(pending.deadline, self._deadline(start, timeout))  # the later one holds
-                return await self._wait(pending, start, timeout)
+                return self._wait(pending, start, timeout)
             entry = self._cache.stored(key)
             if entry is not None:
                 self._hits_store += 1
-                return LLMResponse(entry[0], entry[1], Usage(entry[2], entry[3]), trio.current_time() - start, True,
-                                   entry[4])
+                return _Ready(LLMResponse(entry[0], entry[1], Usage(entry[2], entry[3]), trio.current_time() - start,
+                                          True, entry[4]))
             self._misses += 1
         else:
             self._uncacheable += 1
@@ -305,9 +327,9 @@ class Gateway:
         if (self._queued == 0 and not (pending.batchable and s.batch and self._backend.supports_batch)
                 and self._in_flight < s.max_in_flight and self._slots.value > 0
                 and self._in_flight_by_model.get(pending.model, 0) < s.max_in_flight_per_model):
-            return await self._send_now(pending, start, timeout)
+            return self._send_now(pending, start, timeout)
         self._enqueue(pending)
-        return await self._wait(pending, start, timeout)
+        return self._wait(pending, start, timeout)
 
     async def _send_now(self, p: _Pending, start: float, timeout: float | None) -> LLMResponse:
         """Send ``p`` from the caller's own task and read its reply there (capacity is free, nothing waits

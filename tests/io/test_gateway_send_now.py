@@ -119,3 +119,22 @@ async def test_with_every_slot_taken_requests_queue_and_all_are_answered():
             stats = gw.statistics()
             peak = gw.statistics().http_connections_max
     assert stats.sent == 30 and stats.errors_by_kind == {} and peak <= 3
+
+
+async def test_submit_hands_back_what_waits_so_a_waiting_request_holds_no_frame_of_it():
+    """`Gateway.submit` is `complete` without a coroutine of its own: it returns the coroutine that sends
+    and waits, or a cache hit ready (awaiting it does not yield); bad requests raise at the call."""
+    async with serve_llm(port=0, dialect="openai") as server:
+        async with Gateway(OpenAIBackend(server.url), batch=False) as gw:
+            waiting = gw.submit(ask("What is a fjord?"))
+            assert waiting.cr_code is Gateway._send_now.__code__  # type: ignore[attr-defined]
+            first = await waiting
+            hit = gw.submit(ask("What is a fjord?"))
+            assert not hasattr(hit, "cr_code")
+            with trio.CancelScope() as scope:
+                scope.cancel()  # a checkpoint would raise Cancelled: the ready reply does not yield
+                again = await hit
+            assert again.cached and again.text == first.text
+            with pytest.raises(LLMError) as info:
+                gw.submit(LLMRequest(MODEL, (Message("user", "x"),), temperature=9))
+            assert info.value.kind == "bad_request"
