@@ -34,7 +34,7 @@ from avm.conversation import (
     to_messages,
 )
 from avm.errors import AvmError, LLMError
-from avm.io.request import Message, RequestError
+from avm.io.request import LLMRequest, LLMResponse, Message, RequestError
 from avm.lang.code import Code
 from avm.lang.frame import Frame
 from avm.lang.outcomes import BudgetExceeded, Done, Effect, Fault, Preempted, Stalled
@@ -211,7 +211,59 @@ class AgentHandle:
                     self.scope = scope
                     if woken:
                         self._wake_frame()
-                    await self._drive()
+                    # The run loop, here rather than in a coroutine of its own (a waiting agent holds every
+                    # frame of its chain of awaits): run a quantum, perform its effect, resume, until the
+                    # program ends. An llm effect is performed here too (`_llm_request`, `_llm_reply`).
+                    frame = self.frame
+                    assert frame is not None
+                    quantum = vm.settings.quantum_milli
+                    perform = vm._performers
+                    counts = vm._effects
+                    runq = vm.runq
+                    while True:
+                        self._set(_RUNNING)
+                        before = frame.used
+                        out = frame.run(quantum)
+                        vm._energy += frame.used - before
+                        kind_of = type(out)
+                        if kind_of is Effect:
+                            kind = out.kind  # type: ignore[union-attr]
+                            self._set(WAITING_ON[kind])
+                            counts[kind] += 1
+                            if kind == "llm":
+                                request = self._llm_request(out)  # type: ignore[arg-type]
+                                if request is None:  # the messages were refused: the frame faulted
+                                    result = None
+                                else:
+                                    try:
+                                        response = await vm._submit(request, priority=self.rank)
+                                    except LLMError as exc:
+                                        vm._note_llm_error(exc)
+                                        result = llm_error_value(exc.kind, str(exc))
+                                    except RequestError as exc:
+                                        frame.fail("RequestError", f"llm: {exc}")
+                                        result = None
+                                    else:
+                                        result = self._llm_reply(response)
+                                    del request
+                            else:
+                                result = await perform[kind](self, out)
+                            if frame.status == "faulted":  # the host ruled the effect a fault (a denied tool...)
+                                out = frame.outcome
+                            else:
+                                frame.resume(result)
+                                if frame.stall_count > 1:
+                                    vm._repeated_effects += 1
+                                continue
+                        elif kind_of is Preempted:
+                            self._set(_READY)
+                            vm._preemptions += 1
+                            await runq.wait_turn(self.rank)
+                            continue
+                        if not self._ended(out):
+                            break
+                        frame = self.frame  # restarted with a fresh frame
+                        assert frame is not None
             except _Hibernate as h:
                 self.scope = None
                 vm._hibernate(self, h.deadline)
@@ -259,42 +311,6 @@ class AgentHandle:
             self.inputs = decode_value(self.inputs)
         found, message = box.take() if box is not None else (False, None)
         frame.resume(message if found else None)  # null: the recv timed out
-
-    async def _drive(self) -> None:
-        vm = self.vm
-        frame = self.frame
-        assert frame is not None
-        quantum = vm.settings.quantum_milli
-        perform = vm._performers
-        counts = vm._effects
-        runq = vm.runq
-        while True:
-            self._set(_RUNNING)
-            before = frame.used
-            out = frame.run(quantum)
-            vm._energy += frame.used - before
-            kind_of = type(out)
-            if kind_of is Effect:
-                kind = out.kind  # type: ignore[union-attr]
-                self._set(WAITING_ON[kind])
-                counts[kind] += 1
-                result = await perform[kind](self, out)
-                if frame.status == "faulted":  # the host ruled the effect a fault (a denied tool...)
-                    out = frame.outcome
-                else:
-                    frame.resume(result)
-                    if frame.stall_count > 1:
-                        vm._repeated_effects += 1
-                    continue
-            elif kind_of is Preempted:
-                self._set(_READY)
-                vm._preemptions += 1
-                await runq.wait_turn(self.rank)
-                continue
-            if not self._ended(out):
-                return
-            frame = self.frame  # restarted with a fresh frame
-            assert frame is not None
 
     def _ended(self, out: Any) -> bool:
         """Handle a final outcome; True if the agent restarts (the loop goes on)."""
@@ -395,13 +411,14 @@ class AgentHandle:
 
     # --- effects (each returns the value to resume with) ----------------------------------
 
-    async def _llm(self, effect: Effect) -> Any:
+    def _llm_request(self, effect: Effect) -> LLMRequest | None:
+        """An llm effect's request: its message(s) joined to the conversation (None if they are refused:
+        the frame has faulted). `_main` awaits the reply itself."""
         vm = self.vm
         frame = self.frame
         assert frame is not None
-        store = vm.store
         try:
-            messages = to_messages(effect.args[0], store)
+            messages = to_messages(effect.args[0], vm.store)
         except MessageError as exc:
             frame.fail("MessageError", str(exc))
             return None
@@ -409,22 +426,20 @@ class AgentHandle:
         if conversation is None:
             conversation = self.conversation = []
         conversation.extend(messages)
-        request = vm._request(self, conversation)
-        try:
-            response = await vm._submit(request, priority=self.rank)
-        except LLMError as exc:
-            vm._note_llm_error(exc)
-            return llm_error_value(exc.kind, str(exc))
-        except RequestError as exc:
-            frame.fail("RequestError", f"llm: {exc}")
-            return None
+        return vm._request(self, conversation)
+
+    def _llm_reply(self, response: LLMResponse) -> Any:
+        """Charge a reply, join it to the conversation, and give the value the program resumes with."""
+        vm = self.vm
         usage = response.usage
         vm._prompt_tokens += usage.prompt_tokens
         vm._completion_tokens += usage.completion_tokens
         settings = vm.settings
         self._charge(usage.prompt_tokens * settings.energy_per_prompt_token
                      + usage.completion_tokens * settings.energy_per_completion_token)
-        conversation.append(reply_message(response.text, response.tool_calls, store))
+        conversation = self.conversation
+        assert conversation is not None
+        conversation.append(reply_message(response.text, response.tool_calls, vm.store))
         vm._tick_gc()  # the conversation grew: long-lived objects the cyclic GC need not scan again
         return reply_value(response.text, response.tool_calls)
 

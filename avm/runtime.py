@@ -219,7 +219,7 @@ class VM:
         self._counts: dict[AgentState, int] = dict.fromkeys(AgentState, 0)
         self._effects = dict.fromkeys(("llm", "tool", "send", "recv", "spawn", "delegate", "sleep"), 0)
         self._performers = {
-            "llm": AgentHandle._llm, "tool": AgentHandle._tool, "send": AgentHandle._send,
+            "tool": AgentHandle._tool, "send": AgentHandle._send,  # llm: AgentHandle._main performs it
             "recv": AgentHandle._recv, "spawn": AgentHandle._spawn, "delegate": AgentHandle._delegate,
             "sleep": AgentHandle._sleep,
         }
