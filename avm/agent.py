@@ -376,6 +376,8 @@ class AgentHandle:
             self.final_used = frame.used
             if state is not S.BUDGET_EXCEEDED:
                 self.frame = None  # nothing will run it again; keep the agent small
+        if state is not S.BUDGET_EXCEEDED:
+            self.conversation = None  # nor send a request again (out of budget, it may go on)
         self._set(state)
         try:
             self.vm._on_finished(self, state)

@@ -167,3 +167,20 @@ async def test_a_hibernated_agent_keeps_refs_not_the_json_of_its_conversation():
         assert h.conversation and all(m.wire is None for m in h.conversation)
         await h.send("wake")
         assert await h.result() == "wake"
+
+
+async def test_an_ended_agent_lets_its_conversation_go_but_one_out_of_budget_keeps_it_to_go_on():
+    """An agent that has ended sends no more requests: a fleet's finished agents held their whole
+    conversations (messages, their JSON) as long as their handles lived."""
+    async with VM() as vm:
+        done = await vm.spawn(ASK, inputs={"topic": "tides"}, budget=50)
+        await done.result()
+        assert done.state is S.DONE and done.conversation is None
+        spinning = await vm.spawn('push "hello"\nllm\npop\nloop:\n    jump loop\n', budget=50)
+        while spinning.state is not S.BUDGET_EXCEEDED:
+            await trio.sleep(0.01)
+        assert spinning.conversation and len(spinning.conversation) == 2
+        failing = await vm.spawn('push "hello"\nllm\npop\npush 1\npush 0\ndiv\nreturn\n', budget=50)
+        with pytest.raises(AgentError):
+            await failing.result()
+        assert failing.state is S.FAILED and failing.conversation is None
