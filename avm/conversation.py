@@ -25,15 +25,16 @@ pushes
   may test it; a program that retries the same failing request forever is
   ended as STALLED.
 
-**What is stored.** Every message of a conversation is a `Message` whose
-content is a `Ref` into the store, so 1,000 agents holding the same text hold
-1,000 refs to one object. A message's text goes to the store compressed (its
-warm tier) and the message keeps its JSON for the requests that follow, so
-memory holds one uncompressed copy of it, the one that is sent. The system
-prompt is a template stored once: when it has ``{name}`` placeholders they
-are filled from the agent's inputs while the request is built, and the
-rendered text lives only as long as the request. A template without
-placeholders is sent as its ref.
+**What is stored.** The messages of a turn (what the program sent, and the
+reply before them) are `Message` objects with their texts only until the
+turn's request is built; then the agent stores their JSON as one object in
+the store (compressed, in its warm tier) and its conversation keeps that
+object's `Ref` in their place (`avm.agent`): a conversation is a list of
+refs, one per turn, and two agents whose turns are the same hold refs to one
+object. The system prompt is a template stored once: when it has ``{name}``
+placeholders they are filled from the agent's inputs while the request is
+built, and the rendered text lives only as long as the request. A template
+without placeholders is sent as its ref.
 """
 
 from __future__ import annotations
@@ -42,11 +43,9 @@ import json
 from typing import Any
 
 from avm.io.request import PLACEHOLDER, Filled, Message, RequestError
-from avm.io.wire import keep_wire
 from avm.io.wire import tool_calls as keep_calls
 from avm.lang.values import render
 from avm.memory.ref import Ref
-from avm.memory.store import ContentStore
 from avm.tools.registry import error_value
 
 _ROLES = ("user", "assistant", "system", "tool")
@@ -84,16 +83,15 @@ def _ref_text(value: Any) -> str:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def to_messages(operand: Any, store: ContentStore) -> list[Message]:
-    """The message(s) an llm operand stands for, contents put in the store."""
+def to_messages(operand: Any) -> list[Message]:
+    """The message(s) an llm operand stands for (their contents as text)."""
     items = operand if type(operand) is list else [operand]
     if not items:
         raise MessageError("llm: an empty list of messages")
     out = []
     for item in items:
         if type(item) is str:
-            out.append(keep_wire(Message("user", store.put(item.encode("utf-8", "surrogatepass"), hot=False)),
-                                 item))
+            out.append(Message("user", item))
             continue
         if type(item) is not dict:
             raise MessageError(f"llm: a message is a text or a map, not {type(item).__name__}")
@@ -114,9 +112,7 @@ def to_messages(operand: Any, store: ContentStore) -> list[Message]:
             raise MessageError("llm: a message name is text")
         text = _content_text(item["content"])
         try:
-            message = Message(role, store.put(text.encode("utf-8", "surrogatepass"), hot=False), name=name,
-                              tool_call_id=call_id if role == "tool" else None)
-            out.append(keep_wire(message, text))
+            out.append(Message(role, text, name=name, tool_call_id=call_id if role == "tool" else None))
         except RequestError as exc:  # pragma: no cover - roles are checked above
             raise MessageError(f"llm: {exc}") from None
     return out
@@ -145,10 +141,10 @@ def reply_value(text: str | None, tool_calls: tuple[Any, ...]) -> Any:
     return {"text": text or None, "tool_calls": calls}
 
 
-def reply_message(text: str | None, tool_calls: tuple[Any, ...], store: ContentStore) -> Message:
+def reply_message(text: str | None, tool_calls: tuple[Any, ...]) -> Message:
     """The assistant message appended to the conversation."""
-    content = store.put(text.encode("utf-8", "surrogatepass"), hot=False) if text else None
-    return keep_wire(Message("assistant", content, tool_calls=keep_calls(tool_calls) if tool_calls else ()), text)
+    # kept as it is only until the next request stores the turn (avm.agent): its calls are not packed
+    return Message("assistant", text or None, tool_calls=keep_calls(tool_calls, packed=False) if tool_calls else ())
 
 
 def llm_error_value(kind: str, message: str) -> dict[str, Any]:

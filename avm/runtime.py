@@ -35,7 +35,7 @@ from typing import Any
 
 import trio
 
-from avm.agent import AgentError, AgentHandle, child_result
+from avm.agent import AgentError, AgentHandle, child_result, store_turn
 from avm.conversation import placeholders
 from avm.errors import (
     AvmError,
@@ -538,8 +538,8 @@ class VM:
         self._grants[granted] = ref
         return ref
 
-    def _request(self, agent: AgentHandle, conversation: list[Message]) -> LLMRequest:
-        messages: tuple[Message, ...]
+    def _request(self, agent: AgentHandle, conversation: list[Message | Ref]) -> LLMRequest:
+        messages: tuple[Message | Ref, ...]
         if agent.system is not None:
             ref, names, text, message = self._prompts.get(agent.system) or self._prompt_entry(agent.system)
             inputs = agent.inputs
@@ -575,9 +575,8 @@ class VM:
         return True
 
     def _hibernate(self, agent: AgentHandle, deadline: float) -> None:
-        for message in agent.conversation or ():  # each message's JSON is in memory for the next request:
-            if message.wire is not None:  # a hibernated agent keeps refs only (the texts are in the store)
-                object.__setattr__(message, "wire", None)
+        if agent.conversation:  # a hibernated agent keeps refs only: its last turn goes to the store now
+            store_turn(agent.conversation, self.store)
         frame = agent.frame
         if frame is not None:  # (None: woken with nothing to say, it sleeps on as the snapshot it was)
             if agent.snapshot is None:

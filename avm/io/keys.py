@@ -127,6 +127,9 @@ class RequestKeyer:
         out = [head, _list_header(len(messages))]
         append = out.append
         for m in messages:
+            if type(m) is Ref:  # messages kept stored: keyed by their ref
+                append(encode_value({"stored": m})[1:])
+                continue
             content = m.content
             if m.name is None and m.tool_call_id is None and not m.tool_calls:
                 before, after, empty = _ROLE_PARTS[m.role]

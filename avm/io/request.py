@@ -14,6 +14,12 @@ numbers by floats, so that:
 
 A response is cacheable only when that is safe: temperature 0, or an
 explicit seed, or the caller opted in (`cache=True`).
+
+Past messages may be kept *stored*: a `Ref` among the messages stands for
+consecutive messages whose JSON objects, comma-separated, are stored under it
+(what an agent keeps of its past turns: one object in the store per turn, not
+a `Message` per message; see `avm.agent`). It is sent as those objects and
+keyed by its ref: the same messages given one by one key differently.
 """
 
 from __future__ import annotations
@@ -169,7 +175,7 @@ def _number(name: str, value: Any, lo: float, hi: float) -> float:
 @dataclass(frozen=True, slots=True)
 class LLMRequest:
     model: str
-    messages: tuple[Message, ...]
+    messages: tuple[Message | Ref, ...]  # a Ref: messages stored as their JSON (see the module docstring)
     temperature: float | None = None
     top_p: float | None = None
     max_tokens: int | None = None
@@ -190,6 +196,10 @@ class LLMRequest:
             raise RequestError("a request needs a model name")
         if not self.messages:
             raise RequestError("a request needs at least one message")
+        for m in self.messages:
+            if type(m) is not Message and type(m) is not Ref and not isinstance(m, (Message, Ref)):
+                raise RequestError(f"a request's messages are Messages or Refs of stored ones, not "
+                                   f"{type(m).__name__}")
 
     def normalised(self) -> dict[str, Any]:
         """Every output-affecting parameter, defaults filled in, in canonical form."""
@@ -234,7 +244,7 @@ class LLMRequest:
             choice = "auto" if tools else "none"
         p["tool_choice"] = choice
         p["model"] = self.model
-        p["messages"] = [m.canonical() for m in self.messages]
+        p["messages"] = [m.canonical() if type(m) is not Ref else {"stored": m} for m in self.messages]
         for key, value in self.extra.items():
             if key in p:
                 raise RequestError(f"extra parameter {key!r} shadows a named one")

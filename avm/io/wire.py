@@ -42,7 +42,7 @@ from avm.io.packing import unpack as _unpack
 from avm.io.request import PLACEHOLDER, Filled, LLMRequest, Message, PackedCalls, RequestError, ToolCalls
 from avm.memory.ref import Ref
 
-__all__ = ["Packed", "WireEncoder", "dumps", "keep_wire", "tool_calls", "unpack"]
+__all__ = ["Packed", "WireEncoder", "dumps", "keep_wire", "message_json", "tool_calls", "unpack"]
 
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
 
@@ -84,18 +84,34 @@ def keep_wire(message: Message, text: str | None) -> Message:
     return message
 
 
+def message_json(message: Message) -> bytes:
+    """The JSON object the encoder sends for ``message``, one whose content is text (or None, or a
+    `Filled` template, rendered): what an agent stores of its past turns (`avm.agent`)."""
+    if _calls_only(message):
+        return _CALLS_HEAD + message.tool_calls.json() + b"}"  # type: ignore[union-attr]
+    content = message.content
+    if type(content) is Filled:
+        content = content.text()
+    elif isinstance(content, Ref):
+        raise RequestError("message_json takes messages whose content is text, not a ref")
+    return dumps(message.as_dict(content))
+
+
 def _calls_only(m: Message) -> bool:
     """An assistant message with only tool calls (the usual turn of a tool-using agent)."""
     return isinstance(m.tool_calls, ToolCalls) and m.content is None and m.name is None and m.tool_call_id is None
 
 
-def tool_calls(calls: Any) -> ToolCalls:
+def tool_calls(calls: Any, *, packed: bool = True) -> ToolCalls:
     """A reply's tool calls (OpenAI's dicts) as the message keeps them: each in OpenAI's form
     ``{"id", "type": "function", "function": {"name", "arguments"}}`` (a streamed call's ``index`` is
-    dropped), or as it came when it has other fields."""
+    dropped), or as it came when it has other fields; packed (`PackedCalls`) when that saves, unless
+    ``packed=False`` (for a message kept only a short while)."""
     data = dumps([_standard(call) for call in calls])
-    packed = pack(data)
-    return ToolCalls(data) if packed is None else PackedCalls(packed)
+    if not packed:
+        return ToolCalls(data)
+    small = pack(data)
+    return ToolCalls(data) if small is None else PackedCalls(small)
 
 
 def _standard(call: Any) -> Any:
@@ -190,7 +206,10 @@ class WireEncoder:
         for i, m in enumerate(r.messages):
             if i:
                 pieces.append(b",")
-            message(m, pieces)
+            if type(m) is Ref:  # messages kept stored as their JSON
+                pieces.append(self._stored(m))
+            else:
+                message(m, pieces)
         return head, pieces
 
     def _head(self, r: LLMRequest) -> bytes:
@@ -293,6 +312,16 @@ class WireEncoder:
                 continue
             value = values.get(part)  # type: ignore[call-overload]
             out.append(_inner(value) if value is not None else _inner("{%s}" % part))
+
+    def _stored(self, ref: Ref) -> bytes:
+        """The JSON of the messages stored under ``ref`` (read for each request: kept nowhere else)."""
+        store = self._store
+        if store is None:
+            raise RequestError(f"a request holds the stored messages {ref.short} but the gateway has no store")
+        try:
+            return store.get(ref, promote=False)  # type: ignore[no-any-return]
+        except StoreError as exc:
+            raise RequestError(f"stored messages {ref.short}: {exc}") from exc
 
     def text(self, ref: Ref) -> str:
         """The text stored under ``ref`` (UTF-8); `RequestError` if it is not there."""

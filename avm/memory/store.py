@@ -219,17 +219,21 @@ class ContentStore:
                     self._train()
         return ref
 
-    def get(self, ref: Ref) -> bytes:
-        """The bytes stored under ``ref``; `NotFound` if none, `CorruptObject` if damaged."""
+    def get(self, ref: Ref, *, promote: bool = True) -> bytes:
+        """The bytes stored under ``ref``; `NotFound` if none, `CorruptObject` if damaged.
+
+        An object read from the warm or cold tier moves to the hot one (uncompressed) if it fits;
+        ``promote=False`` leaves it where it is: for an object read often but by one reader, who
+        keeps no copy (an agent's stored turns, read for each of its requests)."""
         with self._lock:
             try:
                 data = self._hot_cache[ref]
             except (KeyError, TypeError):  # TypeError: an unhashable ref, reported below
-                return self._get_below(ref)
+                return self._get_below(ref, promote)
             self._hot.hits += 1
             return data  # type: ignore[no-any-return]
 
-    def _get_below(self, ref: object) -> bytes:
+    def _get_below(self, ref: object, promote: bool = True) -> bytes:
         if self._closed:
             raise StoreError("the store is closed")
         ref = _as_ref(ref)
@@ -239,7 +243,7 @@ class ContentStore:
         self._hot.misses += 1
         data = self._warm.get(ref)
         if data is not None:
-            if self._hot.fits(data):
+            if promote and self._hot.fits(data):
                 self._warm.delete(ref)
                 self._hot.put(ref, data)
                 self._promotions += 1
@@ -247,7 +251,7 @@ class ContentStore:
         if self._cold is not None:
             data = self._cold.get(ref)
             if data is not None:
-                if self._hot.fits(data) or self._warm.budget:
+                if promote and (self._hot.fits(data) or self._warm.budget):
                     self._place(ref, data)
                     self._promotions += 1
                 return data

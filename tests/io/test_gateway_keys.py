@@ -36,7 +36,8 @@ def requests(draw: st.DrawFn) -> LLMRequest:
     plain = draw(st.booleans())
     return LLMRequest(
         model=draw(st.sampled_from(["m", "avm-embedded", "gpt-x"])),
-        messages=tuple(draw(st.lists(PLAIN_MESSAGE if plain else MESSAGE, min_size=1, max_size=5))),
+        # a Ref among the messages: messages kept stored (an agent's past turns), keyed by its ref
+        messages=tuple(draw(st.lists(st.one_of(PLAIN_MESSAGE if plain else MESSAGE, REFS), min_size=1, max_size=5))),
         temperature=draw(NUMBER),
         top_p=draw(NUMBER),
         max_tokens=draw(COUNT),
@@ -110,3 +111,13 @@ def test_negative_zero_gets_the_definitions_key():
 def test_many_messages_use_a_longer_list_header():
     request = LLMRequest("m", tuple(Message("user", str(i)) for i in range(300)), temperature=0)
     assert RequestKeyer().key(request) == request.cache_key()
+
+
+def test_stored_messages_are_keyed_by_their_ref_and_a_request_holds_only_messages_or_refs():
+    keyer = RequestKeyer()
+    a, b = hash_bytes(b'{"role":"user","content":"a"}'), hash_bytes(b'{"role":"user","content":"b"}')
+    first = LLMRequest("m", (Message("system", "s"), a), temperature=0)
+    assert keyer.key(first) == first.cache_key() and keyer.fast == 1
+    assert keyer.key(LLMRequest("m", (Message("system", "s"), b), temperature=0)) != first.cache_key()
+    with pytest.raises(RequestError, match="Messages or Refs"):
+        LLMRequest("m", (Message("system", "s"), {"role": "user", "content": "a"}))  # type: ignore[arg-type]

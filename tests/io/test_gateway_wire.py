@@ -191,3 +191,34 @@ def test_a_message_keeps_its_json_packed_when_that_saves_and_every_request_sends
     for _ in range(2):
         sent = json.loads(encoder.body(LLMRequest("m", tuple(messages))))["messages"]
         assert sent == [{"role": "tool", "content": t, "tool_call_id": f"c{i}"} for i, t in enumerate(texts)]
+
+
+STORED_TEXTS = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["user", "assistant", "tool"]), STORED_TEXTS), min_size=1, max_size=6),
+       st.integers(0, 6))
+def test_messages_kept_stored_are_sent_exactly_as_the_messages_themselves(items, cut):
+    """An agent keeps its past turns stored (`message_json` of each, comma-joined, under one ref): the body
+    is byte for byte the one the messages make given one by one."""
+    from avm.io.wire import message_json
+
+    store = ContentStore()
+    messages = [Message(role, text, tool_call_id="c1" if role == "tool" else None) for role, text in items]
+    cut = min(cut, len(messages))
+    ref = store.put(b",".join(message_json(m) for m in messages[:cut])) if cut else None
+    stored = ((ref,) if ref is not None else ()) + tuple(messages[cut:])
+    encoder = WireEncoder(store)
+    plain = encoder.body(LLMRequest("m", (Message("system", "s"), *messages)))
+    assert encoder.body(LLMRequest("m", (Message("system", "s"), *stored))) == plain
+    assert json.loads(plain)["messages"][1:] == [m.as_dict(m.content) for m in messages]
+
+
+def test_stored_messages_the_store_does_not_hold_are_a_request_error():
+    encoder = WireEncoder(ContentStore())
+    missing = hash_bytes(b"never stored")
+    with pytest.raises(RequestError, match=f"stored messages {missing.short}"):
+        encoder.body(LLMRequest("m", (Message("user", "hi"), missing)))
+    with pytest.raises(RequestError, match="no store"):
+        WireEncoder().body(LLMRequest("m", (missing,)))

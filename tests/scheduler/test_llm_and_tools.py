@@ -164,7 +164,9 @@ async def test_a_hibernated_agent_keeps_refs_not_the_json_of_its_conversation():
         h = await vm.spawn(program)
         while h.state is not S.HIBERNATED:
             await trio.sleep(0.02)
-        assert h.conversation and all(m.wire is None for m in h.conversation)
+        assert h.conversation and all(type(m) is avm.Ref for m in h.conversation)
+        stored = json.loads(b"[" + b",".join(vm.store.get(ref) for ref in h.conversation) + b"]")
+        assert [m["role"] for m in stored] == ["user", "assistant"] and stored[0]["content"] == "hello"
         await h.send("wake")
         assert await h.result() == "wake"
 
@@ -184,3 +186,21 @@ async def test_an_ended_agent_lets_its_conversation_go_but_one_out_of_budget_kee
         with pytest.raises(AgentError):
             await failing.result()
         assert failing.state is S.FAILED and failing.conversation is None
+
+
+async def test_an_agent_keeps_a_ref_per_turn_and_the_store_holds_each_turns_messages_once():
+    program = 'push "one"\nllm\npop\npush "two"\nllm\npop\npush null\nrecv\nreturn\n'
+    async with VM(hibernate_after_s=None) as vm:
+        agents = [await vm.spawn(program) for _ in range(3)]
+        while any(h.state is not S.WAITING_MESSAGE for h in agents):
+            await trio.sleep(0.01)
+        h = agents[0]
+        first, second, reply = h.conversation
+        assert type(first) is avm.Ref and type(second) is avm.Ref and reply.role == "assistant"
+        turns = json.loads(b"[" + vm.store.get(first) + b"," + vm.store.get(second) + b"]")
+        assert [(m["role"], m["content"]) for m in turns][::2] == [("user", "one"), ("user", "two")]
+        assert turns[1]["role"] == "assistant" and turns[1]["content"]
+        assert all(a.conversation[:2] == [first, second] for a in agents)  # the same turns: one object each
+        for a in agents:
+            await a.send("done")
+            assert await a.result() == "done"
