@@ -29,9 +29,10 @@ from collections.abc import Callable
 from typing import Final, NamedTuple
 
 import zstandard
+from blake3 import blake3
 
 from avm.errors import CorruptObject, StoreError
-from avm.memory.ref import Ref, hash_bytes
+from avm.memory.ref import Ref
 
 __all__ = ["CODEC_RAW", "CODEC_ZSTD", "CODEC_ZSTD_DICT", "DICT_ID_SIZE", "BlobInfo", "Codec", "blob_info"]
 
@@ -213,7 +214,7 @@ class Codec:
                     data = _decompress_at_most(dctx, payload, info.raw_size)
         except (ValueError, LookupError, StoreError, zstandard.ZstdError) as exc:
             raise CorruptObject(ref, tier) from exc
-        if len(data) != info.raw_size or hash_bytes(data) != ref:
+        if len(data) != info.raw_size or blake3(data).digest() != ref:
             raise CorruptObject(ref, tier)
         return data
 

@@ -226,12 +226,14 @@ class ContentStore:
         ``promote=False`` leaves it where it is: for an object read often but by one reader, who
         keeps no copy (an agent's stored turns, read for each of its requests)."""
         with self._lock:
+            cache = self._hot_cache
             try:
-                data = self._hot_cache[ref]
-            except (KeyError, TypeError):  # TypeError: an unhashable ref, reported below
-                return self._get_below(ref, promote)
-            self._hot.hits += 1
-            return data  # type: ignore[no-any-return]
+                if ref in cache:  # a test, not a KeyError: most objects read below the hot tier are read often
+                    self._hot.hits += 1
+                    return cache[ref]  # type: ignore[no-any-return]
+            except TypeError:  # an unhashable ref, reported below
+                pass
+            return self._get_below(ref, promote)
 
     def _get_below(self, ref: object, promote: bool = True) -> bytes:
         if self._closed:
