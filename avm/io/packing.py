@@ -1,9 +1,10 @@
-"""Small bytes for what an agent keeps for the rest of its life: its messages' JSON and its tool calls.
+"""Small bytes for what a conversation keeps between its requests: its messages' JSON and tool calls.
 
-An agent's conversation is sent again with every request, so each message keeps its JSON
-(`avm.io.wire`) and each assistant turn its tool calls' JSON (`avm.io.request.ToolCalls`) rather
+A conversation is sent again with every request, so a `Message` keeps the JSON the encoder made for
+it (`avm.io.wire`) and an assistant turn its tool calls' JSON (`avm.io.request.ToolCalls`) rather
 than encode them again each time; kept plain, they were the largest part of what a waiting agent of
-bench/fleet.py held. A fleet's messages are alike (the same tools, results of the same shapes, ids
+bench/fleet.py held (the VM's agents now store their past turns instead: `avm.agent.store_turn`).
+A fleet's messages are alike (the same tools, results of the same shapes, ids
 of the same form), so one zstd dictionary trained on the first few hundred of them packs them far
 better than zstd alone: on bench/fleet.py's tool results 589 bytes became 58 (199 without the
 dictionary), its tool calls 159 bytes 41 (141).

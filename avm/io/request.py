@@ -87,7 +87,7 @@ class Filled:
 class ToolCalls(bytes):
     """An assistant message's tool calls as one compact JSON array, OpenAI's
     ``[{"id", "type": "function", "function": {"name", "arguments"}}, ...]``: what the wire encoder sends
-    as is. An agent keeps one per turn for the rest of its conversation, so this is one bytes object
+    as is. A conversation keeps one per turn (until the VM stores the turn), so this is one bytes object
     where the parsed calls were a list of dicts of strings (about 250 bytes more per turn)."""
 
     __slots__ = ()

@@ -42,22 +42,23 @@ from avm.io.packing import unpack as _unpack
 from avm.io.request import PLACEHOLDER, Filled, LLMRequest, Message, PackedCalls, RequestError, ToolCalls
 from avm.memory.ref import Ref
 
-__all__ = ["Packed", "WireEncoder", "dumps", "keep_wire", "message_json", "tool_calls", "unpack"]
+__all__ = ["Packed", "WireEncoder", "dumps", "message_json", "tool_calls", "unpack"]
 
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
 
 
 class Packed(bytes):
-    """A message's JSON, kept by the message packed (`avm.io.packing`): an agent keeps its messages'
-    JSON for its next requests, and kept plain that was a third of what a waiting agent of
-    bench/fleet.py held. The unpacked pieces live only while the request is sent
-    (`avm.io.client.http` empties the body once it is written)."""
+    """A message's JSON, kept by the message packed (`avm.io.packing`) once the encoder has made it
+    (`Message.wire`): a caller that sends the same `Message` objects again (a conversation it keeps
+    itself) has them encoded once, and held small. The unpacked pieces live only while the request
+    is sent (`avm.io.client.http` empties the body once it is written). An agent of the VM keeps its
+    past turns stored instead (`avm.agent.store_turn`)."""
 
     __slots__ = ()
 
 
 def unpack(wire: bytes) -> bytes:
-    """A message's JSON as `keep_wire` kept it: plain, or `Packed`."""
+    """A message's JSON as the message keeps it: plain, or `Packed`."""
     return _unpack(wire) if type(wire) is Packed else wire
 
 
@@ -70,18 +71,6 @@ def _kept(wire: bytes) -> bytes:
 def dumps(value: Any) -> bytes:
     """Compact JSON bytes (ASCII, so texts with any code point survive)."""
     return _ENCODE(value).encode("ascii")
-
-
-def keep_wire(message: Message, text: str | None) -> Message:
-    """``message``, holding its JSON from now on when the encoder keeps it per message (see
-    `WireEncoder._message`); ``text`` is its content's text. Made where the text is at hand, so that
-    the store need not keep an uncompressed copy for the encoder to read back."""
-    if message.role == "system" and message.name is None and message.tool_call_id is None and not message.tool_calls:
-        return message  # a shared prompt: the encoder keeps its JSON once for every agent
-    if _calls_only(message):
-        return message  # its JSON is a fixed head, its `ToolCalls` and a brace: nothing more to keep
-    object.__setattr__(message, "wire", _kept(dumps(message.as_dict(text))))
-    return message
 
 
 def message_json(message: Message) -> bytes:

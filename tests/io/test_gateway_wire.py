@@ -173,21 +173,22 @@ def test_tool_calls_are_held_compactly_and_each_message_is_encoded_once():
                                  st.integers(0, 4000).map(lambda n: "tool output line\n" * (n // 17))),
                       min_size=1, max_size=6))
 def test_a_message_keeps_its_json_packed_when_that_saves_and_every_request_sends_it_exactly(texts):
-    """Messages keep long JSON compressed (`Packed`); what goes on the wire is each message's JSON,
-    the same for every request that carries it."""
+    """Messages keep the JSON the encoder made for them, long JSON compressed (`Packed`); what goes on the
+    wire is each message's JSON, the same for every request that carries it."""
     from avm.io.packing import PACK_MIN_BYTES
-    from avm.io.wire import Packed, keep_wire, unpack
+    from avm.io.wire import Packed, unpack
 
     store = ContentStore()
+    encoder = WireEncoder(store)
     messages = []
     for i, text in enumerate(texts):
-        m = keep_wire(Message("tool", store.put(text.encode("utf-8", "surrogatepass")), tool_call_id=f"c{i}"), text)
+        m = Message("tool", store.put(text.encode("utf-8", "surrogatepass")), tool_call_id=f"c{i}")
+        encoder.body(LLMRequest("m", (m,)))
         plain = json.dumps(m.as_dict(text), separators=(",", ":")).encode()
         assert unpack(m.wire) == plain
         if type(m.wire) is Packed:
             assert len(plain) >= PACK_MIN_BYTES and len(m.wire) * 4 <= len(plain) * 3
         messages.append(m)
-    encoder = WireEncoder(store)
     for _ in range(2):
         sent = json.loads(encoder.body(LLMRequest("m", tuple(messages))))["messages"]
         assert sent == [{"role": "tool", "content": t, "tool_call_id": f"c{i}"} for i, t in enumerate(texts)]
