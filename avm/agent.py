@@ -442,8 +442,8 @@ class AgentHandle:
         self._charge(usage.prompt_tokens * settings.energy_per_prompt_token
                      + usage.completion_tokens * settings.energy_per_completion_token)
         conversation = self.conversation
-        assert conversation is not None
-        conversation.append(reply_message(response.text, response.tool_calls))
+        if conversation is not None:  # (None: the agent ended while its request was out)
+            conversation.append(reply_message(response.text, response.tool_calls))
         vm._tick_gc()  # the conversation grew: long-lived objects the cyclic GC need not scan again
         return reply_value(response.text, response.tool_calls)
 
