@@ -46,6 +46,7 @@ from avm.errors import (
     StoreError,
     lone_exception,
 )
+from avm.gc_threshold import Raised, raise_young, restore
 from avm.io.request import Filled, LLMRequest, Message
 from avm.lang.code import Code, CodeFormatError
 from avm.lang.compiler import compile_source
@@ -245,7 +246,7 @@ class VM:
         self._grant_sets: dict[tuple[Any, ...], frozenset[str]] = {}
         self._since_freeze = 0
         self._froze = False
-        self._gc_threshold: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # (before, set) while raised
+        self._gc_threshold: Raised | None = None  # while raised
         self.run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid() % 10000:04d}{self._instance():02d}"
 
     _made = 0
@@ -264,11 +265,7 @@ class VM:
 
         stack = AsyncExitStack()
         await stack.__aenter__()
-        young = self.settings.gc_young_threshold
-        before = gc.get_threshold()
-        if young and before[0] and young > before[0]:
-            gc.set_threshold(young, *before[1:])
-            self._gc_threshold = (before, gc.get_threshold())
+        self._gc_threshold = raise_young(self.settings.gc_young_threshold)
         try:
             self.gateway = await self._open_gateway(stack)
             # what an agent's llm awaits: a gateway's `submit` (no frame of its own while the reply is
@@ -419,11 +416,8 @@ class VM:
         return agent
 
     def _restore_gc_threshold(self) -> None:
-        if self._gc_threshold is not None:
-            before, raised = self._gc_threshold
-            self._gc_threshold = None
-            if gc.get_threshold() == raised:  # not changed since (by the host, or by another VM)
-                gc.set_threshold(*before)
+        raised, self._gc_threshold = self._gc_threshold, None
+        restore(raised)  # unless changed since (by the host, or by another VM)
 
     def _tick_gc(self) -> None:
         every = self.settings.gc_freeze_every
