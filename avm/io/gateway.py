@@ -368,7 +368,9 @@ class Gateway:
         now = trio.current_time()
         attempt_end = now + s.attempt_timeout_s
         caller_end = _INF if timeout is None else start + timeout
-        end = min(attempt_end, caller_end, p.deadline)
+        request_end = p.deadline  # as it is now: a caller joining later may move it
+        end = min(attempt_end, caller_end, request_end)
+        late = False  # whether the attempt's own end stopped it (not a cancellation from outside)
         scope = None
         if getattr(backend, "deadlines", False):
             p.owner = True
@@ -384,9 +386,10 @@ class Gateway:
                 with scope:
                     outcome = await sending
         except Failure as failure:
-            outcome = failure
-            if failure.kind == "deadline":  # as a cancel scope's deadline would have ended it (below)
-                outcome = None
+            if failure.kind == "deadline":  # the backend stopped at ``end``, as the scope would have
+                late = True
+            else:
+                outcome = failure
         except Exception:  # a bug must not take the caller down: its request fails, the gateway goes on
             log.exception("LLM gateway: unexpected error sending a request for %s", model)
             if p.state == _SENT:
@@ -394,13 +397,14 @@ class Gateway:
                                                request=p.ident))
         finally:
             self._slots.release()
-            if outcome is None and not p.done and p.state == _SENT and trio.current_time() >= end and (
-                    scope is None or scope.cancelled_caught):
-                if end == attempt_end and attempt_end < caller_end:
-                    outcome = Failure("timeout", f"no reply within {s.attempt_timeout_s:g} s")
-                elif end == p.deadline and p.deadline < caller_end:
+            if scope is not None and scope.cancelled_caught:
+                late = True
+            if late and outcome is None and not p.done and p.state == _SENT and end < caller_end:
+                if end == request_end and p.deadline <= trio.current_time():  # the sweeper's deadline
                     self._finish(p, error=LLMError(f"no reply within {s.request_timeout_s:g} s", kind="timeout",
                                                    request=p.ident))
+                else:  # the attempt's limit (or a deadline a joining caller has moved since): another attempt
+                    outcome = Failure("timeout", f"no reply within {end - now:g} s")
             if outcome is None:
                 p.owner = None
                 if not p.done and p.state == _SENT:  # the caller was cancelled, or its timeout passed, on the wire

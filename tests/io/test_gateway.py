@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -262,6 +263,48 @@ async def test_closing_the_gateway_ends_requests_waiting_on_a_real_server_at_onc
             await gw.__aexit__(None, None, None)
         assert trio.current_time() - start < 2.0
     assert [e.kind for e in outcomes] == ["cancelled"] * 3
+
+
+async def test_a_caller_that_joins_moves_the_deadline_and_the_sending_caller_still_gets_its_reply():
+    """The sending caller's attempt ends at the request's deadline as it was when sent; a caller joining
+    with a timeout of its own moves that deadline (to none), then leaves: the attempt is made again, the
+    sending caller is answered (found by review: it used to wait forever on an abandoned request)."""
+    async with serve_llm(port=0, latency_ms=1_000, dialect="openai") as server, \
+            Gateway(OpenAIBackend(server.url, batch=False), request_timeout_s=0.3, attempt_timeout_s=60.0,
+                    backoff_s=0.001) as gw:
+        got: dict[str, Any] = {}
+
+        async def sender() -> None:
+            got["reply"] = await gw.complete(ask("joined"))
+
+        async def joiner() -> None:
+            await trio.sleep(0.1)
+            with pytest.raises(LLMError):
+                await gw.complete(ask("joined"), timeout=0.1)
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sender)
+                nursery.start_soon(joiner)
+        assert got["reply"].text and gw.statistics().in_flight == 0 and not gw._live
+
+
+async def test_a_caller_cancelled_from_outside_after_its_attempts_end_leaves_nothing_in_flight():
+    """Both the caller's cancel scope and the attempt's end pass in one step of the loop: the request is
+    let go as for any cancelled caller (found by review: it stayed in flight, and joinable, for ever)."""
+    async with serve_llm(port=0, latency_ms=3_000, dialect="openai") as server, \
+            Gateway(OpenAIBackend(server.url, batch=False), request_timeout_s=None, attempt_timeout_s=0.3) as gw:
+        async def caller() -> None:
+            with trio.move_on_after(0.3):
+                await gw.complete(ask("cut"))
+
+        async def hiccup() -> None:
+            await trio.sleep(0.1)
+            time.sleep(0.5)  # one long synchronous step: both ends are past when the loop looks again
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(caller)
+            nursery.start_soon(hiccup)
+        stats = gw.statistics()
+        assert stats.in_flight == 0 and not gw._live and not gw._flights
 
 
 TOOLS = ({"type": "function", "function": {"name": "lookup", "description": "Look a topic up.",
