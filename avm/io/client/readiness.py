@@ -144,13 +144,15 @@ class Readiness:
         waiters = self._waiters
         reschedule = trio.lowlevel.reschedule
         heap = self._deadlines
+        timer = None
         try:
             with scope:
                 while True:
                     with trio.CancelScope(deadline=heap[0].deadline if heap else math.inf) as timer:
                         self._timer = timer
                         await trio.lowlevel.wait_readable(epoll)
-                    self._timer = None
+                    if self._timer is timer:
+                        self._timer = None
                     for fd, _ in epoll.poll(0):
                         park = waiters.pop(fd, None)
                         if park is not None:
@@ -162,7 +164,8 @@ class Readiness:
                     if self._closing and not waiters:
                         break
         finally:
-            self._timer = None
+            if timer is not None and self._timer is timer:  # (a new task may have its own by now)
+                self._timer = None
             if self._epoll is epoll:
                 self._epoll = None
             epoll.close()
@@ -187,9 +190,13 @@ class Readiness:
         heapify(heap)
 
     def _stop(self) -> None:
+        """End the system task (no task waits); a wait from now on starts a new one with an epoll of its own
+        (one made now would be lost: the ending task closes its epoll once it runs again)."""
         if self._scope is not None:
             self._scope.cancel()
             self._scope = None
+        self._epoll = None
+        self._timer = None
 
     def close(self, error: Callable[[], BaseException] | None = None) -> None:
         """Stop once no task waits; with ``error``, every waiter is woken now with the exception it makes

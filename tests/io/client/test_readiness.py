@@ -216,3 +216,32 @@ async def test_close_with_an_error_wakes_every_waiter_with_it_now():
         for a, b in pairs:
             a.close()
             b.close()
+
+
+async def test_a_wait_right_after_close_is_served_by_a_new_task_not_lost_with_the_old_epoll():
+    """close() ends the system task, which closes its epoll when it runs again: a wait made before that
+    must not register there (found by review: it was woken neither by its socket nor by its deadline)."""
+    readiness = Readiness(late=lambda: _Late("too late"))
+    (a, b), (c, d) = socket.socketpair(), socket.socketpair()
+    with a, b, c, d:
+        got: dict[str, str] = {}
+        async with trio.open_nursery() as nursery:
+            async def first() -> None:
+                with pytest.raises(_Late):
+                    await readiness.wait(a)
+            nursery.start_soon(first)
+            await trio.sleep(0.05)
+            readiness.close(lambda: _Late("closed"))  # what ConnectionPool.aclose does
+
+            async def writer() -> None:
+                await trio.sleep(0.1)
+                d.send(b"x")
+            nursery.start_soon(writer)
+            with trio.fail_after(2):
+                await readiness.wait(c, trio.current_time() + 0.5)
+                got["second"] = "readable"
+            with trio.fail_after(2):
+                with pytest.raises(_Late):
+                    await readiness.wait(a, trio.current_time() + 0.1)  # its deadline works too
+        assert got == {"second": "readable"}
+        readiness.close()
