@@ -223,6 +223,7 @@ class ConnectionPool:
         self._open = 0
         self._closed = False
         self._readiness = Readiness(_late)  # what plain-TCP requests wait on for their reply
+        self._scopes: set[trio.CancelScope] = set()  # those of the requests in `_request` (TLS, HTTP/2, waits)
 
     @property
     def open(self) -> int:
@@ -285,21 +286,27 @@ class ConnectionPool:
         """`request` when a slot must be waited for, the origin speaks HTTP/2 or TLS, or no connection is
         idle: the deadline is a cancel scope here (a connection, TLS or HTTP/2 waits in many places)."""
         slots = host.slots
+        scopes = self._scopes
         with trio.move_on_at(deadline) as scope:
-            try:  # no checkpoint when a slot is free: the request goes out in the caller's step (see _send)
-                slots.acquire_nowait()
-            except trio.WouldBlock:
-                await slots.acquire()
+            scopes.add(scope)  # `aclose` ends it: a request waiting here is not parked in the readiness
             try:
-                if self._closed:
-                    raise HTTPError("closed", "the connection pool is closed")
-                if host.h2 is not None:
-                    return await self._h2_exchange(host, origin, method, target, headers, body, on_data)
-                return await self._h1_exchange(host, origin, method, target, headers, body, on_data, consume,
-                                               deadline)
+                try:  # no checkpoint when a slot is free: the request goes out in the caller's step (see _send)
+                    slots.acquire_nowait()
+                except trio.WouldBlock:
+                    await slots.acquire()
+                try:
+                    if self._closed:
+                        raise HTTPError("closed", "the connection pool is closed")
+                    if host.h2 is not None:
+                        return await self._h2_exchange(host, origin, method, target, headers, body, on_data)
+                    return await self._h1_exchange(host, origin, method, target, headers, body, on_data, consume,
+                                                   deadline)
+                finally:
+                    slots.release()
             finally:
-                slots.release()
-        assert scope.cancelled_caught
+                scopes.discard(scope)
+        if self._closed:
+            raise HTTPError("closed", "the connection pool is closed")
         raise _late()
 
     async def _h1_exchange(self, host: _Host, origin: Origin, method: bytes, target: bytes,
@@ -649,10 +656,11 @@ class ConnectionPool:
     # ------------------------------------------------------------ lifetime
 
     async def aclose(self) -> None:
-        """Close every idle connection; requests waiting for a plain-TCP response fail now (kind
-        ``"closed"``), the others close their connections when they end."""
+        """Close every idle connection; requests in flight fail now (kind ``"closed"``) and close theirs."""
         self._closed = True
         self._readiness.close(lambda: HTTPError("closed", "the connection pool is closed"))
+        for scope in list(self._scopes):
+            scope.cancel()
         for host in self._hosts.values():
             while host.idle:
                 self._drop(host, host.idle.pop())

@@ -19,6 +19,7 @@ import trio
 
 from avm.errors import LLMError
 from avm.io.client.backends import Failure, Reply, parse_chat, retry_after
+from avm.io.client.http import ConnectionPool, HTTPError, parse_url
 from avm.io.client.openai import OpenAIBackend, split_batch
 from tests.support.http_server import Answer, Seen, scripted_server
 
@@ -385,3 +386,31 @@ async def test_a_5xx_without_an_error_body_on_the_first_batch_is_a_passing_failu
         with pytest.raises(Failure) as info:
             await b.send_batch(HEAD, [[CONV], [CONV]])
     assert info.value.kind == "server" and info.value.retryable and b.supports_batch  # tried again later
+
+
+async def test_closing_the_pool_ends_a_request_waiting_over_tls_at_once():
+    """A request over TLS waits in the pool under a cancel scope (not in its readiness): closing the pool
+    ends it too, so closing the gateway ends every request in flight (found by review)."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    with scripted_server(lambda r: Answer(200, completion("late"), delay=5.0), tls=server_context) as url:
+        origin, target = parse_url(url + "/chat/completions")
+        pool = ConnectionPool(ssl_context=client_context, http2=False)
+        errors: list[HTTPError] = []
+
+        async def request() -> None:
+            with pytest.raises(HTTPError) as info:
+                await pool.request(origin, b"POST", target.encode(), [], (b"{}",))
+            errors.append(info.value)
+        start = trio.current_time()
+        with trio.fail_after(3):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(request)
+                await trio.sleep(0.3)
+                await pool.aclose()
+        assert [e.kind for e in errors] == ["closed"] and trio.current_time() - start < 2
+        assert not pool._scopes
