@@ -43,7 +43,7 @@ class WarmTier:
         self._on_evict = on_evict
         # Most recently used last: an OrderedDict when there is a budget to evict by; unbounded, the
         # order never matters and a plain dict holds each blob for ~45 bytes less (a fleet keeps a
-        # message per agent and turn here).
+        # stored turn per agent and turn here).
         self._blobs: dict[Ref, bytes] = OrderedDict() if budget is not None else {}
         self._lru = budget is not None
         self.bytes = 0
