@@ -60,7 +60,7 @@ from avm.scheduler.runqueue import RunQueue
 from avm.scheduler.states import TERMINAL, AgentState, priority_rank
 from avm.scheduler.supervision import RestartPolicy
 from avm.scheduler.timers import Timers
-from avm.tools.registry import ToolRegistry, error_value
+from avm.tools.registry import ToolDefinitionError, ToolRegistry, error_value
 
 __all__ = ["VM", "AgentError", "VMError", "VMSettings", "VMStatistics"]
 
@@ -73,6 +73,19 @@ _TOOL_CALLS_REMEMBERED = 16384  # (agent, tool call) pairs remembered to count r
 
 class VMError(AvmError):
     """The VM used wrongly: spawn after exit, a duplicate agent name, a bad setting."""
+
+
+class GrantError(VMError, ToolDefinitionError):
+    """A grant of a tool nobody registered: a bad argument (`VMError`, as the README promises for
+    `run_agents` and `spawn`) that is about tools (`ToolDefinitionError`, as it was before)."""
+
+
+def check_grant(registry: ToolRegistry, names: Any) -> frozenset[str]:
+    """``registry.check_grant(names)``, its refusal a `GrantError`."""
+    try:
+        return registry.check_grant(names)
+    except ToolDefinitionError as exc:
+        raise GrantError(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,7 +529,7 @@ class VM:
         key = tools if type(tools) is tuple else tuple(tools)
         grant = self._grant_sets.get(key)
         if grant is None:
-            grant = self.tools.check_grant(key)
+            grant = check_grant(self.tools, key)
             grant = next((g for g in self._grants if g == grant), grant)
             if len(self._grant_sets) >= _CACHE_CAP:
                 self._grant_sets.clear()

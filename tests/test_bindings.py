@@ -306,6 +306,8 @@ def test_errors_of_the_program_and_of_the_tools_come_from_their_layer():
     assert info.value.line == 2
     with pytest.raises(ToolDefinitionError, match="cannot grant unknown tool: search"):
         avm.run_agents(ECHO_INPUT, tools=[double], grant=["search"])
+    with pytest.raises(avm.VMError, match="cannot grant unknown tool: nope"):  # a bad argument, as documented
+        avm.run_agents('push "hi"\nllm\nreturn\n', count=1, grant=["nope"])
     with pytest.raises(ToolDefinitionError, match="two tools are named"):
         avm.run_agents(ECHO_INPUT, tools=[double, avm.tool(double)])
 

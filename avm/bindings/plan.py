@@ -3,8 +3,9 @@
 Every mistake a caller can make is caught here, before an event loop, an LLM
 server or a single agent is started, and reported as a `VMError` (or the
 error of the layer that knows better: `CompileError` for a program that does
-not compile, `ToolDefinitionError` for a function that cannot be a tool or a
-grant of a tool that was not given). The result is a `Plan`: the checked,
+not compile, `ToolDefinitionError` for a function that cannot be a tool; a
+grant of a tool that was not given is a `GrantError`, both a `VMError` and a
+`ToolDefinitionError`). The result is a `Plan`: the checked,
 normalised arguments, which the async runner takes as they are.
 """
 
@@ -21,7 +22,7 @@ from avm.lang.frame import to_milli
 from avm.lang.values import is_value
 from avm.memory.ref import Ref
 from avm.memory.store import ContentStore
-from avm.runtime import VMError, VMSettings
+from avm.runtime import VMError, VMSettings, check_grant
 from avm.scheduler.states import priority_rank
 from avm.tools.registry import Tool, ToolRegistry
 
@@ -155,7 +156,7 @@ def _grant(grant: object, registry: ToolRegistry) -> tuple[str, ...]:
     for name in names:
         if type(name) is not str:
             raise VMError(f"grant is a list of tool names, not of {type(name).__name__}")
-    return tuple(sorted(registry.check_grant(names)))  # ToolDefinitionError naming a tool not given
+    return tuple(sorted(check_grant(registry, names)))  # GrantError (a VMError) naming a tool not given
 
 
 def _llm(llm: object) -> Any:

@@ -349,6 +349,8 @@ async def test_bad_spawns_are_clear_errors():
             await vm.spawn("halt\n", name="a")
         with pytest.raises(avm.tools.ToolDefinitionError, match="unknown tool"):
             await vm.spawn("halt\n", tools=["nope"])
+        with pytest.raises(VMError, match="unknown tool"):  # a bad argument to spawn, too
+            await vm.spawn("halt\n", tools=["nope"])
     with pytest.raises(VMError, match="unknown VM setting"):
         VM(quantm=3)
 
