@@ -319,11 +319,8 @@ class ConnectionPool:
         head = self._headers(origin, method, target, headers)
         conn = self._checkout(host)
         if conn is not None:
-            try:
-                return await self._exchange(host, conn, method, target, head, body, on_data, reused=True,
-                                            consume=consume, deadline=deadline)
-            except _Stale:
-                self.reconnects += 1
+            return await self._exchange(host, conn, method, target, head, body, on_data, reused=True,
+                                        consume=consume, fresh=(origin, headers), owns_slot=False, deadline=deadline)
         return await self._h1_fresh(host, origin, method, target, headers, head, body, on_data, consume, deadline)
 
     async def _h1_fresh(self, host: _Host, origin: Origin, method: bytes, target: bytes,
@@ -334,11 +331,9 @@ class ConnectionPool:
         conn = await self._connect(host, origin)
         if type(conn) is not _Conn:  # the server chose HTTP/2 for this new connection: so does the origin
             return await self._h2_exchange(host, origin, method, target, headers, body, on_data)
-        try:
-            return await self._exchange(host, conn, method, target, head, body, on_data, reused=False,
-                                        consume=consume, deadline=deadline)
-        except _Stale as exc:
-            raise HTTPError("closed", str(exc)) from None
+        # (not reused: a closed connection is an HTTPError here, never `_Stale`)
+        return await self._exchange(host, conn, method, target, head, body, on_data, reused=False,
+                                    consume=consume, deadline=deadline)
 
     # ------------------------------------------------------------ HTTP/2
 
@@ -558,12 +553,12 @@ class ConnectionPool:
                         head: bytes, body: Sequence[bytes],
                         on_data: Callable[[bytes], Any] | None, reused: bool, consume: bool = False,
                         fresh: tuple[Origin, Sequence[tuple[bytes, bytes]]] | None = None,
-                        deadline: float = math.inf) -> HTTPResponse:
+                        owns_slot: bool = True, deadline: float = math.inf) -> HTTPResponse:
         """One request and response on ``conn``; it goes back to the idle deque if it can be reused.
 
-        With ``fresh`` (the origin and headers), this is `request`'s usual path: the exchange holds a
-        slot, which it gives back, and sends the request again on a new connection if ``conn`` turns
-        out to be closed (`_Stale`); without it, the caller does both."""
+        With ``fresh`` (the origin and headers), the request is sent again on a new connection if
+        ``conn`` turns out to be closed before the server saw it (`_Stale`; without it, `_Stale` is
+        raised); with ``owns_slot`` too (`request`'s usual path), the exchange gives its slot back."""
         stale = False
         done = False
         got_bytes = False
@@ -642,7 +637,7 @@ class ConnectionPool:
                 host.idle.append(conn)
             else:
                 self._drop(host, conn)
-            if fresh is not None and not stale:
+            if fresh is not None and owns_slot and not stale:
                 host.slots.release()
         # `conn` was closed before the server saw the request: once more on a new one, the slot still held
         self.reconnects += 1
@@ -651,7 +646,8 @@ class ConnectionPool:
             return await self._h1_fresh(host, origin, method, target, headers, head, body, on_data, consume,
                                         deadline)
         finally:
-            host.slots.release()
+            if owns_slot:
+                host.slots.release()
 
     # ------------------------------------------------------------ lifetime
 
