@@ -269,7 +269,7 @@ class WireEncoder:
         elif t is str and plain and len(content) >= self._share_min:  # type: ignore[arg-type]
             key = (m.role, content)
         else:
-            wire = dumps(m.as_dict(content.text() if t is Filled else content))  # type: ignore[union-attr]
+            wire = message_json(m)  # a text, a template with values of its own, or no content
             if t is not Filled:
                 object.__setattr__(m, "wire", _kept(wire))
             out.append(wire)

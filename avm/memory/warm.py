@@ -45,7 +45,6 @@ class WarmTier:
         # order never matters and a plain dict holds each blob for ~45 bytes less (a fleet keeps a
         # stored turn per agent and turn here).
         self._blobs: dict[Ref, bytes] = OrderedDict() if budget is not None else {}
-        self._lru = budget is not None
         self.bytes = 0
         self.raw_bytes = 0
         self.hits = 0
@@ -58,7 +57,7 @@ class WarmTier:
             self.misses += 1
             return None
         data = self._codec.decode(ref, blob, "warm")
-        if self._lru:
+        if self.budget is not None:
             self._blobs.move_to_end(ref)  # type: ignore[attr-defined]
         self.hits += 1
         return data
@@ -70,7 +69,7 @@ class WarmTier:
 
     def touch(self, ref: Ref) -> bool:
         """Mark ``ref`` most recently used; True if held."""
-        if not self._lru:
+        if self.budget is None:
             return ref in self._blobs
         try:
             self._blobs.move_to_end(ref)  # type: ignore[attr-defined]
@@ -89,7 +88,7 @@ class WarmTier:
         held: the store only sets a budget when the cold tier holds it.
         """
         if ref in self._blobs:
-            if self._lru:
+            if self.budget is not None:
                 self._blobs.move_to_end(ref)  # type: ignore[attr-defined]
             return
         if self.budget == 0:
