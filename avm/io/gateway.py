@@ -180,6 +180,7 @@ class Gateway:
             settings = dataclasses.replace(settings, **overrides)
         self.settings = settings
         self._backend = backend
+        self._backend_deadlines = bool(getattr(backend, "deadlines", False))  # it bounds attempts itself
         self._store = store
         self._keyer = RequestKeyer()
         self._encoder = WireEncoder(store, shared_bytes=settings.shared_bytes)
@@ -372,7 +373,7 @@ class Gateway:
         end = min(attempt_end, caller_end, request_end)
         late = False  # whether the attempt's own end stopped it (not a cancellation from outside)
         scope = None
-        if getattr(backend, "deadlines", False):
+        if self._backend_deadlines:
             p.owner = True
             sending = send(self._body(p), end)
         else:
