@@ -3,7 +3,6 @@
 Public names are re-exported here explicitly; ``__all__`` is sorted.
 """
 
-from avm.agent import AgentError, AgentHandle
 from avm.bindings import RunResults, run_agents, run_agents_async
 from avm.errors import (
     AvmError,
@@ -38,7 +37,7 @@ from avm.memory import (
     TierStatistics,
     ValueFormatError,
 )
-from avm.runtime import VM, VMError, VMSettings, VMStatistics
+from avm.runtime import VM, AgentError, AgentHandle, VMError, VMSettings, VMStatistics
 from avm.scheduler.states import AgentState
 from avm.scheduler.supervision import RestartPolicy
 from avm.tools.registry import Tool, ToolDenied, ToolError, ToolRegistry, tool

@@ -11,7 +11,6 @@ import pytest
 import trio
 from rich.console import Console
 
-from avm.agent import AgentError
 from avm.dashboard import (
     MAX_REFRESH_PER_SECOND,
     THRESHOLDS,
@@ -27,7 +26,7 @@ from avm.dashboard import (
 )
 from avm.io.gateway_settings import GatewayStatistics
 from avm.memory.stats import StoreStatistics, TierStatistics
-from avm.runtime import VM, VMStatistics
+from avm.runtime import VM, AgentError, VMStatistics
 
 TALKER = 'push "hi"\nllm\nreturn\n'
 FAULTY = "push 1\npush 0\nmod\nreturn\n"  # faults on line 3

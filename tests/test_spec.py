@@ -379,7 +379,7 @@ async def test_a_small_demo_runs_every_part_of_the_vm():
     groups, stats, vm = await run_spec(spec)
     handles = [h for _, hs in groups for h in hs]
     assert len(handles) == 30
-    assert stats.ended.get("failed", 0) == 0 and not vm._internal_errors
+    assert stats.ended.get("failed", 0) == 0 and not vm._kernel.internal_errors
     assert all(h.state is avm.AgentState.DONE for h in handles), [(h.name, h.state) for h in handles]
     assert stats.agents > 30 and stats.spawns > 0 and stats.effects["delegate"] > 0  # coordinators' workers
     assert stats.effects["llm"] >= 3 * 30 and stats.effects["tool"] > 0

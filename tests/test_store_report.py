@@ -16,10 +16,9 @@ import trio
 from rich.console import Console
 
 import avm
-from avm.agent import AgentError
 from avm.bench_runner import add_bench_parser
 from avm.cli import CliError
-from avm.runtime import VM
+from avm.runtime import VM, AgentError
 from avm.store_report import add_inspect_parser, inspect_store, load_report
 from tests.agent_programs import COUNT
 

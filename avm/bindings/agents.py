@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from avm.agent import AgentError, AgentHandle
+from avm.runtime import AgentError, AgentHandle
 from avm.bindings.plan import Plan, make_plan
 from avm.lang.code import Code
 from avm.memory.ref import Ref

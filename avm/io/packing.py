@@ -3,7 +3,7 @@
 A conversation is sent again with every request, so a `Message` keeps the JSON the encoder made for
 it (`avm.io.wire`) and an assistant turn its tool calls' JSON (`avm.io.request.ToolCalls`) rather
 than encode them again each time; kept plain, they were the largest part of what a waiting agent of
-bench/fleet.py held (the VM's agents now store their past turns instead: `avm.agent.store_turn`).
+bench/fleet.py held (the VM's agents now store their past turns instead: `avm.conversation.store_turn`).
 A fleet's messages are alike (the same tools, results of the same shapes, ids
 of the same form), so one zstd dictionary trained on the first few hundred of them packs them far
 better than zstd alone: on bench/fleet.py's tool results 589 bytes became 58 (199 without the

@@ -18,7 +18,7 @@ explicit seed, or the caller opted in (`cache=True`).
 Past messages may be kept *stored*: a `Ref` among the messages stands for
 consecutive messages whose JSON objects, comma-separated, are stored under it
 (what an agent keeps of its past turns: one object in the store per turn, not
-a `Message` per message; see `avm.agent`). It is sent as those objects and
+a `Message` per message; see `avm.conversation.store_turn`). It is sent as those objects and
 keyed by its ref: the same messages given one by one key differently.
 """
 

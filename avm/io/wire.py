@@ -52,7 +52,7 @@ class Packed(bytes):
     (`Message.wire`): a caller that sends the same `Message` objects again (a conversation it keeps
     itself) has them encoded once, and held small. The unpacked pieces live only while the request
     is sent (`avm.io.client.http` empties the body once it is written). An agent of the VM keeps its
-    past turns stored instead (`avm.agent.store_turn`)."""
+    past turns stored instead (`avm.conversation.store_turn`)."""
 
     __slots__ = ()
 
@@ -75,7 +75,7 @@ def dumps(value: Any) -> bytes:
 
 def message_json(message: Message) -> bytes:
     """The JSON object the encoder sends for ``message``, one whose content is text (or None, or a
-    `Filled` template, rendered): what an agent stores of its past turns (`avm.agent`)."""
+    `Filled` template, rendered): what an agent stores of its past turns (`avm.conversation.store_turn`)."""
     if _calls_only(message):
         return _CALLS_HEAD + message.tool_calls.json() + b"}"  # type: ignore[union-attr]
     content = message.content

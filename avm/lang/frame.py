@@ -73,6 +73,13 @@ def _name(op: int, a: Any) -> str:
     return str(a[1]) if op == O.CALL else O.OPS[op].name
 
 
+def check_memory_limit(limit: int | None) -> int | None:
+    """``limit`` if it is a memory limit (a positive int of bytes, or None); else ValueError."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
+        raise ValueError(f"memory_limit must be a positive int of bytes or None, not {limit!r}")
+    return limit
+
+
 class FrameStateError(AvmError):
     """The host used a frame out of order (run while an effect is out, resume with nothing out...)."""
 
@@ -132,9 +139,7 @@ class Frame:
 
     def set_memory_limit(self, limit: int | None) -> None:
         """Bytes the frame's values may hold (None: no ceiling); past it, the instruction faults."""
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
-            raise ValueError(f"memory_limit must be a positive int of bytes or None, not {limit!r}")
-        self.memory_limit = limit
+        self.memory_limit = check_memory_limit(limit)
 
     def set_instruction_limit(self, units: float | None) -> None:
         """Energy of metered work (avm.lang.meter) one instruction may do (None: as much as the

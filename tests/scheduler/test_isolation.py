@@ -7,10 +7,9 @@ import pytest
 import trio
 
 import avm
-from avm.agent import AgentError
 from avm.errors import SnapshotError, StoreError
 from avm.lang.frame import Frame
-from avm.runtime import VM, VMError
+from avm.runtime import VM, AgentError, VMError
 from avm.scheduler.states import AgentState as S
 
 # The reproduction: a value nested 202 levels deep, held while waiting in recv (timeout from the
@@ -31,7 +30,7 @@ async def test_a_too_deep_value_fails_its_agent_where_it_is_made_beside_healthy_
             await deep.result()
         stats = vm.statistics()
         assert stats.hibernations >= 20 and stats.ended == {"done": 20, "failed": 1}
-        assert not vm._internal_errors
+        assert not vm._kernel.internal_errors
 
 
 async def test_an_agent_whose_frame_cannot_be_snapshotted_stays_awake_beside_healthy_ones(
@@ -39,7 +38,7 @@ async def test_an_agent_whose_frame_cannot_be_snapshotted_stays_awake_beside_hea
     async with VM(hibernate_after_s=0.2) as vm:
         stuck = await vm.spawn(WAITER, inputs={"t": None}, budget=1000)
         timed = await vm.spawn(WAITER, inputs={"t": 3.0}, budget=1000)
-        refused = {id(stuck.frame), id(timed.frame)}  # whatever makes a snapshot impossible: the encoder refuses
+        refused = {id(stuck._agent.frame), id(timed._agent.frame)}  # whatever makes a snapshot impossible: the encoder refuses
         snapshot = Frame.snapshot
 
         def refusing_snapshot(frame: Frame) -> bytes:
@@ -52,13 +51,13 @@ async def test_an_agent_whose_frame_cannot_be_snapshotted_stays_awake_beside_hea
         for h in healthy:
             assert await h.result() == 1
         await trio.sleep(1)
-        assert stuck.state is S.WAITING_MESSAGE and stuck.frame is not None  # awake: it cannot hibernate
+        assert stuck.state is S.WAITING_MESSAGE and stuck._agent.frame is not None  # awake: it cannot hibernate
         assert await stuck.send("hello")
         assert await stuck.result() == "hello"
         assert await timed.result() is None  # its recv still times out
         stats = vm.statistics()
         assert stats.hibernations >= 20 and stats.ended == {"done": 22}
-        assert not vm._internal_errors
+        assert not vm._kernel.internal_errors
 
 
 async def test_an_agent_stays_awake_when_the_store_refuses_its_snapshot(autojump_clock, monkeypatch):
@@ -80,7 +79,7 @@ async def test_an_agent_stays_awake_when_the_store_refuses_its_snapshot(autojump
 
 async def test_an_exception_while_hibernating_one_agent_fails_that_agent_only(autojump_clock, monkeypatch):
     async with VM(hibernate_after_s=0.2) as vm:
-        hibernate = vm._hibernate
+        hibernate = vm._kernel.hibernate
         victim: list = []
 
         def broken(agent, deadline):
@@ -88,35 +87,35 @@ async def test_an_exception_while_hibernating_one_agent_fails_that_agent_only(au
                 raise RuntimeError("hibernation broke")
             hibernate(agent, deadline)
 
-        monkeypatch.setattr(vm, "_hibernate", broken)
+        monkeypatch.setattr(vm._kernel, "hibernate", broken)
         bad = await vm.spawn("push null\nrecv\nreturn\n")
-        victim.append(bad)
+        victim.append(bad._agent)
         healthy = [await vm.spawn(HEALTHY, budget=1000) for _ in range(20)]
         with pytest.raises(AgentError, match="RuntimeError: hibernation broke") as info:
             await bad.result()
         assert info.value.state is S.FAILED
         for h in healthy:
             assert await h.result() == 1
-        assert [type(e) for e in vm._internal_errors] == [RuntimeError]
+        assert [type(e) for e in vm._kernel.internal_errors] == [RuntimeError]
 
 
 async def test_a_failing_end_of_one_agent_still_releases_its_waiters(autojump_clock, monkeypatch):
     async with VM(record_agents=True) as vm:
-        record = vm._record_agent
+        record = vm._kernel.record_agent
 
         def broken(agent, state):
             if agent.name == "bad":
                 raise RuntimeError("record broke")
             record(agent, state)
 
-        monkeypatch.setattr(vm, "_record_agent", broken)
+        monkeypatch.setattr(vm._kernel, "record_agent", broken)
         bad = await vm.spawn("push 1\nreturn\n", name="bad")
         good = [await vm.spawn("push 2\nreturn\n") for _ in range(5)]
         with trio.fail_after(10):
             await bad.result()
             await vm.join()
         assert [await g.result() for g in good] == [2] * 5
-        assert [str(e) for e in vm._internal_errors] == ["record broke"]
+        assert [str(e) for e in vm._kernel.internal_errors] == ["record broke"]
         assert vm.agent("bad") is None and vm.live == 0
 
 
@@ -126,14 +125,16 @@ async def test_a_timer_that_cannot_wake_an_agent_fails_it_and_not_the_vm(autojum
         other = await vm.spawn(HEALTHY, budget=1000)
         await trio.sleep(1)
         assert h.state is S.HIBERNATED
-        main = type(h)._main
+        import avm.kernel.kernel as kernel_module
 
-        def refuse(self, woken=False):
-            if self is h:
+        live = kernel_module.live
+
+        def refuse(kernel, agent, woken=False):
+            if agent is h._agent:
                 raise RuntimeError("no task for you")
-            return main(self, woken)
+            return live(kernel, agent, woken)
 
-        monkeypatch.setattr(type(h), "_main", refuse)
+        monkeypatch.setattr(kernel_module, "live", refuse)
         with pytest.raises(AgentError, match="RuntimeError: no task for you"):
             await h.result()
         assert await other.result() == 1
@@ -146,7 +147,7 @@ async def test_a_program_with_a_count_of_thousands_of_digits_is_an_error_value_f
         h = await vm.spawn(parent, budget=100)
         value = await h.result()
         assert value["error"]["type"] == "ProgramError" and "bad count" in value["error"]["message"]
-        assert not vm._internal_errors and h.energy_used < 10
+        assert not vm._kernel.internal_errors and h.energy_used < 10
 
 
 async def test_text_with_a_lone_surrogate_fails_the_agent_as_a_fault_never_a_host_error():
@@ -170,7 +171,7 @@ async def test_text_with_a_lone_surrogate_fails_the_agent_as_a_fault_never_a_hos
         with pytest.raises(ValueError, match="lone surrogate"):
             await listener.send({"k": ["\ud800"]})
         assert await listener.send("fine") and await listener.result() == "fine"
-        assert not vm._internal_errors
+        assert not vm._kernel.internal_errors
 
 
 
@@ -182,4 +183,4 @@ async def test_the_same_big_value_sent_twice_ends_sender_and_receiver_as_program
         received = await vm.spawn(sink, budget=1000.0, name="sink")
         sent = await vm.spawn(sender, budget=1000.0)
         assert await sent.result() == 1 and await received.result() == 2
-        assert not vm._internal_errors
+        assert not vm._kernel.internal_errors

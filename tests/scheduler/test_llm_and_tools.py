@@ -8,9 +8,8 @@ import pytest
 import trio
 
 import avm
-from avm.agent import AgentError
 from avm.conversation import fill, placeholders
-from avm.runtime import VM
+from avm.runtime import VM, AgentError
 from avm.scheduler.states import AgentState as S
 
 ASK = """
@@ -57,14 +56,14 @@ async def test_a_shared_system_prompt_is_stored_once_and_templates_render_per_ag
             await h.result()
         grown = vm.store.statistics().unique_bytes - before
         assert grown < 2 * len(template)  # one template, not 50 rendered copies
-        request = vm._request(handles[7], [])
+        request = vm._kernel.shared.request(handles[7]._agent, [])
         content = request.messages[0].content  # the shared template and the agent's values, never a copy
         assert content.template is template and content.values == {"topic": "tides", "name": "agent-7"}
         assert content.text() == fill(template, {"topic": "tides", "name": "agent-7"})
         body = json.loads(vm.gateway._encoder.body(request))
         assert body["messages"][0]["content"] == fill(template, {"topic": "tides", "name": "agent-7"})
         plain = await vm.spawn(ASK, system=prompt, inputs={"topic": "x"})
-        assert isinstance(vm._request(plain, []).messages[0].content, avm.Ref)  # no placeholders: sent as its ref
+        assert isinstance(vm._kernel.shared.request(plain._agent, []).messages[0].content, avm.Ref)  # no placeholders: sent as its ref
 
 
 async def test_a_tool_call_reply_is_a_map_the_program_can_run():
@@ -164,8 +163,8 @@ async def test_a_hibernated_agent_keeps_refs_not_the_json_of_its_conversation():
         h = await vm.spawn(program)
         while h.state is not S.HIBERNATED:
             await trio.sleep(0.02)
-        assert h.conversation and all(type(m) is avm.Ref for m in h.conversation)
-        stored = json.loads(b"[" + b",".join(vm.store.get(ref) for ref in h.conversation) + b"]")
+        assert h._agent.conversation and all(type(m) is avm.Ref for m in h._agent.conversation)
+        stored = json.loads(b"[" + b",".join(vm.store.get(ref) for ref in h._agent.conversation) + b"]")
         assert [m["role"] for m in stored] == ["user", "assistant"] and stored[0]["content"] == "hello"
         await h.send("wake")
         assert await h.result() == "wake"
@@ -177,15 +176,15 @@ async def test_an_ended_agent_lets_its_conversation_go_but_one_out_of_budget_kee
     async with VM() as vm:
         done = await vm.spawn(ASK, inputs={"topic": "tides"}, budget=50)
         await done.result()
-        assert done.state is S.DONE and done.conversation is None
+        assert done.state is S.DONE and done._agent.conversation is None
         spinning = await vm.spawn('push "hello"\nllm\npop\nloop:\n    jump loop\n', budget=50)
         while spinning.state is not S.BUDGET_EXCEEDED:
             await trio.sleep(0.01)
-        assert spinning.conversation and len(spinning.conversation) == 2
+        assert spinning._agent.conversation and len(spinning._agent.conversation) == 2
         failing = await vm.spawn('push "hello"\nllm\npop\npush 1\npush 0\ndiv\nreturn\n', budget=50)
         with pytest.raises(AgentError):
             await failing.result()
-        assert failing.state is S.FAILED and failing.conversation is None
+        assert failing.state is S.FAILED and failing._agent.conversation is None
 
 
 async def test_an_agent_keeps_a_ref_per_turn_and_the_store_holds_each_turns_messages_once():
@@ -195,12 +194,12 @@ async def test_an_agent_keeps_a_ref_per_turn_and_the_store_holds_each_turns_mess
         while any(h.state is not S.WAITING_MESSAGE for h in agents):
             await trio.sleep(0.01)
         h = agents[0]
-        first, second, reply = h.conversation
+        first, second, reply = h._agent.conversation
         assert type(first) is avm.Ref and type(second) is avm.Ref and reply.role == "assistant"
         turns = json.loads(b"[" + vm.store.get(first) + b"," + vm.store.get(second) + b"]")
         assert [(m["role"], m["content"]) for m in turns][::2] == [("user", "one"), ("user", "two")]
         assert turns[1]["role"] == "assistant" and turns[1]["content"]
-        assert all(a.conversation[:2] == [first, second] for a in agents)  # the same turns: one object each
+        assert all(a._agent.conversation[:2] == [first, second] for a in agents)  # the same turns: one object each
         for a in agents:
             await a.send("done")
             assert await a.result() == "done"

@@ -6,8 +6,7 @@ import pytest
 import trio
 
 import avm
-from avm.agent import AgentError
-from avm.runtime import VM, VMError
+from avm.runtime import VM, AgentError, VMError
 from avm.scheduler.states import AgentState as S
 from tests.agent_programs import COUNT
 
@@ -132,7 +131,7 @@ async def test_a_full_mailbox_makes_the_sender_wait_then_give_up(autojump_clock)
         sink = await vm.spawn("push 1000\nsleep\nhalt\n", name="sink")
         sender = await vm.spawn(source)
         assert await sender.result() == 3  # three queued, the fourth waited 1 s and got false
-        assert len(sink.mailbox) == 3
+        assert len(sink._agent.mailbox) == 3
 
 
 async def test_spawned_child_budget_is_conserved_and_its_end_reported(autojump_clock):
@@ -231,8 +230,8 @@ async def test_a_hibernated_agent_wakes_on_a_message_and_replies(autojump_clock)
     async with VM(hibernate_after_s=1.0) as vm:
         server = await vm.spawn(server_src, name="server")
         await trio.sleep(5)
-        assert server.state is S.HIBERNATED and server.frame is None
-        assert vm.store.pins(server.snapshot) == 1
+        assert server.state is S.HIBERNATED and server._agent.frame is None
+        assert vm.store.pins(server._agent.snapshot) == 1
         client = await vm.spawn(client_src, name="client", inputs={"me": "client"})
         assert await client.result() == "pong"
         assert await server.result() is True
@@ -260,7 +259,7 @@ async def test_a_hibernated_agent_keeps_its_inputs_through_wake_and_restart(auto
     async with VM(hibernate_after_s=1.0) as vm:
         h = await vm.spawn(src, inputs=inputs, restart="on-fault", name="h")
         await trio.sleep(5)
-        assert h.state is S.HIBERNATED and h.mailbox is None
+        assert h.state is S.HIBERNATED and h._agent.mailbox is None
         assert await h.send("boom")
         await trio.sleep(5)  # it faulted, restarted, and hibernated again in its recv
         assert h.state is S.HIBERNATED and vm.statistics().restarts == 1

@@ -1,0 +1,254 @@
+"""The one trap: the loop each agent's trio task runs, and `apply`, where an effect becomes a fact.
+
+    frame.run(quantum) -> Effect     -> its handler performs it -> Outcome -> apply()
+                       -> Preempted  -> wait in the run queue for the next turn
+                       -> Done, Fault, BudgetExceeded, Stalled -> the end (or a restart)
+
+`apply` is the only caller of the frame's ``resume``, ``fail``, ``charge`` and
+``refund`` (through `settle`), wake-up from hibernation included; the kernel's
+hooks see every (agent, effect, outcome) there, before the program does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from avm.conversation import llm_error_value
+from avm.errors import LLMError
+from avm.io.request import LLMRequest, RequestError
+from avm.kernel.effects import HANDLERS, llm_reply, llm_request
+from avm.kernel.outcome import Outcome, faulted
+from avm.kernel.record import Agent
+from avm.lang.frame import Frame
+from avm.lang.outcomes import BudgetExceeded, Done, Effect, Fault, Preempted, Stalled
+from avm.memory.values import decode_value
+from avm.scheduler.states import TERMINAL, WAITING_ON, AgentState
+from avm.scheduler.supervision import RestartHistory
+
+if TYPE_CHECKING:
+    from avm.kernel.kernel import Kernel
+
+S = AgentState
+_RUNNING, _READY, _HIBERNATED = S.RUNNING, S.READY, S.HIBERNATED
+
+
+def apply(kernel: Kernel, agent: Agent, effect: Effect, outcome: Outcome) -> bool:
+    """Make ``outcome`` of ``effect`` the agent's: charge its energy, append its reply, tell the hooks,
+    then resume the frame with its value (True), or fail it, or let the agent hibernate (False)."""
+    frame = agent.frame
+    assert frame is not None
+    if outcome.transfer:  # budget moved to a child: not energy used, so the VM's total is left alone
+        frame.charge(outcome.transfer / 1000)
+        agent.lent = 0
+    if agent.refund_due:
+        settle(agent, frame)
+    if outcome.charge:
+        before = frame.used
+        frame.charge(outcome.charge)
+        kernel.energy += frame.used - before
+    reply = outcome.reply
+    if reply is not None:
+        conversation = agent.conversation
+        if conversation is not None:  # (None: the agent ended while its request was out)
+            conversation.append(reply)
+        kernel.tick_gc()  # the conversation grew: long-lived objects the cyclic GC need not scan again
+    hooks = kernel.hooks
+    if hooks:
+        for hook in hooks:
+            hook(agent, effect, outcome)
+    fault = outcome.fault
+    if fault is not None:
+        frame.fail(*fault)
+        return False
+    if outcome.hibernate is not None:
+        kernel.hibernate(agent, outcome.hibernate)
+        return False
+    frame.resume(outcome.value)
+    if frame.stall_count > 1:
+        kernel.repeated_effects += 1
+    return True
+
+
+def settle(agent: Agent, frame: Frame) -> None:
+    """Refund to the frame what children gave back while it was out of reach."""
+    frame.refund(agent.refund_due / 1000)
+    agent.refund_due = 0
+
+
+async def live(kernel: Kernel, agent: Agent, woken: bool = False) -> None:
+    """An agent's trio task, from its start (or wake-up) to its end or hibernation.
+
+    One coroutine for the task's whole life, the loop and the llm effect inlined: an agent waiting for
+    its reply holds every frame of its chain of awaits, and there are 10,000 of them."""
+    try:
+        if agent.cancel_requested:  # cancelled before it ever ran
+            if woken:
+                kernel.unpin_snapshot(agent)
+            finish(kernel, agent, S.CANCELLED, "cancelled")
+            return
+        with trio.CancelScope() as scope:
+            agent.scope = scope
+            try:
+                if woken and not _wake(kernel, agent):
+                    return
+                frame = agent.frame
+                assert frame is not None
+                if agent.refund_due:
+                    settle(agent, frame)
+                quantum = kernel.settings.quantum_milli
+                handlers = HANDLERS
+                counts = kernel.effects
+                runq = kernel.runq
+                set_state = kernel.set_state
+                while True:
+                    set_state(agent, _RUNNING)
+                    before = frame.used
+                    out = frame.run(quantum)
+                    kernel.energy += frame.used - before
+                    kind_of = type(out)
+                    if kind_of is Effect:
+                        kind = out.kind  # type: ignore[union-attr]
+                        set_state(agent, WAITING_ON[kind])
+                        counts[kind] += 1
+                        outcome: Any
+                        if kind == "llm":
+                            outcome = llm_request(kernel, agent, out)  # type: ignore[arg-type]
+                            if type(outcome) is LLMRequest:
+                                request, outcome = outcome, None
+                                try:
+                                    response = await kernel.submit(request, priority=agent.rank)
+                                except LLMError as exc:
+                                    kernel.note_llm_error(exc)
+                                    outcome = Outcome(llm_error_value(exc.kind, str(exc)))
+                                except RequestError as exc:
+                                    outcome = faulted("RequestError", f"llm: {exc}")
+                                else:
+                                    outcome = llm_reply(kernel, agent, response)
+                                del request
+                        else:
+                            outcome = await handlers[kind](kernel, agent, out)  # type: ignore[arg-type]
+                        resumed = apply(kernel, agent, out, outcome)  # type: ignore[arg-type]
+                        del outcome  # (an agent waiting for its next reply holds no earlier one)
+                        if resumed:
+                            continue
+                        if agent.state is _HIBERNATED:
+                            return
+                        out = frame.outcome  # type: ignore[assignment]  # the host ruled the effect a fault
+                    elif kind_of is Preempted:
+                        set_state(agent, _READY)
+                        kernel.preemptions += 1
+                        await runq.wait_turn(agent.rank)
+                        if agent.refund_due:
+                            settle(agent, frame)
+                        continue
+                    if not _ended(kernel, agent, out):
+                        break
+                    frame = agent.frame  # restarted with a fresh frame
+                    assert frame is not None
+            finally:
+                agent.scope = None
+        if agent.state not in TERMINAL:
+            finish(kernel, agent, S.CANCELLED, "cancelled")
+    except trio.Cancelled:  # the VM is closing
+        if agent.state not in TERMINAL:
+            finish(kernel, agent, S.CANCELLED, "cancelled: the VM exited")
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever went wrong handling this agent: it fails, the others go on
+        crashed(kernel, agent, exc)
+
+
+def _wake(kernel: Kernel, agent: Agent) -> bool:
+    """Restore a hibernated frame and answer its recv (a message, or null after the deadline) through
+    `apply`; False if there is nothing to say yet (a message taken back): it sleeps on as it was."""
+    box = agent.mailbox
+    if (box is None or not len(box)) and trio.current_time() < agent.deadline:
+        kernel.hibernate(agent, agent.deadline)
+        return False
+    frame = Frame.restore(agent.code, kernel.store.get(agent.snapshot))  # type: ignore[arg-type]
+    frame.set_memory_limit(agent.memory_limit)
+    frame.set_instruction_limit(kernel.settings.quantum)
+    kernel.unpin_snapshot(agent)
+    agent.frame = frame
+    if type(agent.inputs) is bytes:  # packed while hibernated
+        agent.inputs = decode_value(agent.inputs)
+    found, message = box.take() if box is not None else (False, None)
+    effect = frame.pending
+    assert effect is not None
+    apply(kernel, agent, effect, Outcome(message if found else None))  # null: the recv timed out
+    return True
+
+
+def _ended(kernel: Kernel, agent: Agent, out: Any) -> bool:
+    """Handle a final outcome; True if the agent restarts (the loop goes on)."""
+    kind_of = type(out)
+    if kind_of is Done:
+        agent.value = out.value
+        finish(kernel, agent, S.DONE, "")
+        return False
+    if kind_of is Fault:
+        detail = str(out)
+        kernel.record_fault(agent, out)
+        policy = agent.policy
+        if policy.mode != "never":
+            if agent.history is None:
+                agent.history = RestartHistory()
+            if agent.history.allow(policy):
+                _restart(kernel, agent)
+                return True
+            detail += f" (no restart left: {policy.max_restarts} in {policy.window_s:g} s)"
+        finish(kernel, agent, S.FAILED, detail)
+        return False
+    if kind_of is BudgetExceeded:
+        finish(kernel, agent, S.BUDGET_EXCEEDED, f"line {out.line}: needed {out.needed:g} energy, "
+                                                 f"used {out.energy_used:g} of {out.budget:g}")
+        return False
+    if kind_of is Stalled:
+        finish(kernel, agent, S.STALLED, f"line {out.line}: {out.count} identical {out.kind} effects "
+                                         f"with identical results")
+        return False
+    raise AssertionError(f"unexpected outcome {out!r}")  # pragma: no cover
+
+
+def _restart(kernel: Kernel, agent: Agent) -> None:
+    old = agent.frame
+    assert old is not None
+    agent.spent += old.used
+    left = max(0, agent.budget - agent.spent)
+    agent.frame = kernel.new_frame(agent.code, left, agent.inputs, agent.memory_limit)
+    agent.conversation = None
+    kernel.restarts += 1
+
+
+def finish(kernel: Kernel, agent: Agent, state: AgentState, detail: str) -> None:
+    """Enter a terminal state: tell waiters, the parent, and give back unspent energy."""
+    agent.detail = detail
+    frame = agent.frame
+    if frame is not None:
+        agent.final_used = frame.used
+        if state is not S.BUDGET_EXCEEDED:
+            agent.frame = None  # nothing will run it again; keep the agent small
+    if state is not S.BUDGET_EXCEEDED:
+        agent.conversation = None  # nor send a request again (out of budget, it may go on)
+    kernel.set_state(agent, state)
+    try:
+        kernel.on_finished(agent, state)
+    finally:  # whatever the bookkeeping met, whoever waits for this agent learns it ended
+        if agent.done is not None:
+            agent.done.set()
+            agent.done = None
+
+
+def crashed(kernel: Kernel, agent: Agent, exc: Exception) -> None:
+    """An exception escaped while the kernel handled this agent (a bug in AVM): the agent ends FAILED
+    naming it, its snapshot (if any) is let go, and the kernel keeps the exception for tests."""
+    agent.scope = None
+    kernel.internal_errors.append(exc)
+    if agent.snapshot is not None:
+        try:
+            kernel.unpin_snapshot(agent)
+        except Exception as again:  # noqa: BLE001 - a closed or failing store: the pin goes with the process
+            kernel.internal_errors.append(again)
+    if agent.state not in TERMINAL:
+        finish(kernel, agent, S.FAILED, f"InternalError: {type(exc).__name__}: {exc} (a bug in AVM)")
