@@ -6,7 +6,8 @@
     avm grammar            print the GBNF grammar of the language
     avm serve-llm          run the embedded OpenAI-compatible LLM server (Ctrl+C stops it)
     avm inspect STORE      what a store directory holds: tiers, objects, runs and their agents
-    avm verify STORE       read every object of a store and check it (exit 1 if anything is wrong)
+    avm inspect STORE AGENT  one agent's journal: every effect it performed, in order
+    avm verify STORE       read every object and journal of a store and check them (exit 1 if anything is wrong)
     avm bench [NAMES]      run the bench scripts and print one table of their figures
 
 A user's mistake (a bad spec, a missing file, a program that does not

@@ -14,8 +14,11 @@ lets the VM record them and flush the store, and the outcome says
 interrupts at once (Python's KeyboardInterrupt).
 
 With a store directory, every agent that ends is recorded in it
-(``agents/<run id>/<agent id>``, see `VMSettings.record_agents`) and the
-run's summary is bound to ``runs/<run id>``: `avm inspect DIR` shows both.
+(``agents/<run id>/<agent id>``, see `VMSettings.record_agents`), every
+agent's effects are journaled (``journal/<run id>/<agent id>``, see
+`avm.journal`) and the run's summary is bound to ``runs/<run id>``:
+`avm inspect DIR` shows them, `avm inspect DIR AGENT` one agent's journal,
+`avm verify DIR` checks every object and every journal's hash chain.
 """
 
 from __future__ import annotations
@@ -128,7 +131,8 @@ async def run_fleet(spec: RunSpec, options: RunOptions | None = None) -> RunOutc
     started = time.perf_counter()
     try:
         try:
-            vm = VM(store, record_agents=store is not None, **spec.vm_kwargs())
+            # with a store, every agent's summary and journal go into it (a spec's [vm] settings may say otherwise)
+            vm = VM(store, **{"record_agents": store is not None, "journal": store is not None, **spec.vm_kwargs()})
         except VMError as exc:
             raise LaunchError(f"{spec.source}: {exc}") from None
         dash: Dashboard | None = None

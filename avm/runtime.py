@@ -31,7 +31,8 @@ from dataclasses import fields, replace
 from types import TracebackType
 from typing import Any
 
-from avm.kernel.kernel import Hook, Kernel
+from avm.kernel.hooks import Hook
+from avm.kernel.kernel import Kernel
 from avm.kernel.record import Agent, AgentError
 from avm.kernel.settings import (
     GrantError,
@@ -223,9 +224,9 @@ class VM:
         return None if agent is None else AgentHandle(self._kernel, agent)
 
     def add_hook(self, hook: Hook) -> None:
-        """Call ``hook(agent, effect, outcome)`` at every effect an agent performs, before the program
-        sees its result (the journal is one; tracing and statistics can be others). Agents here are the
-        kernel's records: a hook reads them and keeps nothing but plain values."""
+        """Tell ``hook`` (an `avm.kernel.hooks.Hook`) of every agent's start, effects, hibernations,
+        restarts and end; its ``effect`` is called before the program sees the effect's result (the
+        journal is one such hook; tracing and statistics can be others)."""
         self._kernel.hooks.append(hook)
 
     def statistics(self, *, top: int = 0) -> VMStatistics:

@@ -91,6 +91,10 @@ def _child_main(argv: list[str]) -> int:
             result = load_report(path, **options)
         elif command == "verify":
             result = verify_report(path)
+        elif command == "journal":
+            from avm.journal_report import load_journal
+
+            result = load_journal(path, **options)
         else:
             raise CliError(f"unknown store check {command!r}")
     except CliError as exc:
@@ -106,18 +110,21 @@ def _child_main(argv: list[str]) -> int:
 def verify_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What `ContentStore.verify` finds in the store at ``path``, as one JSON-ready dict (in this process)."""
     from avm.errors import StoreError
+    from avm.journal.reader import check_journals
     from avm.store_report import _one_line, _open_store
 
     where = os.fspath(path)
     store = _open_store(where)
     try:
         check = store.verify()
+        journals, entries, broken = check_journals(store)
     except StoreError as exc:
         raise _cli_error(f"{where}: {_one_line(str(exc))}") from None
     finally:
         store.close()
     return {
-        "store": where, "ok": check.ok, "objects": check.objects, "bytes": check.bytes,
+        "store": where, "ok": check.ok and not broken, "journals": journals, "journal_entries": entries,
+        "broken_journals": broken, "objects": check.objects, "bytes": check.bytes,
         "recorded_objects": check.recorded_objects, "recorded_bytes": check.recorded_bytes,
         "corrupt": [k.hex() for k in check.corrupt], "bad_keys": [k.hex() for k in check.bad_keys],
         "dangling_names": [n.decode("utf-8", "replace") for n in check.dangling_names],
@@ -136,7 +143,8 @@ def verify_store(path: str | os.PathLike[str], *, as_json: bool = False, isolate
     if as_json:
         print(json.dumps(report))
         return EXIT_OK if report["ok"] else EXIT_PROBLEMS
-    print(f"AVM store {report['store']}: {report['objects']:,} objects ({report['bytes']:,} bytes) read and checked")
+    print(f"AVM store {report['store']}: {report['objects']:,} objects ({report['bytes']:,} bytes) read and checked; "
+          f"{report['journals']:,} journals ({report['journal_entries']:,} entries) followed link by link")
     problems = []
     if (report["objects"], report["bytes"]) != (report["recorded_objects"], report["recorded_bytes"]):
         problems.append(f"the counters say {report['recorded_objects']:,} objects of {report['recorded_bytes']:,} "
@@ -147,6 +155,7 @@ def verify_store(path: str | os.PathLike[str], *, as_json: bool = False, isolate
                       ("missing_dictionaries", "dictionaries missing")):
         if report[key]:
             problems.append(f"{len(report[key]):,} {what}: {_listed(report[key])}")
+    problems += [f"broken journal: {problem}" for problem in report["broken_journals"]]
     for problem in problems:
         print(f"problem: {problem}")
     print("no problems found" if not problems else f"{len(problems)} kind(s) of problem found")
@@ -162,7 +171,9 @@ def add_verify_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "verify", help="read every object of an AVM store and check it",
         description="Read every object of an on-disk AVM store in a child process and check its digest, the "
-                    "store's counters, and that every name, pin and dictionary refers to an object that is there. "
+                    "store's counters, that every name, pin and dictionary refers to an object that is there, and "
+                    "every agent's journal: each hash chain from its head to its first entry, and every value an "
+                    "entry names (a broken chain is named by its first broken link). "
                     "Nothing is changed. Exit code 0: no problems; 1: problems found; 2: the store cannot be read.")
     p.add_argument("store", metavar="STORE", help="the store's directory")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")

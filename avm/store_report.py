@@ -518,6 +518,16 @@ def inspect_store(path: str | os.PathLike[str], *, run: str | None = None, state
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    if args.agent is not None:
+        from avm.journal_report import print_journal
+        from avm.store_check import in_child
+
+        report = in_child("journal", args.store, agent=args.agent)
+        if args.json:
+            Console().out(json.dumps(report), highlight=False)
+        else:
+            print_journal(report, Console())
+        return 1 if report["problem"] else 0
     return inspect_store(args.store, run=args.run, state=args.state, limit=args.limit, as_json=args.json,
                          isolated=True)
 
@@ -530,6 +540,8 @@ def add_inspect_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "the agents the VM recorded (VMSettings.record_agents), by state and energy, and a table "
                     "of the agents.")
     p.add_argument("store", metavar="STORE", help="the store's directory")
+    p.add_argument("agent", metavar="AGENT", nargs="?",
+                   help="show this agent's journal instead: ID, or RUN/ID (a run id or a unique prefix of it)")
     p.add_argument("--run", metavar="RUN", help="only this run (its id, or a unique prefix of it)")
     p.add_argument("--state", metavar="STATE", help="only agents that ended in this state (done, failed, ...)")
     p.add_argument("--limit", type=int, default=20, metavar="N", help="agents listed at most (default 20; 0: all)")

@@ -16,7 +16,6 @@ import itertools
 import os
 import time
 from collections import deque
-from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from typing import Any
@@ -33,7 +32,7 @@ from avm.errors import (
     lone_exception,
 )
 from avm.gc_threshold import Raised, raise_young, restore
-from avm.kernel.outcome import Outcome
+from avm.kernel.hooks import Hook
 from avm.kernel.record import Agent, child_result
 from avm.kernel.settings import VMError, VMSettings, VMStatistics
 from avm.kernel.shared import Shared
@@ -56,11 +55,6 @@ from avm.tools.registry import ToolRegistry, error_value
 S = AgentState
 _TOP_KEPT = 16  # ended agents remembered for statistics(top=...)
 _TOOL_CALLS_REMEMBERED = 16384  # (agent, tool call) pairs remembered to count repeats: ~80 bytes each
-
-# A hook at the trap: called with (agent, effect, outcome) for every effect, after the outcome's energy is
-# charged and before the program sees its value.
-Hook = Callable[[Agent, Effect, Outcome], None]
-
 
 class Kernel:
     def __init__(self, store: ContentStore | None, llm: Any, tools: Any, settings: VMSettings):
@@ -103,6 +97,10 @@ class Kernel:
         self._froze = False
         self._gc_threshold: Raised | None = None  # while raised
         self.run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid() % 10000:04d}{self._instance():02d}"
+        if settings.journal:
+            from avm.journal.writer import Journal
+
+            self.hooks.append(Journal(self.store, self.run_id, snapshot_every=settings.snapshot_every))
 
     _made = 0
 
@@ -255,6 +253,8 @@ class Kernel:
                              system=shared.system_ref(system), policy=policy,
                              memory_limit=self.settings.agent_memory_bytes if memory_limit is None else memory_limit)
         self.budgeted += budget_milli
+        for hook in self.hooks:
+            hook.started(agent)
         self._nursery.start_soon(live, self, agent)
         return agent
 
@@ -325,6 +325,8 @@ class Kernel:
             return error_value(kind, "ProgramError", str(exc))
         child.child_budget = milli
         self._child_spawns += 1
+        for hook in self.hooks:
+            hook.started(child)
         assert self._nursery is not None
         self._nursery.start_soon(live, self, child)
         return child
@@ -413,6 +415,8 @@ class Kernel:
         if frame is not None:  # (None: woken with nothing to say, it sleeps on as the snapshot it was)
             if agent.snapshot is None:
                 raise AssertionError("hibernating an agent whose snapshot is not stored")
+            for hook in self.hooks:
+                hook.hibernated(agent)
             agent.final_used = frame.used
             agent.frame = None
         # What a hibernated agent keeps is what 100,000 of them cost: pack its inputs (a dict is

@@ -76,6 +76,11 @@ class VMSettings:
     # ``agents/<run id>/<agent id>`` (what `avm inspect` lists): id, name, parent, program, state, value,
     # error, energy used and budget. Leaving the VM records the agents it cancels.
     record_agents: bool = False
+    # Append every agent's effects to its hash-chained journal in the store (`avm.journal`): what
+    # `avm inspect STORE AGENT`, `avm verify`, `--resume` and `avm replay` read. A snapshot of the agent
+    # is journaled every ``snapshot_every`` effects (and at each hibernation).
+    journal: bool = False
+    snapshot_every: int = 64
     # Requests in flight to the LLM server at once, one HTTP/1.1 connection each (None: the gateway's
     # max_connections, 1,024 by default). A fleet of N agents at full speed needs about N.
     llm_connections: int | None = None
@@ -94,6 +99,8 @@ class VMSettings:
         if self.agent_memory_bytes is not None and (type(self.agent_memory_bytes) is not int
                                                     or self.agent_memory_bytes <= 0):
             raise VMError(f"agent_memory_bytes must be a positive int or None, not {self.agent_memory_bytes!r}")
+        if type(self.snapshot_every) is not int or self.snapshot_every < 1:
+            raise VMError(f"snapshot_every must be a positive int, not {self.snapshot_every!r}")
         for name in ("gc_freeze_every", "gc_young_threshold"):
             value = getattr(self, name)
             if type(value) is not int or value < 0:

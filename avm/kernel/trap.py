@@ -57,7 +57,7 @@ def apply(kernel: Kernel, agent: Agent, effect: Effect, outcome: Outcome) -> boo
     hooks = kernel.hooks
     if hooks:
         for hook in hooks:
-            hook(agent, effect, outcome)
+            hook.effect(agent, effect, outcome)
     fault = outcome.fault
     if fault is not None:
         frame.fail(*fault)
@@ -219,6 +219,8 @@ def _restart(kernel: Kernel, agent: Agent) -> None:
     agent.frame = kernel.new_frame(agent.code, left, agent.inputs, agent.memory_limit)
     agent.conversation = None
     kernel.restarts += 1
+    for hook in kernel.hooks:
+        hook.restarted(agent)
 
 
 def finish(kernel: Kernel, agent: Agent, state: AgentState, detail: str) -> None:
@@ -233,6 +235,8 @@ def finish(kernel: Kernel, agent: Agent, state: AgentState, detail: str) -> None
         agent.conversation = None  # nor send a request again (out of budget, it may go on)
     kernel.set_state(agent, state)
     try:
+        for hook in kernel.hooks:
+            hook.ended(agent)
         kernel.on_finished(agent, state)
     finally:  # whatever the bookkeeping met, whoever waits for this agent learns it ended
         if agent.done is not None:
