@@ -40,7 +40,7 @@ from avm.memory import (
 from avm.runtime import VM, AgentError, AgentHandle, VMError, VMSettings, VMStatistics
 from avm.scheduler.states import AgentState
 from avm.scheduler.supervision import RestartPolicy
-from avm.tools.registry import Tool, ToolDenied, ToolError, ToolRegistry, tool
+from avm.tools.registry import Tool, ToolDenied, ToolError, ToolRegistry, idempotency_key, tool
 
 __version__ = "0.1.0"
 
@@ -87,6 +87,7 @@ __all__ = [
     "compile",
     "disassemble",
     "gbnf",
+    "idempotency_key",
     "run_agents",
     "run_agents_async",
     "tool",

@@ -1,6 +1,7 @@
 """The `avm` launcher.
 
     avm run [SPEC]         run a fleet: the built-in demo, a spec (.toml) or a program (.avm), with the dashboard
+                           (--store DIR --resume: continue a run that was killed or interrupted)
     avm compile FILE       print the content id (errors: line, column, caret; exit 2)
     avm disasm FILE        print the disassembly (it compiles back to the same id)
     avm grammar            print the GBNF grammar of the language
@@ -13,7 +14,9 @@
 A user's mistake (a bad spec, a missing file, a program that does not
 compile, an endpoint that cannot be reached or refuses the key) is one line
 on stderr and exit code 2; ``--debug`` shows the traceback instead. `avm run`
-exits 130 after Ctrl+C, once the agents are cancelled and the store flushed.
+exits 130 after Ctrl+C (143 after SIGTERM), once the agents are stopped and
+the store flushed; with ``--store DIR``, ``avm run SPEC --store DIR --resume``
+then goes on from the agents' journals, as it does after a SIGKILL.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # the run went, but nothing it needed from the LLM came back
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 class CliError(Exception):
@@ -212,8 +216,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             console.print(line, highlight=False, markup=False)
     try:
         announce = f"avm run: LLM endpoint {_endpoint(spec, args)}" if display != "none" else None
+        if args.resume and not args.store:
+            raise CliError("--resume needs the store the run journaled into: --store DIR")
         outcome = trio.run(run_fleet, spec, RunOptions(display=display, console=console,
-                                                       line_every_s=args.progress_every, announce=announce))
+                                                       line_every_s=args.progress_every, announce=announce,
+                                                       resume=args.resume))
     except LaunchError as exc:
         raise CliError(str(exc)) from None
     except KeyboardInterrupt:  # a Ctrl+C before the launcher's handler was in place, or a second one
@@ -225,8 +232,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         for line in summary_lines(outcome.summary):
             print(line)
     if outcome.interrupted:
-        print("avm run: interrupted (Ctrl+C): agents cancelled, store flushed", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        how = "SIGTERM" if outcome.signal == "SIGTERM" else "Ctrl+C"
+        then = (f"; avm run ... --store {spec.store} --resume goes on" if spec.store else "")
+        print(f"avm run: interrupted ({how}): agents stopped, store flushed{then}", file=sys.stderr)
+        return EXIT_TERMINATED if outcome.signal == "SIGTERM" else EXIT_INTERRUPTED
     calls = outcome.summary.get("effects", {}).get("llm", 0)
     if calls and outcome.summary.get("llm_errors", 0) >= calls:
         first = outcome.summary.get("llm_first_errors") or {}
@@ -291,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", metavar="DIR", help="a store directory: the run's objects and a record of every "
                    "agent are kept there (see avm inspect)")
     p.add_argument("--budget", type=_positive_float, metavar="E", help="energy budget of every agent")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
+                   help="continue the store's newest run (or RUN) after it was killed or interrupted: its agents "
+                        "go on from their journals, effects already journaled are not performed again, agents "
+                        "that ended are not run again (needs --store)")
     p.add_argument("--input", action="append", default=[], metavar="NAME=VALUE",
                    help="an input of a program file's agents (VALUE is JSON, or else text); repeatable")
     p.add_argument("--no-dashboard", action="store_true", help="a plain progress line instead of the dashboard")

@@ -36,7 +36,7 @@ from rich.console import Console
 
 from avm.errors import AvmError, LLMError, StoreError, lone_exception
 from avm.memory.ref import Ref
-from avm.spec import RunSpec, spawn_all
+from avm.spec import RunSpec, spawn_all, spawn_group
 
 log = logging.getLogger("avm.launcher")
 
@@ -54,8 +54,11 @@ class RunOptions:
     display: str = "auto"  # the dashboard: "auto" (live on a terminal, else lines), "live", "lines", "none"
     console: Console | None = None  # where the dashboard draws (default: stderr)
     line_every_s: float = 5.0  # the progress line's period
-    handle_sigint: bool = True  # Ctrl+C cancels the agents (off when the caller handles it)
+    handle_sigint: bool = True  # Ctrl+C (and SIGTERM) stops the agents (off when the caller handles it)
     announce: str | None = None  # a first line printed to the console once the endpoint answered
+    # Continue a run of the store that was stopped (SIGKILL, Ctrl+C, SIGTERM): True for its newest run, or
+    # a run id; the spec's agents that the run never started are spawned then.
+    resume: bool | str = False
 
 
 @dataclass
@@ -63,6 +66,7 @@ class RunOutcome:
     summary: dict[str, Any]  # the final figures (the --json object)
     interrupted: bool = False
     run_id: str = ""
+    signal: str = ""  # what interrupted it: "SIGINT" or "SIGTERM"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -125,6 +129,8 @@ async def run_fleet(spec: RunSpec, options: RunOptions | None = None) -> RunOutc
             store = ContentStore(spec.store)
         except (StoreError, OSError) as exc:
             raise LaunchError(f"{spec.store}: cannot open the store: {exc}") from None
+    if options.resume and store is None:
+        raise LaunchError("--resume needs the store the run journaled into (--store DIR)")
     interrupted = False
     sigint = _Interrupt()
     handles: list[Any] = []
@@ -146,13 +152,16 @@ async def run_fleet(spec: RunSpec, options: RunOptions | None = None) -> RunOutc
                                          line_every_s=options.line_every_s,
                                          title=f"AVM: {spec.description or spec.source}")
                         async with dash:
-                            for _, group_handles in await spawn_all(vm, spec):
-                                handles.extend(group_handles)
+                            if options.resume:
+                                handles.extend(await _resume(vm, spec, store, options.resume))
+                            else:
+                                for _, group_handles in await spawn_all(vm, spec):
+                                    handles.extend(group_handles)
                             await vm.join()
                         nursery.cancel_scope.cancel()
-                interrupted = sigint.seen
+                interrupted = sigint.seen is not None
                 if interrupted:
-                    vm.cancel_all()  # even with on_exit="wait": Ctrl+C means stop now
+                    vm.interrupt()  # even with on_exit="wait": stop now (their journals let --resume go on)
         except (VMError, ValueError) as exc:  # a setting or an input the VM refuses
             raise LaunchError(f"{spec.source}: {exc}") from None
         assert dash is not None
@@ -183,7 +192,7 @@ async def run_fleet(spec: RunSpec, options: RunOptions | None = None) -> RunOutc
             ref = store.put_value(_plain(summary))
             store.bind(f"runs/{vm.run_id}", ref)
             await trio.to_thread.run_sync(store.flush)
-        return RunOutcome(summary, interrupted, vm.run_id)
+        return RunOutcome(summary, interrupted, vm.run_id, signal=sigint.seen or "")
     finally:
         if store is not None:
             store.close()
@@ -206,16 +215,43 @@ class _Interrupt:
     __slots__ = ("seen",)
 
     def __init__(self) -> None:
-        self.seen = False
+        self.seen: str | None = None  # the signal's name
 
 
 async def _watch_sigint(scope: trio.CancelScope, flag: _Interrupt) -> None:
-    """The first SIGINT cancels the run; leaving this block puts Python's handler back for a second one."""
-    with trio.open_signal_receiver(signal.SIGINT) as signals:
-        async for _ in signals:
-            flag.seen = True
+    """The first SIGINT or SIGTERM (what `timeout`, docker and systemd send) stops the run; leaving this
+    block puts Python's handlers back for a second one."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            flag.seen = signal.Signals(signum).name
             scope.cancel()
             return
+
+
+async def _resume(vm: Any, spec: RunSpec, store: Any, run: bool | str) -> list[Any]:
+    """Continue a run of the store (its newest, or ``run``): its agents go on from their journals, and the
+    spec's agents it never started are spawned. The spec's agents' handles, in the spec's order."""
+    from avm.journal.reader import journals
+
+    runs = sorted({key.split("/", 1)[0] for key in journals(store)})
+    if not runs:
+        raise LaunchError(f"{spec.store}: no journaled run to resume (a run with --store journals its agents)")
+    if run is True:
+        run_id = runs[-1]
+    else:
+        matches = [r for r in runs if r.startswith(str(run))]
+        if len(matches) != 1:
+            raise LaunchError(f"--resume {run}: {'ambiguous' if matches else 'no such run'} in {spec.store} "
+                              f"(runs: {', '.join(runs[-5:])})")
+        run_id = matches[0]
+    by_name = {h.name: h for h in await vm.resume(run_id) if h.name is not None}
+    handles = []
+    for group in spec.groups:
+        missing = [i for i in range(group.count) if group.agent_name(i) not in by_name]
+        for i, handle in zip(missing, await spawn_group(vm, group, only=missing), strict=True):
+            by_name[group.agent_name(i)] = handle
+        handles.extend(by_name[group.agent_name(i)] for i in range(group.count))
+    return handles
 
 
 def _plain(value: Any) -> Any:

@@ -31,6 +31,8 @@ from dataclasses import fields, replace
 from types import TracebackType
 from typing import Any
 
+import trio
+
 from avm.kernel.hooks import Hook
 from avm.kernel.kernel import Kernel
 from avm.kernel.record import Agent, AgentError
@@ -207,6 +209,18 @@ class VM:
                              name=name, restart=restart, memory_limit=memory_limit)
         return AgentHandle(kernel, agent)
 
+    async def resume(self, run_id: str) -> list[AgentHandle]:
+        """Continue a run killed before it ended (SIGKILL, power loss): every agent of run ``run_id`` that
+        had not ended goes on from its last journaled snapshot, fed the results its journal holds instead
+        of performing those effects again; agents that ended are not run again. Handles of all of them,
+        by id. Needs ``journal=True`` and the store the run journaled into; call it before any spawn (the
+        VM takes the run's id, so its records and journals go on under it). `avm.journal.recovery` says
+        what is performed again (what the crash kept from the disk) and what never is."""
+        kernel = self._kernel
+        handles = [AgentHandle(kernel, agent) for agent in kernel.resume(run_id)]
+        await trio.lowlevel.checkpoint()
+        return handles
+
     def program_ref(self, program: str | Code | Ref) -> Ref:
         """Store a program (source text, a Code or a stored Code's ref) and return its ref.
 
@@ -217,6 +231,11 @@ class VM:
     def cancel_all(self) -> int:
         """Cancel every live agent (each ends CANCELLED at its next await); how many were asked."""
         return self._kernel.cancel_all()
+
+    def interrupt(self) -> int:
+        """Stop every live agent as leaving the VM does (Ctrl+C, SIGTERM): each ends CANCELLED here, but
+        its journal does not say it ended, so `resume` continues it. How many were stopped."""
+        return self._kernel.cancel_all(interrupt=True)
 
     def agent(self, key: int | str) -> AgentHandle | None:
         """A live agent by id or name."""

@@ -5,7 +5,8 @@ An entry is ``(seq, prev, kind, request, result, energy)``:
 - ``seq``: 0 for the agent's first entry (``start``), then one more for each;
 - ``prev``: the ref (hash) of the entry before, None for the first;
 - ``kind``: an effect kind (llm, tool, send, recv, spawn, delegate, sleep) or one of the kernel's own:
-  ``start`` (request: what the agent was spawned with), ``snapshot`` (result: the agent's state then),
+  ``start`` (request: what the agent was spawned with), ``mail`` (result: a message put in its mailbox),
+  ``snapshot`` (result: the agent's state then),
   ``intent`` (a side-effecting tool call about to be made), ``restart`` (a fresh frame after a fault),
   ``end`` (result: the state it ended in and its value or error);
 - ``request``, ``result``: refs of stored values (None where there is none);
@@ -26,7 +27,7 @@ from avm.lang.opcodes import EFFECT_KINDS
 from avm.memory.ref import Ref
 from avm.memory.values import decode_value, encode_value
 
-OWN_KINDS = ("start", "snapshot", "intent", "restart", "end")
+OWN_KINDS = ("start", "mail", "snapshot", "intent", "restart", "end")
 KINDS = frozenset(EFFECT_KINDS) | frozenset(OWN_KINDS)
 
 

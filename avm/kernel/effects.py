@@ -70,8 +70,14 @@ async def _llm(kernel: Kernel, agent: Agent, effect: Effect) -> Outcome:  # prag
 async def _tool(kernel: Kernel, agent: Agent, effect: Effect) -> Outcome:
     name, arguments = effect.args
     kernel.note_tool_call(agent, name, arguments)
+    journal = kernel.journal
+    key = None
+    if journal is not None and name in agent.granted and name in kernel.tools:
+        key = journal.call_key(agent)
+        if kernel.tools.get(name).side_effects:
+            await journal.intent(agent, effect)  # committed before the call: never made twice
     try:
-        result = await kernel.tools.invoke(name, arguments, agent.granted)
+        result = await kernel.tools.invoke(name, arguments, agent.granted, key=key)
     except ToolDenied as exc:
         return faulted("ToolDenied", str(exc))
     return Outcome(result.value, charge=result.seconds * kernel.settings.energy_per_tool_second)
@@ -94,7 +100,7 @@ async def _recv(kernel: Kernel, agent: Agent, effect: Effect) -> Outcome:
     if found:
         return Outcome(message)
     if timeout is not None and timeout <= 0:
-        return Outcome(None)
+        return Outcome(None, timeout=True)
     now = trio.current_time()
     deadline = math.inf if timeout is None else now + timeout
     idle = kernel.settings.hibernate_after_s
@@ -107,7 +113,7 @@ async def _recv(kernel: Kernel, agent: Agent, effect: Effect) -> Outcome:
         # a frame that cannot be a snapshot (a value too deep to encode, a store that refuses it)
         # stays awake in its recv
     found, message = await mailbox.receive(deadline)
-    return Outcome(message if found else None)
+    return Outcome(message) if found else Outcome(None, timeout=True)
 
 
 async def _sleep(kernel: Kernel, agent: Agent, effect: Effect) -> Outcome:
@@ -126,7 +132,6 @@ async def _delegate(kernel: Kernel, agent: Agent, effect: Effect) -> Outcome:
     child = kernel.spawn_child(agent, effect)
     if type(child) is not Agent:
         return Outcome(child)
-    child.delegated = True
     agent.lent = child.child_budget  # shown in energy_used while the parent waits; the trap charges it
     try:
         while child.state not in TERMINAL:

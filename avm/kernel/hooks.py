@@ -10,7 +10,7 @@ AVM met while driving that agent does.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from avm.kernel.outcome import Outcome
@@ -25,6 +25,9 @@ class Hook:
     def effect(self, agent: Agent, effect: Effect, outcome: Outcome) -> None:
         """An effect was performed: called after its energy is charged and before the program sees its
         result (``outcome.hibernate`` set: no result yet; it comes with the wake-up, as another call)."""
+
+    def mailed(self, agent: Agent, message: Any) -> None:
+        """A message was put in the agent's mailbox (by another agent, the host, or a child that ended)."""
 
     def hibernated(self, agent: Agent) -> None:
         """The agent, idle in recv, is about to become its stored snapshot (``agent.snapshot``)."""

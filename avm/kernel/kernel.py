@@ -18,7 +18,7 @@ import time
 from collections import deque
 from contextlib import AsyncExitStack
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -33,8 +33,11 @@ from avm.errors import (
 )
 from avm.gc_threshold import Raised, raise_young, restore
 from avm.kernel.hooks import Hook
+
+if TYPE_CHECKING:
+    from avm.journal.writer import Journal
 from avm.kernel.record import Agent, child_result
-from avm.kernel.settings import VMError, VMSettings, VMStatistics
+from avm.kernel.settings import VMError, VMSettings, VMStatistics, check_grant
 from avm.kernel.shared import Shared
 from avm.kernel.trap import crashed, finish, live
 from avm.lang.code import Code
@@ -50,7 +53,7 @@ from avm.scheduler.runqueue import RunQueue
 from avm.scheduler.states import TERMINAL, AgentState, priority_rank
 from avm.scheduler.supervision import RestartPolicy
 from avm.scheduler.timers import Timers
-from avm.tools.registry import ToolRegistry, error_value
+from avm.tools.registry import ToolDefinitionError, ToolRegistry, error_value
 
 S = AgentState
 _TOP_KEPT = 16  # ended agents remembered for statistics(top=...)
@@ -73,6 +76,7 @@ class Kernel:
         self._nursery: trio.Nursery | None = None
         self._stack: AsyncExitStack | None = None
         self.closed = False
+        self.stopping = False  # closing, or interrupted: agents cancelled now have not ended (see finish)
         self._next_id = 1
         self.agents: dict[int, Agent] = {}  # live ones (and BUDGET_EXCEEDED, which may go on)
         self.names: dict[str, Agent] = {}
@@ -97,10 +101,15 @@ class Kernel:
         self._froze = False
         self._gc_threshold: Raised | None = None  # while raised
         self.run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid() % 10000:04d}{self._instance():02d}"
+        self.journal: Journal | None = None
         if settings.journal:
             from avm.journal.writer import Journal
 
-            self.hooks.append(Journal(self.store, self.run_id, snapshot_every=settings.snapshot_every))
+            self.journal = Journal(self.store, self.run_id, snapshot_every=settings.snapshot_every)
+            self.hooks.append(self.journal)
+        # children of recovered agents whose spawn the journal lost (the crash came first), by parent id:
+        # the parent's next spawn or delegate takes the child it made before instead of making another
+        self.orphans: dict[int, list[Agent]] = {}
 
     _made = 0
 
@@ -129,6 +138,8 @@ class Kernel:
             self._nursery = await stack.enter_async_context(trio.open_nursery())
             self._nursery.start_soon(self.runq.dispatch)
             self._nursery.start_soon(self._timers.run)
+            if self.journal is not None and self.store.path is not None:
+                self._nursery.start_soon(self._commit_journal)
         except BaseException:
             self._restore_gc_threshold()
             await stack.aclose()
@@ -180,7 +191,7 @@ class Kernel:
             if exc is None and self.settings.on_exit == "wait":
                 await self.join()
         finally:
-            self.closed = True
+            self.closed = self.stopping = True
             for agent in list(self.agents.values()):
                 self.cancel(agent)
             assert self._nursery is not None and stack is not None
@@ -196,6 +207,15 @@ class Kernel:
                     self.store.close()
                 elif not self.store.closed:
                     await trio.to_thread.run_sync(self.store.flush)
+
+    async def _commit_journal(self) -> None:
+        """Commit what was journaled every ``journal_commit_s`` (the store's single writer, in a thread)."""
+        every = self.settings.journal_commit_s
+        while True:
+            await trio.sleep(every)
+            if self.store.closed:
+                return
+            await trio.to_thread.run_sync(self.store.flush)
 
     async def join(self) -> None:
         """Wait until no agent is alive (every one ended, or ran out of budget)."""
@@ -305,6 +325,10 @@ class Kernel:
         transfer), or an error value for the parent."""
         program, inputs, budget = effect.args
         kind = effect.kind
+        if self.orphans:
+            adopted = self._adopt(parent, kind)
+            if adopted is not None:
+                return adopted
         try:
             code = self.shared.code(program)
         except (CompileError, VMError, StoreError) as exc:
@@ -324,12 +348,123 @@ class Kernel:
         except VMError as exc:
             return error_value(kind, "ProgramError", str(exc))
         child.child_budget = milli
+        child.delegated = kind == "delegate"
         self._child_spawns += 1
         for hook in self.hooks:
             hook.started(child)
         assert self._nursery is not None
         self._nursery.start_soon(live, self, child)
         return child
+
+    def _adopt(self, parent: Agent, kind: str) -> Agent | None:
+        """A recovered parent's spawn or delegate: the child it made before the crash, if the journal lost
+        the parent's entry for it (see `resume`); its budget moves to it again, its unspent part comes back."""
+        waiting = self.orphans.get(parent.id)
+        if not waiting:
+            return None
+        child = waiting.pop(0)
+        if not waiting:
+            del self.orphans[parent.id]
+        child.delegated = kind == "delegate"
+        if child.state in TERMINAL:  # it ended before the crash: what it left is the parent's again
+            parent.refund_due += max(0, child.child_budget - child.used_milli())
+        else:
+            child.parent = parent
+        return child
+
+    def resume(self, run_id: str) -> list[Agent]:
+        """Continue the run ``run_id`` from its journals in the store (`avm.journal.recovery`): every agent
+        that had not ended goes on, fed its journaled results first; those that ended are returned as they
+        ended. Called once, on a VM with a journal that has spawned nothing yet."""
+        from avm.journal.recovery import recover
+
+        if self._nursery is None or self.closed:
+            raise VMError("resume() needs a running VM: use it inside `async with VM(...) as vm`")
+        journal = self.journal
+        if journal is None:
+            raise VMError("resume() needs a VM with journal=True, over the store the run journaled into")
+        if self._spawned:
+            raise VMError("resume() comes before any spawn")
+        if type(run_id) is not str or not run_id or "/" in run_id:
+            raise VMError(f"a run id is text without '/', not {run_id!r}")
+        plans = recover(self.store, run_id)
+        self.run_id = journal.run_id = run_id
+        records: dict[int, Agent] = {}
+        live_ones: list[Agent] = []
+        for plan in plans:
+            agent = self._recovered(plan)
+            records[plan.id] = agent
+            if agent.state not in TERMINAL:
+                live_ones.append(agent)
+                journal.go_on(plan.id, *plan.head)
+        by_id = {plan.id: plan for plan in plans}
+        for plan in plans:
+            parent_id = plan.start.get("parent")
+            parent = records.get(parent_id) if type(parent_id) is int else None
+            if parent is None or parent.state in TERMINAL:
+                continue
+            child = records[plan.id]
+            child.child_budget = child.budget
+            if plan.id in by_id[parent.id].children:
+                if child.state not in TERMINAL:
+                    child.parent = parent
+            else:  # the parent's spawn of it was lost: its next spawn takes this child
+                self.orphans.setdefault(parent.id, []).append(child)
+        self._next_id = max(records) + 1
+        assert self._nursery is not None
+        for agent in live_ones:
+            self._nursery.start_soon(live, self, agent)
+        return list(records.values())
+
+    def _recovered(self, plan: Any) -> Agent:
+        start = plan.start
+        try:
+            code = self.shared.code(start["program"])
+            granted = check_grant(self.tools, start["tools"]) if start["tools"] else frozenset()
+        except (VMError, StoreError, ToolDefinitionError) as exc:
+            code, granted, problem = None, frozenset(), f"cannot resume: {exc}"
+        else:
+            problem = ""
+        budget = start["budget"]
+        agent = Agent(plan.id, code, start["inputs"], budget, None,  # type: ignore[arg-type]
+                      name=start["name"], rank=start["rank"], granted=granted, system=start["system"],
+                      tools_ref=self.shared.tools_ref(granted), policy=RestartPolicy(*start["restart"]),
+                      memory_limit=start["memory_limit"])
+        agent.delegated = bool(start.get("delegated"))
+        agent.final_used = plan.energy
+        self._spawned += 1
+        if start.get("parent") is None:
+            self.budgeted += budget
+        self.energy += plan.energy
+        ended = plan.ended
+        if ended is not None or problem:
+            state = AgentState(ended["state"]) if ended is not None else S.FAILED
+            agent.state = state
+            agent.value = ended["value"] if ended is not None else None
+            agent.detail = (ended["error"] or "") if ended is not None else problem
+            self.counts[state] += 1
+            self._ended[state.value] = self._ended.get(state.value, 0) + 1
+            self._completions += 1
+            return agent
+        snapshot = plan.snapshot
+        if snapshot is not None:
+            frame = Frame.restore(code, self.store.get(snapshot["frame"]))  # type: ignore[arg-type]
+            frame.set_memory_limit(agent.memory_limit)
+            frame.set_instruction_limit(self.settings.quantum)
+            agent.spent = snapshot["spent"]
+            agent.conversation = list(snapshot["conversation"]) or None
+        else:
+            frame = self.new_frame(code, budget, agent.inputs, agent.memory_limit)  # type: ignore[arg-type]
+        self.energy -= plan.energy - agent.spent - frame.used  # what the replay charges again is counted then
+        agent.frame = frame
+        agent.replay = deque(plan.replay) if plan.replay else None
+        if plan.mailbox:
+            self.box(agent).items = deque(plan.mailbox)
+        self.agents[plan.id] = agent
+        if agent.name is not None:
+            self.names[agent.name] = agent
+        self.counts[S.READY] += 1
+        return agent
 
     def program_ref(self, program: Any) -> Ref:
         if self.closed:
@@ -361,6 +496,8 @@ class Kernel:
             deadline = trio.current_time() + self.settings.send_timeout_s
             if not await box.put(message, deadline):
                 return False
+        for hook in self.hooks:
+            hook.mailed(agent, message)
         if agent.state is S.HIBERNATED:
             self._wake(agent)
         return True
@@ -506,8 +643,11 @@ class Kernel:
             if not agent.delegated and parent.state not in TERMINAL:
                 report = {"child": agent.id, "state": state.value, "value": agent.value if state is S.DONE else None,
                           "error": None if state is S.DONE else child_result(agent)["error"]["message"]}
-                if self.box(parent).offer(report) and parent.state is S.HIBERNATED:
-                    self._wake(parent)
+                if self.box(parent).offer(report):
+                    for hook in self.hooks:
+                        hook.mailed(parent, report)
+                    if parent.state is S.HIBERNATED:
+                        self._wake(parent)
             agent.parent = None
 
     def record_agent(self, agent: Agent, state: AgentState) -> None:
@@ -533,7 +673,9 @@ class Kernel:
 
     # --- lookups and numbers -------------------------------------------------------------------
 
-    def cancel_all(self) -> int:
+    def cancel_all(self, interrupt: bool = False) -> int:
+        if interrupt:
+            self.stopping = True
         agents = [a for a in self.agents.values() if a.state not in TERMINAL]
         for agent in agents:
             self.cancel(agent)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from avm.io.request import Message
     from avm.kernel.record import Agent
+    from avm.memory.ref import Ref
 
 
 class Outcome:
@@ -22,14 +23,15 @@ class Outcome:
     effect is the program's fault (a tool it was not granted, a message it cannot send).
 
     ``charge``: energy (units) for host work (LLM tokens, tool seconds); ``transfer``: milli-units of the
-    agent's budget moved to the ``child`` it created; ``reply``: the message to append to its conversation;
-    ``hibernate``: the deadline of a recv that sleeps as a snapshot instead of resuming."""
+    agent's budget moved to the ``child`` it created; ``reply``: the message to append to its conversation
+    (a `Message`, or a `Ref` to one stored as its JSON); ``hibernate``: the deadline of a recv that sleeps as
+    a snapshot instead of resuming; ``timeout``: a recv that ended without a message (its value is null)."""
 
-    __slots__ = ("charge", "child", "fault", "hibernate", "reply", "transfer", "value")
+    __slots__ = ("charge", "child", "fault", "hibernate", "reply", "timeout", "transfer", "value")
 
     def __init__(self, value: Any = None, *, fault: tuple[str, str] | None = None, charge: float = 0.0,
-                 transfer: int = 0, reply: Message | None = None, child: Agent | None = None,
-                 hibernate: float | None = None):
+                 transfer: int = 0, reply: Message | Ref | None = None, child: Agent | None = None,
+                 hibernate: float | None = None, timeout: bool = False):
         self.value = value
         self.fault = fault
         self.charge = charge
@@ -37,10 +39,11 @@ class Outcome:
         self.reply = reply
         self.child = child
         self.hibernate = hibernate
+        self.timeout = timeout
 
     def __repr__(self) -> str:
         parts = [f"{name}={getattr(self, name)!r}" for name in self.__slots__
-                 if getattr(self, name) not in (None, 0, 0.0)]
+                 if getattr(self, name) not in (None, 0, 0.0, False)]
         return f"Outcome({', '.join(parts)})"
 
 

@@ -89,6 +89,7 @@ class Agent:
         "policy",
         "rank",
         "refund_due",
+        "replay",
         "scope",
         "snapshot",
         "spent",
@@ -132,6 +133,7 @@ class Agent:
         self.refund_due = 0  # milli-units children gave back, not yet refunded to the frame
         self.lent = 0  # milli-units lent to a delegate, not yet charged to the frame
         self.final_used = 0  # the frame's use when it was let go
+        self.replay: Any = None  # while it recovers: the journal entries whose results it is fed (a deque)
 
     def used_milli(self) -> int:
         frame = self.frame

@@ -81,6 +81,9 @@ class VMSettings:
     # is journaled every ``snapshot_every`` effects (and at each hibernation).
     journal: bool = False
     snapshot_every: int = 64
+    # With a journal and a store on disk, what is journaled is committed at least this often (besides the
+    # store's own batches): a SIGKILL loses at most this much of the run's progress.
+    journal_commit_s: float = 0.5
     # Requests in flight to the LLM server at once, one HTTP/1.1 connection each (None: the gateway's
     # max_connections, 1,024 by default). A fleet of N agents at full speed needs about N.
     llm_connections: int | None = None
@@ -90,7 +93,7 @@ class VMSettings:
     def __post_init__(self) -> None:
         if self.on_exit not in ("cancel", "wait"):
             raise VMError(f"on_exit must be 'cancel' or 'wait', not {self.on_exit!r}")
-        for name in ("quantum", "aging_s", "send_timeout_s", "default_budget"):
+        for name in ("quantum", "aging_s", "send_timeout_s", "default_budget", "journal_commit_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
                 raise VMError(f"{name} must be a positive number, not {value!r}")

@@ -23,9 +23,11 @@ from avm.kernel.outcome import Outcome, faulted
 from avm.kernel.record import Agent
 from avm.lang.frame import Frame
 from avm.lang.outcomes import BudgetExceeded, Done, Effect, Fault, Preempted, Stalled
+from avm.lang.values import render
 from avm.memory.values import decode_value
 from avm.scheduler.states import TERMINAL, WAITING_ON, AgentState
 from avm.scheduler.supervision import RestartHistory
+from avm.tools.registry import error_value
 
 if TYPE_CHECKING:
     from avm.kernel.kernel import Kernel
@@ -34,9 +36,10 @@ S = AgentState
 _RUNNING, _READY, _HIBERNATED = S.RUNNING, S.READY, S.HIBERNATED
 
 
-def apply(kernel: Kernel, agent: Agent, effect: Effect, outcome: Outcome) -> bool:
-    """Make ``outcome`` of ``effect`` the agent's: charge its energy, append its reply, tell the hooks,
-    then resume the frame with its value (True), or fail it, or let the agent hibernate (False)."""
+def apply(kernel: Kernel, agent: Agent, effect: Effect, outcome: Outcome, record: bool = True) -> bool:
+    """Make ``outcome`` of ``effect`` the agent's: charge its energy, append its reply, tell the hooks
+    (unless ``record`` is false: an outcome replayed from the journal), then resume the frame with its
+    value (True), or fail it, or let the agent hibernate (False)."""
     frame = agent.frame
     assert frame is not None
     if outcome.transfer:  # budget moved to a child: not energy used, so the VM's total is left alone
@@ -55,7 +58,7 @@ def apply(kernel: Kernel, agent: Agent, effect: Effect, outcome: Outcome) -> boo
             conversation.append(reply)
         kernel.tick_gc()  # the conversation grew: long-lived objects the cyclic GC need not scan again
     hooks = kernel.hooks
-    if hooks:
+    if hooks and record:
         for hook in hooks:
             hook.effect(agent, effect, outcome)
     fault = outcome.fault
@@ -69,6 +72,48 @@ def apply(kernel: Kernel, agent: Agent, effect: Effect, outcome: Outcome) -> boo
     if frame.stall_count > 1:
         kernel.repeated_effects += 1
     return True
+
+
+def replayed(kernel: Kernel, agent: Agent, effect: Effect) -> Outcome:
+    """A recovering agent's effect: the outcome its journal recorded (`avm.journal.recovery`), not performed
+    again; a fault naming the first difference if the program asks something else than it did."""
+    queue = agent.replay
+    store = kernel.store
+    entry = queue.popleft()
+    request = store.put_value(list(effect.args))
+    interrupted = entry.kind == "intent" and not queue
+    if entry.kind == "intent" and queue:
+        entry = queue.popleft()
+    if not queue:
+        agent.replay = None
+    if ("tool" if interrupted else entry.kind) != effect.kind or entry.request != request:
+        asked = _short(store.get_value(entry.request)) if entry.request is not None else "nothing"
+        return faulted("ReplayDiverged", f"{effect.kind} {_short(list(effect.args))} at line {effect.line}, but "
+                                         f"journal entry {entry.seq} is {entry.kind} {asked}")
+    if interrupted:  # a side-effecting call the crash interrupted: it may have happened; never twice
+        name = effect.args[0]
+        return Outcome(error_value(name, "Interrupted", f"{name}: the call was interrupted by a crash and "
+                                                       f"is not made again (it may or may not have happened)"))
+    diff = entry.energy - agent.used_milli()
+    if diff < 0:  # a child's unspent energy came back before the crash
+        agent.refund_due -= diff
+        diff = 0
+    if entry.result is None:  # a recv that timed out
+        return Outcome(None, charge=diff / 1000, timeout=True)
+    result = store.get_value(entry.result)
+    if "fault" in result:
+        kind, message = result["fault"]
+        return Outcome(fault=(kind, message), charge=diff / 1000)
+    reply = result.get("reply")
+    if reply is not None:
+        llm_request(kernel, agent, effect)  # its messages join the conversation, as they did
+        return Outcome(result["value"], charge=diff / 1000, reply=store.put(reply.encode("utf-8"), hot=False))
+    return Outcome(result["value"], charge=diff / 1000)
+
+
+def _short(value: Any) -> str:
+    text = render(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def settle(agent: Agent, frame: Frame) -> None:
@@ -97,23 +142,31 @@ async def live(kernel: Kernel, agent: Agent, woken: bool = False) -> None:
                 assert frame is not None
                 if agent.refund_due:
                     settle(agent, frame)
+                # a frame recovered from a snapshot waits on an effect: that effect comes first
+                first = frame.pending if frame.status == "waiting" else None
                 quantum = kernel.settings.quantum_milli
                 handlers = HANDLERS
                 counts = kernel.effects
                 runq = kernel.runq
                 set_state = kernel.set_state
                 while True:
-                    set_state(agent, _RUNNING)
-                    before = frame.used
-                    out = frame.run(quantum)
-                    kernel.energy += frame.used - before
+                    if first is None:
+                        set_state(agent, _RUNNING)
+                        before = frame.used
+                        out = frame.run(quantum)
+                        kernel.energy += frame.used - before
+                    else:
+                        out, first = first, None
                     kind_of = type(out)
                     if kind_of is Effect:
                         kind = out.kind  # type: ignore[union-attr]
                         set_state(agent, WAITING_ON[kind])
                         counts[kind] += 1
                         outcome: Any
-                        if kind == "llm":
+                        fresh = agent.replay is None
+                        if not fresh:  # recovering: the journal has this effect's result
+                            outcome = replayed(kernel, agent, out)  # type: ignore[arg-type]
+                        elif kind == "llm":
                             outcome = llm_request(kernel, agent, out)  # type: ignore[arg-type]
                             if type(outcome) is LLMRequest:
                                 request, outcome = outcome, None
@@ -129,7 +182,7 @@ async def live(kernel: Kernel, agent: Agent, woken: bool = False) -> None:
                                 del request
                         else:
                             outcome = await handlers[kind](kernel, agent, out)  # type: ignore[arg-type]
-                        resumed = apply(kernel, agent, out, outcome)  # type: ignore[arg-type]
+                        resumed = apply(kernel, agent, out, outcome, fresh)  # type: ignore[arg-type]
                         del outcome  # (an agent waiting for its next reply holds no earlier one)
                         if resumed:
                             continue
@@ -176,7 +229,7 @@ def _wake(kernel: Kernel, agent: Agent) -> bool:
     found, message = box.take() if box is not None else (False, None)
     effect = frame.pending
     assert effect is not None
-    apply(kernel, agent, effect, Outcome(message if found else None))  # null: the recv timed out
+    apply(kernel, agent, effect, Outcome(message) if found else Outcome(None, timeout=True))
     return True
 
 
@@ -191,6 +244,10 @@ def _ended(kernel: Kernel, agent: Agent, out: Any) -> bool:
         detail = str(out)
         kernel.record_fault(agent, out)
         policy = agent.policy
+        replay = agent.replay
+        if replay and replay[0].kind == "restart":  # it restarted here before the crash: so again
+            _restart(kernel, agent)
+            return True
         if policy.mode != "never":
             if agent.history is None:
                 agent.history = RestartHistory()
@@ -219,6 +276,12 @@ def _restart(kernel: Kernel, agent: Agent) -> None:
     agent.frame = kernel.new_frame(agent.code, left, agent.inputs, agent.memory_limit)
     agent.conversation = None
     kernel.restarts += 1
+    replay = agent.replay
+    if replay and replay[0].kind == "restart":  # journaled already
+        replay.popleft()
+        if not replay:
+            agent.replay = None
+        return
     for hook in kernel.hooks:
         hook.restarted(agent)
 
@@ -235,8 +298,9 @@ def finish(kernel: Kernel, agent: Agent, state: AgentState, detail: str) -> None
         agent.conversation = None  # nor send a request again (out of budget, it may go on)
     kernel.set_state(agent, state)
     try:
-        for hook in kernel.hooks:
-            hook.ended(agent)
+        if not (state is S.CANCELLED and kernel.stopping):  # (stopped with the VM, it is not done: resumable)
+            for hook in kernel.hooks:
+                hook.ended(agent)
         kernel.on_finished(agent, state)
     finally:  # whatever the bookkeeping met, whoever waits for this agent learns it ended
         if agent.done is not None:

@@ -262,12 +262,13 @@ def _check_url(source: str, where: str, url: Any) -> str:
 # --- running ---------------------------------------------------------------------------------
 
 
-async def spawn_group(vm: Any, group: AgentGroup) -> list[Any]:
-    """Spawn a group's agents in ``vm`` (an entered `avm.VM`); their handles, in order."""
+async def spawn_group(vm: Any, group: AgentGroup, only: Any = None) -> list[Any]:
+    """Spawn a group's agents in ``vm`` (an entered `avm.VM`), or those of ``only`` (their indexes); their
+    handles, in order."""
     refs = {key: vm.program_ref(p.code) for key, p in group.programs.items()}
     spawn = vm.spawn
     handles = []
-    for i in range(group.count):
+    for i in (range(group.count) if only is None else only):
         handles.append(await spawn(**group.spawn_kwargs(i, refs)))
         if i % 1000 == 999:
             await trio.lowlevel.checkpoint()  # spawn never yields: let Ctrl+C and the dashboard in

@@ -22,6 +22,7 @@ signature and the description from its docstring.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import time
 import types
@@ -198,6 +199,17 @@ def _to_value(obj: Any, depth: int = 0) -> Any:
 
 # --- tools ---
 
+_CALL_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar("avm_tool_call_key", default=None)
+
+
+def idempotency_key() -> str | None:
+    """Inside a tool call made by an agent of a journaled VM: the call's key, the same in every attempt
+    to make it (after a crash and a resume too): ``<run id>/<agent id>/<journal seq>``. Give it to the
+    service the tool calls, where it takes one, so a call repeated after a crash is recognised. None
+    outside a call, or without a journal."""
+    return _CALL_KEY.get()
+
+
 
 @dataclass(eq=False)
 class Tool:
@@ -212,6 +224,9 @@ class Tool:
     timeout: float = DEFAULT_TIMEOUT
     concurrency: int = DEFAULT_CONCURRENCY
     limiter: trio.CapacityLimiter | None = field(default=None, repr=False)
+    # The call changes the world (sends a mail, charges a card, appends to a file): with a journal, it is
+    # made at most once across any number of crashes (`avm.journal.writer`).
+    side_effects: bool = False
 
     def spec(self) -> dict[str, Any]:
         """The OpenAI function-tool spec for this tool."""
@@ -260,19 +275,23 @@ class Tool:
 
 @overload
 def tool(fn: Callable[..., Any], *, name: str | None = None, description: str | None = None,
-         timeout: float = DEFAULT_TIMEOUT, concurrency: int = DEFAULT_CONCURRENCY) -> Tool: ...
+         timeout: float = DEFAULT_TIMEOUT, concurrency: int = DEFAULT_CONCURRENCY,
+         side_effects: bool = False) -> Tool: ...
 
 
 @overload
 def tool(fn: None = None, *, name: str | None = None, description: str | None = None,
-         timeout: float = DEFAULT_TIMEOUT, concurrency: int = DEFAULT_CONCURRENCY
+         timeout: float = DEFAULT_TIMEOUT, concurrency: int = DEFAULT_CONCURRENCY, side_effects: bool = False
          ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
 def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, description: str | None = None,
-         timeout: float = DEFAULT_TIMEOUT, concurrency: int = DEFAULT_CONCURRENCY
+         timeout: float = DEFAULT_TIMEOUT, concurrency: int = DEFAULT_CONCURRENCY, side_effects: bool = False
          ) -> Tool | Callable[[Callable[..., Any]], Tool]:
-    """Make a function a tool: ``@avm.tool`` or ``@avm.tool(name=..., timeout=..., concurrency=...)``."""
+    """Make a function a tool: ``@avm.tool`` or ``@avm.tool(name=..., timeout=..., concurrency=...,
+    side_effects=...)``. ``side_effects=True``: the call changes the world, so a journaled run makes it at
+    most once across crashes (a call a crash interrupted comes back as an ``Interrupted`` error value).
+    Inside a call, `avm.idempotency_key()` names it the same way in every attempt."""
 
     def make(f: Callable[..., Any]) -> Tool:
         tool_name = name or f.__name__
@@ -283,7 +302,7 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, descr
         parameters, order = schema_from_signature(f)
         doc = description if description is not None else inspect.getdoc(f) or ""
         return Tool(tool_name, doc.strip().split("\n\n")[0], parameters, f, order,
-                    inspect.iscoroutinefunction(f), float(timeout), int(concurrency))
+                    inspect.iscoroutinefunction(f), float(timeout), int(concurrency), side_effects=bool(side_effects))
 
     return make(fn) if fn is not None else make
 
@@ -368,8 +387,10 @@ class ToolRegistry:
                                       f"{', '.join(missing)} (registered: {', '.join(self.names()) or 'none'})")
         return grant
 
-    async def invoke(self, name: str, arguments: Any, granted: frozenset[str] | set[str]) -> ToolResult:
-        """Call a granted tool; ToolDenied if not granted; failures come back as ToolError values."""
+    async def invoke(self, name: str, arguments: Any, granted: frozenset[str] | set[str], *,
+                     key: str | None = None) -> ToolResult:
+        """Call a granted tool; ToolDenied if not granted; failures come back as ToolError values.
+        ``key``: what `idempotency_key()` says during the call."""
         self._calls += 1
         if name not in granted or name not in self._tools:
             self._denied += 1
@@ -377,6 +398,7 @@ class ToolRegistry:
         t = self._tools[name]
         self._by_tool[name] = self._by_tool.get(name, 0) + 1
         start = time.perf_counter()
+        token = _CALL_KEY.set(key) if key is not None else None
         try:
             bound = t.bind(arguments)
             # A cancel scope rather than trio.fail_after, a generator context manager: ~2% of a fleet's CPU.
@@ -398,6 +420,9 @@ class ToolRegistry:
             if _passes_through(exc):
                 raise
             return self._failed(t, type(exc).__name__, f"{name} raised {type(exc).__name__}: {exc}", start)
+        finally:
+            if token is not None:
+                _CALL_KEY.reset(token)
         elapsed = time.perf_counter() - start
         self._seconds += elapsed
         self._ok += 1

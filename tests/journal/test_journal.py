@@ -57,8 +57,8 @@ async def test_every_effect_is_an_entry_chained_to_the_one_before(tmp_path: Path
             run_id = vm.run_id
         (agent_id, chain), = _entries(store).items()
         assert agent_id == h.id and list(journals(store)) == [f"{run_id}/{h.id:09d}"]
-        assert [e.kind for e in chain] == ["start", "llm", "tool", "recv", "sleep", "end"]
-        assert [e.seq for e in chain] == list(range(6))
+        assert [e.kind for e in chain] == ["start", "llm", "tool", "mail", "recv", "sleep", "end"]
+        assert [e.seq for e in chain] == list(range(7))
         refs = [ref for ref, _ in check_journal(store, journals(store)[f"{run_id}/{h.id:09d}"])]
         assert [e.prev for e in chain] == [None, *refs[:-1]]
         energies = [e.energy for e in chain]
@@ -66,8 +66,8 @@ async def test_every_effect_is_an_entry_chained_to_the_one_before(tmp_path: Path
         value = store.get_value
         start = value(chain[0].request)
         assert start["name"] == "asker" and start["tools"] == ["add"] and start["budget"] == 100_000
-        assert value(chain[2].request) == ["add", [1, 2]] and value(chain[2].result) == 3
-        assert value(chain[3].result) == "hello"
+        assert value(chain[2].request) == ["add", [1, 2]] and value(chain[2].result) == {"value": 3}
+        assert value(chain[3].result) == "hello" and value(chain[4].result) == {"value": "hello"}
         llm = value(chain[1].result)
         assert llm["value"] is not None and '"role":"assistant"' in llm["reply"]
         assert value(chain[-1].result) == {"state": "done", "value": 3, "error": None}
@@ -93,14 +93,14 @@ async def test_snapshots_come_every_cadence_and_at_hibernation(autojump_clock) -
         assert await h.result() == "late"
         (chain,) = _entries(vm.store).values()
         kinds = [e.kind for e in chain]
-        assert kinds.count("sleep") == 10 and kinds[-2:] == ["recv", "end"]
+        assert kinds.count("sleep") == 10 and kinds[-4:] == ["snapshot", "mail", "recv", "end"]
         # at most snapshot_every entries between two snapshots, and one right before the recv's result
         since = 0
         for kind in kinds[1:]:
             since = 0 if kind == "snapshot" else since + 1
             assert since <= 4
-        assert kinds[-3] == "snapshot"
-        state = vm.store.get_value(chain[-3].result)
+        state = vm.store.get_value(chain[-4].result)
+        assert state["resumed_by"] == "next"  # the recv's result comes after it
         restored = avm.Frame.restore(avm.compile(loop), vm.store.get(state["frame"]))
         assert restored.status == "waiting" and restored.pending.kind == "recv"
 
@@ -112,9 +112,10 @@ async def test_a_child_names_its_parent_and_the_parent_journals_its_id() -> None
         report = await h.result()
         chains = _entries(vm.store)
         child_id = report["child"]
-        assert vm.store.get_value(chains[h.id][1].result) == child_id
+        assert vm.store.get_value(chains[h.id][1].result) == {"child": child_id, "value": child_id}
         assert vm.store.get_value(chains[child_id][0].request)["parent"] == h.id
         assert [e.kind for e in chains[child_id]] == ["start", "end"]
+        assert [e.kind for e in chains[h.id]] == ["start", "spawn", "mail", "recv", "end"]  # the end notice
 
 
 async def test_no_journal_unless_asked() -> None:

@@ -4,11 +4,14 @@ every chain. The real CLI in a subprocess, on a real store."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lmdb
+import pytest
 
 import avm
 from avm.journal import journals, read_journal
@@ -66,3 +69,61 @@ def test_verify_names_the_first_broken_link_of_a_journal(tmp_path: Path) -> None
     assert f"broken journal: journal {key}: entry {sleep.hex()[:16]} (before seq 3) is missing" in result.stdout
     shown = avm_cmd("inspect", str(store), "1")
     assert shown.returncode == 1 and "problem:" in shown.stdout
+
+
+SLOW = """
+push 0
+store i
+loop:
+load i
+push 6
+lt
+jump_unless out
+push "hello"
+llm
+pop
+push 1.0
+sleep
+pop
+load i
+push 1
+add
+store i
+jump loop
+out:
+load name
+return
+"""
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_a_run_stopped_by_sigterm_or_sigkill_goes_on_with_resume(tmp_path: Path, how: signal.Signals) -> None:
+    program = tmp_path / "slow.avm"
+    program.write_text(SLOW)
+    store = tmp_path / "store"
+    args = ["run", str(program), "--agents", "30", "--store", str(store), "--no-dashboard"]
+    proc = subprocess.Popen([sys.executable, "-m", "avm", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(3)  # started and journaling; the whole run takes about 6 s after its start
+    proc.send_signal(how)
+    _, err = proc.communicate(timeout=60)
+    if how == signal.SIGTERM:
+        assert proc.returncode == 143, err
+        assert "interrupted (SIGTERM): agents stopped, store flushed" in err and "--resume" in err
+        assert "Traceback" not in err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    resumed = avm_cmd(*args, "--resume", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout.splitlines()[-1])
+    assert summary["ended"] == {"done": 30} and summary["effects"]["llm"] == 30 * 6
+    assert avm_cmd("verify", str(store)).returncode == 0
+
+
+def test_resume_needs_a_store(tmp_path: Path) -> None:
+    program = tmp_path / "p.avm"
+    program.write_text(PROGRAM)
+    result = avm_cmd("run", str(program), "--resume")
+    assert result.returncode == 2 and "--resume needs the store" in result.stderr
+    empty = avm_cmd("run", str(program), "--store", str(tmp_path / "new"), "--resume")
+    assert empty.returncode == 2 and "no journaled run to resume" in empty.stderr

@@ -1,0 +1,89 @@
+"""What a run's journals say about each of its agents, for `--resume`.
+
+After a crash (SIGKILL, power loss) the store holds, for every agent of the
+run, the journal entries committed before it. `recover` reads them all:
+
+- an agent whose journal ends with ``end`` finished: it is not run again
+  (it keeps its state, value or error, and energy);
+- any other agent goes on from its last ``snapshot`` (or from its start),
+  and is fed the results of the entries after it (`Recovered.replay`) instead
+  of performing those effects again; what it does after them is performed;
+- the messages journaled as ``mail`` and not yet taken by a recv go back in
+  its mailbox;
+- a side-effecting tool call whose ``intent`` is journaled and whose result
+  is not was interrupted by the crash: it is not made again (the program gets
+  an ``Interrupted`` error value).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from avm.journal.entry import Entry, JournalError
+from avm.journal.reader import check_journal, journals
+from avm.lang.opcodes import EFFECT_KINDS
+from avm.memory.ref import Ref
+from avm.memory.store import ContentStore
+
+_REPLAYED = frozenset(EFFECT_KINDS) | {"restart", "intent"}
+
+
+@dataclass
+class Recovered:
+    id: int
+    start: dict[str, Any]  # what it was spawned with (the start entry's request)
+    energy: int  # milli-units, after its last entry
+    head: tuple[int, Ref, int]  # (seq, ref) of its last entry, and the seq of its last snapshot
+    ended: dict[str, Any] | None = None  # {"state", "value", "error"} if it ended
+    snapshot: dict[str, Any] | None = None  # the last snapshot's state
+    replay: list[Entry] = field(default_factory=list)  # entries to feed it, oldest first
+    mailbox: list[Any] = field(default_factory=list)  # delivered, not yet received
+    children: set[int] = field(default_factory=set)  # the ids its journaled spawns and delegates name
+
+
+def recover(store: ContentStore, run_id: str) -> list[Recovered]:
+    """Every agent of the run ``run_id``, by id; `JournalError` if a journal is broken (no guessing)."""
+    found = journals(store, run_id)
+    if not found:
+        raise JournalError(f"no journals of run {run_id} in the store")
+    out = []
+    for key, head in sorted(found.items()):
+        chain = check_journal(store, head, who=f"journal {key}")
+        out.append(_recovered(store, int(key.rsplit("/", 1)[1]), chain))
+    return out
+
+
+def _recovered(store: ContentStore, agent_id: int, chain: list[tuple[Ref, Entry]]) -> Recovered:
+    value = store.get_value
+    entries = [e for _, e in chain]
+    first = entries[0]
+    if first.kind != "start":
+        raise JournalError(f"journal of agent {agent_id} does not begin with its start")
+    last_ref, last = chain[-1]
+    snap_at = max((i for i, e in enumerate(entries) if e.kind == "snapshot"), default=None)
+    rec = Recovered(agent_id, value(first.request), last.energy,
+                    (last.seq, last_ref, entries[snap_at].seq if snap_at is not None else 0))
+    if last.kind == "end":
+        rec.ended = value(last.result)
+    mails: list[Any] = []
+    received = 0
+    for e in entries:
+        if e.kind == "mail":
+            mails.append(value(e.result))
+        elif e.kind == "recv" and e.result is not None:
+            received += 1
+        elif e.kind in ("spawn", "delegate"):
+            result = value(e.result)
+            if type(result) is dict and type(result.get("child")) is int:
+                rec.children.add(result["child"])
+    rec.mailbox = mails[received:]
+    if snap_at is None:
+        tail = entries[1:]
+    else:
+        rec.snapshot = value(entries[snap_at].result)
+        tail = entries[snap_at + 1:]
+        if rec.snapshot.get("resumed_by") == "previous":  # the effect its frame waits on is the entry before
+            tail = [next(e for e in reversed(entries[:snap_at]) if e.kind in EFFECT_KINDS), *tail]
+    rec.replay = [e for e in tail if e.kind in _REPLAYED]
+    return rec
