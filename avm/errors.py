@@ -8,6 +8,8 @@
     ├── StoreError                the content-addressed store
     │   ├── NotFound              a ref the store does not hold
     │   ├── CorruptObject         stored bytes whose digest does not match their ref
+    │   ├── Erased                an object erased on request: a tombstone stands in its place
+    │   ├── JournalError          a journal whose hash chain is broken (avm.journal.entry)
     │   ├── StoreFormatError      a directory that is not an AVM store, or of another version
     │   └── ValueFormatError      bytes that are not a canonical encoded value (avm.memory.values)
     ├── ToolError                 raised inside a tool; reaches the program as an error value (avm.tools.registry)
@@ -75,6 +77,14 @@ class NotFound(StoreError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])
+
+
+class Erased(StoreError):
+    """The object was erased (`ContentStore.erase`, `avm erase`): a tombstone stands in its place."""
+
+    def __init__(self, ref: object):
+        self.ref = ref
+        super().__init__(f"object {getattr(ref, 'hex', lambda: ref)()} was erased")
 
 
 class CorruptObject(StoreError):

@@ -94,3 +94,62 @@ def print_journal(report: dict[str, Any], console: Console) -> None:
     print_table(console, "", ["seq", "kind", "energy", "request", "result"], rows, right=(0, 2))
     if report["problem"]:
         _say(console, f"problem: {report['problem']}")
+
+
+# --- avm replay ---------------------------------------------------------------------------------
+
+
+def replay_store(path: str | os.PathLike[str], agent: str | None, *, every: bool = False,
+                 as_json: bool = False) -> int:
+    """``avm replay STORE AGENT`` (or ``--all``): print one line per journal replayed; the exit code
+    (0: every one reproduced its journal; 1: a difference, an erased input or a broken journal)."""
+    import json
+
+    from avm.journal.reader import journals
+    from avm.journal.replay import replay_journal
+
+    if (agent is None) == (not every):
+        raise _cli_error("avm replay: name an AGENT (ID or RUN/ID), or --all")
+    where = os.fspath(path)
+    store = _open_store(where)
+    try:
+        found = journals(store)
+        keys = sorted(found) if every else [_pick(found, agent, where)]  # type: ignore[arg-type]
+        if not keys:
+            raise _cli_error(f"{where}: no journals (run with a store: avm run SPEC --store DIR)")
+        reports = [replay_journal(store, key, found[key]) for key in keys]
+    finally:
+        store.close()
+    bad = [r for r in reports if not r.ok]
+    if as_json:
+        print(json.dumps({"store": where, "journals": len(reports), "reproduced": len(reports) - len(bad),
+                          "mismatches": [{"journal": r.journal, "problem": r.problem, "erased": r.erased}
+                                         for r in bad]}))
+    else:
+        for report in reports if not every else bad:
+            print(report.line())
+        if every:
+            print(f"{len(reports) - len(bad):,} of {len(reports):,} journals reproduced" +
+                  (f"; {len(bad):,} did not (above)" if bad else ""))
+    return 1 if bad else 0
+
+
+def _cmd_replay(args: Any) -> int:
+    return replay_store(args.store, args.agent, every=args.all, as_json=args.json)
+
+
+def add_replay_parser(subparsers: Any) -> Any:
+    p = subparsers.add_parser(
+        "replay", help="re-run an agent from its journal (no network, no tools) and check it reproduces it",
+        description="Run an agent's program again from its start, feeding it the results its journal holds "
+                    "(no LLM, no tools, no network), and check that it asks for the same effects in the same "
+                    "order, that its snapshots are the same frames, that it ends the same way, and that the "
+                    "rebuilt entries hash to the journal's head. A difference names the first differing entry "
+                    "and the program line. Exit code 0: reproduced; 1: not (or an erased input, or a broken "
+                    "journal); 2: the store cannot be read.")
+    p.add_argument("store", metavar="STORE", help="the store's directory")
+    p.add_argument("agent", metavar="AGENT", nargs="?", help="ID, or RUN/ID (a run id or a unique prefix of it)")
+    p.add_argument("--all", action="store_true", help="replay every journal of the store")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    p.set_defaults(fn=_cmd_replay, func=_cmd_replay)
+    return p

@@ -136,6 +136,7 @@ class Journal(Hook):
             "name": agent.name, "system": agent.system, "tools": sorted(agent.granted),
             "parent": parent.id if parent is not None else None, "rank": agent.rank,
             "delegated": agent.delegated, "memory_limit": agent.memory_limit,
+            "stall_limit": agent.frame.stall_limit if agent.frame is not None else None,
             "restart": [agent.policy.mode, agent.policy.max_restarts, agent.policy.window_s],
         })
         self._append(agent, "start", request, None)
