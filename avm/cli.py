@@ -10,6 +10,7 @@
     avm inspect STORE AGENT  one agent's journal: every effect it performed, in order
     avm verify STORE       read every object and journal of a store and check them (exit 1 if anything is wrong)
     avm replay STORE AGENT re-run an agent from its journal, no network, no tools: does it reproduce it? (--all)
+    avm erase STORE REF    replace an object's content with a tombstone (erasure requests); chains still verify
     avm bench [NAMES]      run the bench scripts and print one table of their figures
 
 A user's mistake (a bad spec, a missing file, a program that does not
@@ -358,13 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_serve_llm)
 
     from avm.bench_runner import add_bench_parser
-    from avm.journal_report import add_replay_parser
+    from avm.journal_report import add_erase_parser, add_replay_parser
     from avm.store_check import add_verify_parser
     from avm.store_report import add_inspect_parser
 
     add_inspect_parser(sub)
     add_verify_parser(sub)
     add_replay_parser(sub)
+    add_erase_parser(sub)
     add_bench_parser(sub)
     return parser
 

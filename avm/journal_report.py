@@ -51,12 +51,14 @@ def _pick(found: dict[str, Any], agent: str, where: str) -> str:
 
 
 def _shown(store: Any, ref: Any) -> str:
-    from avm.errors import StoreError
+    from avm.errors import Erased, StoreError
 
     if ref is None:
         return ""
     try:
         return _short(store.get_value(ref), SHOWN_CHARS, quote=True)
+    except Erased:
+        return "<erased>"
     except StoreError as exc:
         return f"<damaged: {_one_line(str(exc))[:SHOWN_CHARS]}>"
 
@@ -81,7 +83,9 @@ def load_journal(path: str | os.PathLike[str], agent: str) -> dict[str, Any]:
             except JournalError:
                 chain = []
         entries = [{"seq": e.seq, "kind": e.kind, "energy": e.energy / 1000, "ref": ref.hex(),
-                    "request": _shown(store, e.request), "result": _shown(store, e.result)} for ref, e in chain]
+                    "request": _shown(store, e.request), "result": _shown(store, e.result),
+                    "request_ref": e.request.hex() if e.request else None,
+                    "result_ref": e.result.hex() if e.result else None} for ref, e in chain]
     finally:
         store.close()
     return {"store": where, "journal": key, "head": found[key].hex(), "entries": entries, "problem": problem}
@@ -152,4 +156,64 @@ def add_replay_parser(subparsers: Any) -> Any:
     p.add_argument("--all", action="store_true", help="replay every journal of the store")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     p.set_defaults(fn=_cmd_replay, func=_cmd_replay)
+    return p
+
+
+# --- avm erase ----------------------------------------------------------------------------------
+
+
+def erase_object(path: str | os.PathLike[str], ref_text: str, reason: str = "") -> int:
+    """``avm erase STORE REF``: replace an object's content with a tombstone; exit code 0."""
+    from avm.errors import Erased, NotFound, StoreError
+    from avm.journal.entry import JournalError, decode_entry
+    from avm.memory.ref import Ref
+
+    try:
+        ref = Ref(ref_text.strip().lower())
+    except (TypeError, ValueError):
+        raise _cli_error(f"{ref_text!r}: not a ref (64 hex characters)") from None
+    where = os.fspath(path)
+    store = _open_store(where)
+    try:
+        try:
+            data = store.get(ref, promote=False)
+        except NotFound:
+            raise _cli_error(f"{where}: no object {ref.hex()}") from None
+        except Erased:
+            print(f"{ref.hex()} was erased already")
+            return 0
+        except StoreError as exc:
+            data = b""  # damaged: erasing it is still what was asked
+            del exc
+        try:
+            decode_entry(data)
+        except JournalError:
+            pass
+        else:
+            raise _cli_error(f"{ref.hex()} is a journal entry: erase the values it names (avm inspect STORE AGENT "
+                             f"shows them), so its agent's hash chain can still be followed")
+        store.erase(ref, reason)
+    finally:
+        store.close()
+    print(f"erased {ref.hex()}: reading it now raises Erased; journals that name it still verify, and replay of an "
+          f"agent that read it stops with 'erased input'")
+    return 0
+
+
+def _cmd_erase(args: Any) -> int:
+    return erase_object(args.store, args.ref, args.reason or "")
+
+
+def add_erase_parser(subparsers: Any) -> Any:
+    p = subparsers.add_parser(
+        "erase", help="replace an object's content with a tombstone (an erasure request for personal data)",
+        description="Replace the content of one object of an AVM store with a tombstone, in the file at once: "
+                    "reading it then raises Erased, while its ref stays, so every journal's hash chain still "
+                    "verifies and a replay that needs it stops with an 'erased input' outcome. Exit code 0: "
+                    "erased (or erased already); 2: no such object, or the store cannot be opened.")
+    p.add_argument("store", metavar="STORE", help="the store's directory")
+    p.add_argument("ref", metavar="REF", help="the object's ref (64 hex characters; avm inspect STORE AGENT shows "
+                                              "a journal's)")
+    p.add_argument("--reason", metavar="TEXT", help="kept in the tombstone (at most 200 bytes)")
+    p.set_defaults(fn=_cmd_erase, func=_cmd_erase)
     return p

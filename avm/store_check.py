@@ -129,7 +129,7 @@ def verify_report(path: str | os.PathLike[str]) -> dict[str, Any]:
         "corrupt": [k.hex() for k in check.corrupt], "bad_keys": [k.hex() for k in check.bad_keys],
         "dangling_names": [n.decode("utf-8", "replace") for n in check.dangling_names],
         "dangling_pins": [r.hex() for r in check.dangling_pins],
-        "missing_dictionaries": [r.hex() for r in check.missing_dictionaries],
+        "missing_dictionaries": [r.hex() for r in check.missing_dictionaries], "erased": check.erased,
     }
 
 
@@ -144,7 +144,8 @@ def verify_store(path: str | os.PathLike[str], *, as_json: bool = False, isolate
         print(json.dumps(report))
         return EXIT_OK if report["ok"] else EXIT_PROBLEMS
     print(f"AVM store {report['store']}: {report['objects']:,} objects ({report['bytes']:,} bytes) read and checked; "
-          f"{report['journals']:,} journals ({report['journal_entries']:,} entries) followed link by link")
+          f"{report['journals']:,} journals ({report['journal_entries']:,} entries) followed link by link"
+          + (f"; {report['erased']:,} erased on request" if report.get("erased") else ""))
     problems = []
     if (report["objects"], report["bytes"]) != (report["recorded_objects"], report["recorded_bytes"]):
         problems.append(f"the counters say {report['recorded_objects']:,} objects of {report['recorded_bytes']:,} "

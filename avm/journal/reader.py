@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from avm.errors import NotFound, StoreError
+from avm.errors import Erased, NotFound, StoreError
 from avm.journal.entry import Entry, JournalError, decode_entry
 from avm.journal.writer import PREFIX
 from avm.memory.ref import Ref
@@ -38,6 +38,8 @@ def read_journal(store: ContentStore, head: Ref, *, who: str = "journal") -> lis
             data = store.get(ref, promote=False)
         except NotFound:
             raise JournalError(f"{where} is missing: the chain is broken there") from None
+        except Erased:
+            raise JournalError(f"{where} was erased: the chain cannot be followed past it") from None
         except StoreError as exc:
             raise JournalError(f"{where}: {exc}") from None
         try:
@@ -56,7 +58,8 @@ def read_journal(store: ContentStore, head: Ref, *, who: str = "journal") -> lis
 
 
 def check_journal(store: ContentStore, head: Ref, *, who: str = "journal") -> list[tuple[Ref, Entry]]:
-    """`read_journal`, and every request and result an entry names read (so verified) too."""
+    """`read_journal`, and every request and result an entry names read (so verified) too; a value erased
+    on request (`ContentStore.erase`) is no damage: the chain still holds its ref."""
     chain = read_journal(store, head, who=who)
     for _, entry in chain:
         for what, ref in (("request", entry.request), ("result", entry.result)):
@@ -64,6 +67,8 @@ def check_journal(store: ContentStore, head: Ref, *, who: str = "journal") -> li
                 continue
             try:
                 store.get_value(ref)
+            except Erased:
+                continue
             except NotFound:
                 raise JournalError(f"{who}: seq {entry.seq} ({entry.kind}): its {what} {ref.hex()[:16]} "
                                    f"is missing") from None

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from avm.conversation import llm_error_value
-from avm.errors import LLMError
+from avm.errors import Erased, LLMError
 from avm.io.request import LLMRequest, RequestError
 from avm.kernel.effects import HANDLERS, llm_reply, llm_request
 from avm.kernel.outcome import Outcome, faulted
@@ -100,7 +100,11 @@ def replayed(kernel: Kernel, agent: Agent, effect: Effect) -> Outcome:
         diff = 0
     if entry.result is None:  # a recv that timed out
         return Outcome(None, charge=diff / 1000, timeout=True)
-    result = store.get_value(entry.result)
+    try:
+        result = store.get_value(entry.result)
+    except Erased:
+        return faulted("Erased", f"journal entry {entry.seq} ({entry.kind} at line {effect.line}): its result was "
+                                 f"erased, so the agent cannot go on from its journal")
     if "fault" in result:
         kind, message = result["fault"]
         return Outcome(fault=(kind, message), charge=diff / 1000)

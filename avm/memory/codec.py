@@ -9,6 +9,8 @@ codec       layout after the codec byte
 1 zstd      varint decoded size, a zstd frame
 2 zstd+dict 8-byte dictionary id, varint decoded size, a zstd frame made
             with that dictionary
+3 erased    a tombstone: the object was erased on request (`ContentStore.erase`);
+            the UTF-8 reason follows. Reading it raises `Erased`.
 ==========  ===============================================================
 
 Frames are written without magic number, content size, dictionary id or
@@ -31,14 +33,16 @@ from typing import Final, NamedTuple
 import zstandard
 from blake3 import blake3
 
-from avm.errors import CorruptObject, StoreError
+from avm.errors import CorruptObject, Erased, StoreError
 from avm.memory.ref import Ref
 
-__all__ = ["CODEC_RAW", "CODEC_ZSTD", "CODEC_ZSTD_DICT", "DICT_ID_SIZE", "BlobInfo", "Codec", "blob_info"]
+__all__ = ["CODEC_RAW", "CODEC_TOMBSTONE", "CODEC_ZSTD", "CODEC_ZSTD_DICT", "DICT_ID_SIZE", "BlobInfo", "Codec",
+           "blob_info", "tombstone"]
 
 CODEC_RAW: Final = 0
 CODEC_ZSTD: Final = 1
 CODEC_ZSTD_DICT: Final = 2
+CODEC_TOMBSTONE: Final = 3
 DICT_ID_SIZE: Final = 8
 
 # decompress() allocates max_output_size before it starts, so a damaged size header claiming 2^40
@@ -95,6 +99,8 @@ def blob_info(blob: bytes) -> BlobInfo:
                 raise ValueError("truncated dictionary id")
             size, pos = _read_varint(blob, 1 + DICT_ID_SIZE)
             return BlobInfo(CODEC_ZSTD_DICT, size, dict_id, pos)
+        if codec == CODEC_TOMBSTONE:
+            return BlobInfo(CODEC_TOMBSTONE, 0, None, 1)
     except IndexError:
         raise ValueError("truncated blob header") from None
     raise ValueError(f"unknown codec {codec}")
@@ -197,9 +203,11 @@ class Codec:
         return blob if len(blob) <= n else _RAW_PREFIX + data
 
     def decode(self, ref: Ref, blob: bytes, tier: str) -> bytes:
-        """The object's bytes, verified against ``ref``; `CorruptObject` otherwise."""
+        """The object's bytes, verified against ``ref``; `CorruptObject` otherwise, `Erased` for a tombstone."""
         try:
             info = blob_info(blob)
+            if info.codec == CODEC_TOMBSTONE:
+                raise Erased(ref)
             if info.codec == CODEC_RAW:
                 data = blob[1:]
             else:
@@ -212,11 +220,18 @@ class Codec:
                     data = dctx.decompress(payload, max_output_size=info.raw_size)
                 else:
                     data = _decompress_at_most(dctx, payload, info.raw_size)
+        except Erased:
+            raise
         except (ValueError, LookupError, StoreError, zstandard.ZstdError) as exc:
             raise CorruptObject(ref, tier) from exc
         if len(data) != info.raw_size or blake3(data).digest() != ref:
             raise CorruptObject(ref, tier)
         return data
+
+
+def tombstone(reason: str = "") -> bytes:
+    """The blob that stands for an erased object."""
+    return bytes((CODEC_TOMBSTONE,)) + reason.encode("utf-8", "replace")[:200]
 
 
 def _decompress_at_most(dctx: zstandard.ZstdDecompressor, payload: bytes, limit: int) -> bytes:

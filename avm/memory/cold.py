@@ -357,6 +357,40 @@ class ColdTier:
         self._pending, self._pending_pins, self._pending_meta, self._pending_names = {}, {}, {}, {}
         self.pending_bytes = 0
 
+    def erase(self, ref: Ref, blob: bytes) -> bool:
+        """Overwrite ``ref``'s blob with ``blob`` (a tombstone) now, pending writes committed first; False if
+        the tier does not hold ``ref``. An object not yet committed never reaches the disk."""
+        unwritten = self._pending.pop(ref, None)
+        if unwritten is not None:
+            self.pending_bytes -= len(unwritten)
+        self.flush()
+
+        def work(txn: lmdb.Transaction) -> tuple[bool, tuple[int, int, int]]:
+            objects, size, raw = self._counters(txn)
+            old = txn.get(ref, db=self._objects)
+            if old is None:
+                if unwritten is None:
+                    return False, (objects, size, raw)
+                txn.put(ref, blob, db=self._objects)
+                counters = (objects + 1, size + len(blob), raw)
+                txn.put(_KEY_COUNTERS, _COUNTERS.pack(*counters), db=self._meta)
+                return True, counters
+            info = blob_info(bytes(old)) if len(old) else None
+            txn.put(ref, blob, db=self._objects)
+            counters = (objects, size - len(old) + len(blob), raw - (info.raw_size if info else 0))
+            txn.put(_KEY_COUNTERS, _COUNTERS.pack(*counters), db=self._meta)
+            return True, counters
+
+        try:
+            done, (self.objects, self.bytes, self.raw_bytes) = self._write(work)
+        except ValueError:  # a blob whose header does not parse: erase it all the same
+            def anyway(txn: lmdb.Transaction) -> tuple[bool, tuple[int, int, int]]:
+                txn.put(ref, blob, db=self._objects)
+                return True, self._counters(txn)
+
+            done, (self.objects, self.bytes, self.raw_bytes) = self._write(anyway)
+        return done  # type: ignore[no-any-return]
+
     def delete(self, ref: Ref) -> bool:
         """Remove ``ref`` now (pending writes are committed first)."""
         return self.delete_many([ref]) == 1

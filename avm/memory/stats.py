@@ -105,6 +105,7 @@ class StoreCheck:
     dangling_names: tuple[bytes, ...]
     dangling_pins: tuple[bytes, ...]
     missing_dictionaries: tuple[bytes, ...]
+    erased: int = 0  # tombstones (`ContentStore.erase`): not damage
 
     @property
     def ok(self) -> bool:

@@ -46,8 +46,8 @@ from typing import Any
 
 from blake3 import blake3
 
-from avm.errors import CorruptObject, NotFound, StoreError
-from avm.memory.codec import Codec
+from avm.errors import CorruptObject, Erased, NotFound, StoreError
+from avm.memory.codec import Codec, tombstone
 from avm.memory.cold import ColdTier
 from avm.memory.dictionary import DictionaryTrainer
 from avm.memory.hot import HotTier
@@ -117,6 +117,7 @@ class ContentStore:
         self._hot_cache = self._hot.cache
         self._pins: dict[Ref, int] = {}
         self._names: dict[bytes, Ref] = {}  # the bindings of an in-memory store (the cold tier keeps its own)
+        self._erased: set[Ref] = set()  # refs erased by this store (the cold tier also keeps their tombstones)
         self._dicts: list[Ref] = []  # registry, oldest first; the last one is current
         self._puts = self._dedup_hits = self._logical = 0
         self._promotions = self._demotions = 0
@@ -206,8 +207,8 @@ class ContentStore:
             if ref in self._hot_cache:
                 self._hot.touch(ref)
                 self._dedup_hits += 1
-            elif self._warm.touch(ref) or (self._cold is not None and ref in self._cold):
-                self._dedup_hits += 1
+            elif self._warm.touch(ref) or (self._cold is not None and ref in self._cold) or ref in self._erased:
+                self._dedup_hits += 1  # (erased content put again stays erased)
             else:
                 if self._cold is not None:
                     self._cold.put(ref, data)
@@ -251,12 +252,14 @@ class ContentStore:
                 self._promotions += 1
             return data
         if self._cold is not None:
-            data = self._cold.get(ref)
+            data = self._cold.get(ref)  # (a tombstone raises Erased)
             if data is not None:
                 if promote and (self._hot.fits(data) or self._warm.budget):
                     self._place(ref, data)
                     self._promotions += 1
                 return data
+        if ref in self._erased:
+            raise Erased(ref)
         raise NotFound(ref)
 
     def contains(self, ref: Ref) -> bool:
@@ -269,7 +272,26 @@ class ContentStore:
     def _contains(self, ref: Ref) -> bool:
         if self._closed:
             raise StoreError("the store is closed")
-        return ref in self._hot_cache or ref in self._warm or (self._cold is not None and ref in self._cold)
+        return (ref in self._hot_cache or ref in self._warm or (self._cold is not None and ref in self._cold)
+                or ref in self._erased)
+
+    def erase(self, ref: Ref, reason: str = "") -> None:
+        """Replace the content of ``ref`` with a tombstone, in every tier and on disk at once (an erasure
+        request for personal data): reading it then raises `Erased`; its ref, pins and names stay, so
+        whatever refers to it (a journal's hash chain) still verifies. `NotFound` if the store does not
+        hold it. LMDB reuses the pages the content was in; until then its bytes may remain in the file's
+        free pages (``mdb_copy -c`` writes a compacted copy without them)."""
+        with self._lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            ref = _as_ref(ref)
+            if not self._contains(ref):
+                raise NotFound(ref)
+            self._hot.delete(ref)
+            self._warm.delete(ref)
+            self._erased.add(ref)
+            if self._cold is not None:
+                self._cold.erase(ref, tombstone(reason))
 
     def pin(self, ref: Ref) -> int:
         """Add a pin to ``ref`` (protecting it from `gc`); the new pin count."""
@@ -481,6 +503,7 @@ class ContentStore:
             objects = size = 0
             corrupt: list[bytes] = []
             bad_keys: list[bytes] = []
+            erased = 0
             for key, blob in cold.scan():
                 objects += 1
                 size += len(blob)
@@ -489,6 +512,8 @@ class ContentStore:
                     continue
                 try:
                     self._codec.decode(Ref._trusted(key), blob, "cold")
+                except Erased:
+                    erased += 1  # a tombstone: erased on request, not damage
                 except CorruptObject:
                     corrupt.append(key)
             names = cold.names()
@@ -496,7 +521,7 @@ class ContentStore:
                 objects, size, cold.objects, cold.bytes, tuple(corrupt), tuple(bad_keys),
                 tuple(sorted(name for name, ref in names.items() if ref not in cold)),
                 tuple(sorted(bytes(ref) for ref in self._pins if ref not in cold)),
-                tuple(bytes(ref) for ref in self._dicts if ref not in cold))
+                tuple(bytes(ref) for ref in self._dicts if ref not in cold), erased)
 
     @property
     def path(self) -> str | None:
