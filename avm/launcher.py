@@ -244,7 +244,11 @@ async def _resume(vm: Any, spec: RunSpec, store: Any, run: bool | str) -> list[A
             raise LaunchError(f"--resume {run}: {'ambiguous' if matches else 'no such run'} in {spec.store} "
                               f"(runs: {', '.join(runs[-5:])})")
         run_id = matches[0]
-    by_name = {h.name: h for h in await vm.resume(run_id) if h.name is not None}
+    try:
+        resumed = await vm.resume(run_id)
+    except StoreError as exc:  # a broken journal (JournalError), damaged objects: no guessing, no silent repair
+        raise LaunchError(f"{spec.store}: cannot resume run {run_id}: {exc}") from None
+    by_name = {h.name: h for h in resumed if h.name is not None}
     handles = []
     for group in spec.groups:
         missing = [i for i in range(group.count) if group.agent_name(i) not in by_name]

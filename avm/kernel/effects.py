@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -52,15 +52,39 @@ def llm_request(kernel: Kernel, agent: Agent, effect: Effect) -> LLMRequest | Ou
 
 
 def llm_reply(kernel: Kernel, agent: Agent, response: LLMResponse) -> Outcome:
-    """A reply's outcome: the value the program resumes with, its tokens' energy, the message to append."""
+    """A reply's outcome: the value the program resumes with, its tokens' energy, the message to append.
+
+    The model proposes, the VM decides: a tool call naming a tool the agent was not granted (a prompt
+    injection's favourite) is taken out of the reply, its value and its conversation alike, and listed
+    under ``refused_tool_calls`` in the value, so the program sees it was refused and never runs it."""
     usage = response.usage
     kernel.prompt_tokens += usage.prompt_tokens
     kernel.completion_tokens += usage.completion_tokens
     settings = kernel.settings
-    return Outcome(reply_value(response.text, response.tool_calls),
-                   charge=usage.prompt_tokens * settings.energy_per_prompt_token
+    text, calls = response.text, response.tool_calls
+    refused = None
+    if calls:
+        granted = agent.granted
+        if any(_call_name(call) not in granted for call in calls):
+            refused = [{"id": str(call.get("id", "")) if isinstance(call, dict) else "", "name": _call_name(call),
+                        "error": f"the model called {_call_name(call)!r}, a tool this agent was not granted: "
+                                 f"refused"}
+                       for call in calls if _call_name(call) not in granted]
+            calls = tuple(call for call in calls if _call_name(call) in granted)
+            kernel.tool_injections += 1
+    value = reply_value(text, calls)
+    if refused is not None:
+        if type(value) is not dict:
+            value = {"text": text or None, "tool_calls": []}
+        value["refused_tool_calls"] = refused
+    return Outcome(value, charge=usage.prompt_tokens * settings.energy_per_prompt_token
                    + usage.completion_tokens * settings.energy_per_completion_token,
-                   reply=reply_message(response.text, response.tool_calls))
+                   reply=reply_message(text if text or calls else "", calls))
+
+
+def _call_name(call: Any) -> str:
+    function = call.get("function") if isinstance(call, dict) else None
+    return str(function.get("name", "")) if isinstance(function, dict) else ""
 
 
 async def _llm(kernel: Kernel, agent: Agent, effect: Effect) -> Outcome:  # pragma: no cover - the trap inlines it

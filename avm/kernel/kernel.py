@@ -85,6 +85,7 @@ class Kernel:
         self.transitions = self._spawned = self._child_spawns = self._completions = 0
         self.restarts = self._hibernations = self._wakeups = self.preemptions = 0
         self.messages = self._llm_errors = self.prompt_tokens = self.completion_tokens = 0
+        self.tool_injections = 0  # LLM replies that called tools the agent was not granted (refused)
         self._llm_error_kinds: dict[str, int] = {}
         self._llm_first_errors: dict[str, str] = {}
         self.energy = 0  # milli-units
@@ -728,5 +729,6 @@ class Kernel:
             energy_budget=self.budgeted / 1000, ended=dict(self._ended), faults=self._fault_count,
             repeated_effects=self.repeated_effects, tool_repeats=self._tool_repeats, top_agents=top_agents,
             llm_errors_by_kind=dict(self._llm_error_kinds), llm_first_errors=dict(self._llm_first_errors),
-            memory_held=sum(a.frame.memory_held for a in self.agents.values() if a.frame is not None))
+            memory_held=sum(a.frame.memory_held for a in self.agents.values() if a.frame is not None),
+            tool_injections=self.tool_injections)
 

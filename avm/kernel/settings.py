@@ -148,6 +148,7 @@ class VMStatistics:
     top_agents: tuple[tuple[int, str | None, str, float], ...] = ()  # (id, name, state, energy), most first
     llm_errors_by_kind: dict[str, int] = field(default_factory=dict)  # the llm_errors by LLMError kind
     llm_first_errors: dict[str, str] = field(default_factory=dict)  # kind -> the first such error, in full
+    tool_injections: int = 0  # LLM replies that called a tool the agent was not granted (the calls refused)
     memory_held: int = 0  # bytes the live agents' values hold (each measured when it last made enough
     # to be checked against its ceiling, plus what it made since: an upper bound)
 
