@@ -149,6 +149,20 @@ def reply_message(text: str | None, tool_calls: tuple[Any, ...]) -> Message:
     return Message("assistant", text or None, tool_calls=keep_calls(tool_calls, packed=False) if tool_calls else ())
 
 
+def journaled_reply(raw: str, store: Any) -> Message | Ref:
+    """The reply message an agent appended, from its JSON as journaled: the same `Message` when it rebuilds
+    to the same bytes (so the turn it joins is stored as it was), else the JSON stored as a turn of its own."""
+    try:
+        data = json.loads(raw)
+        calls = tuple(data.get("tool_calls") or ())
+        message = reply_message(data.get("content"), calls)
+        if message_json(message) == raw.encode("utf-8"):
+            return message
+    except (ValueError, TypeError, AttributeError, RequestError):
+        pass
+    return store.put(raw.encode("utf-8"), hot=False)  # type: ignore[no-any-return]
+
+
 def llm_error_value(kind: str, message: str) -> dict[str, Any]:
     return error_value("llm", kind, message)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from avm.conversation import MessageError, store_turn, to_messages
+from avm.conversation import MessageError, journaled_reply, store_turn, to_messages
 from avm.errors import Erased, StoreError
 from avm.journal.entry import Entry, JournalError
 from avm.journal.reader import check_journal
@@ -151,7 +151,7 @@ class _Replayer:
                 elif diff < 0:
                     frame.refund(-diff / 1000)  # a child's unspent budget came back
                 if result is not None and "reply" in result:
-                    conversation.append(self.scratch.put(result["reply"].encode("utf-8"), hot=False))
+                    conversation.append(journaled_reply(result["reply"], self.scratch))
                 self._emit(out.kind, request, entry.result, spent + frame.used)
                 self._own_entries(frame, conversation, spent, after_effect=True)  # a snapshot taken at this effect
                 if result is None:

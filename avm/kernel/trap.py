@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from avm.conversation import llm_error_value
+from avm.conversation import journaled_reply, llm_error_value
 from avm.errors import Erased, LLMError
 from avm.io.request import LLMRequest, RequestError
 from avm.kernel.effects import HANDLERS, llm_reply, llm_request
@@ -74,9 +74,11 @@ def apply(kernel: Kernel, agent: Agent, effect: Effect, outcome: Outcome, record
     return True
 
 
-def replayed(kernel: Kernel, agent: Agent, effect: Effect) -> Outcome:
+def replayed(kernel: Kernel, agent: Agent, effect: Effect) -> tuple[Outcome, bool]:
     """A recovering agent's effect: the outcome its journal recorded (`avm.journal.recovery`), not performed
-    again; a fault naming the first difference if the program asks something else than it did."""
+    again; a fault naming the first difference if the program asks something else than it did. With it,
+    whether the outcome is a new fact to journal (a side-effecting call the crash interrupted: its journal
+    holds the intent only)."""
     queue = agent.replay
     store = kernel.store
     entry = queue.popleft()
@@ -89,30 +91,30 @@ def replayed(kernel: Kernel, agent: Agent, effect: Effect) -> Outcome:
     if ("tool" if interrupted else entry.kind) != effect.kind or entry.request != request:
         asked = _short(store.get_value(entry.request)) if entry.request is not None else "nothing"
         return faulted("ReplayDiverged", f"{effect.kind} {_short(list(effect.args))} at line {effect.line}, but "
-                                         f"journal entry {entry.seq} is {entry.kind} {asked}")
+                                         f"journal entry {entry.seq} is {entry.kind} {asked}"), False
     if interrupted:  # a side-effecting call the crash interrupted: it may have happened; never twice
         name = effect.args[0]
-        return Outcome(error_value(name, "Interrupted", f"{name}: the call was interrupted by a crash and "
-                                                       f"is not made again (it may or may not have happened)"))
+        return Outcome(error_value(name, "Interrupted", f"{name}: the call was interrupted by a crash and is not "
+                                                       f"made again (it may or may not have happened)")), True
     diff = entry.energy - agent.used_milli()
     if diff < 0:  # a child's unspent energy came back before the crash
         agent.refund_due -= diff
         diff = 0
     if entry.result is None:  # a recv that timed out
-        return Outcome(None, charge=diff / 1000, timeout=True)
+        return Outcome(None, charge=diff / 1000, timeout=True), False
     try:
         result = store.get_value(entry.result)
     except Erased:
         return faulted("Erased", f"journal entry {entry.seq} ({entry.kind} at line {effect.line}): its result was "
-                                 f"erased, so the agent cannot go on from its journal")
+                                 f"erased, so the agent cannot go on from its journal"), False
     if "fault" in result:
         kind, message = result["fault"]
-        return Outcome(fault=(kind, message), charge=diff / 1000)
+        return Outcome(fault=(kind, message), charge=diff / 1000), False
     reply = result.get("reply")
     if reply is not None:
         llm_request(kernel, agent, effect)  # its messages join the conversation, as they did
-        return Outcome(result["value"], charge=diff / 1000, reply=store.put(reply.encode("utf-8"), hot=False))
-    return Outcome(result["value"], charge=diff / 1000)
+        return Outcome(result["value"], charge=diff / 1000, reply=journaled_reply(reply, store)), False
+    return Outcome(result["value"], charge=diff / 1000), False
 
 
 def _short(value: Any) -> str:
@@ -169,7 +171,7 @@ async def live(kernel: Kernel, agent: Agent, woken: bool = False) -> None:
                         outcome: Any
                         fresh = agent.replay is None
                         if not fresh:  # recovering: the journal has this effect's result
-                            outcome = replayed(kernel, agent, out)  # type: ignore[arg-type]
+                            outcome, fresh = replayed(kernel, agent, out)  # type: ignore[arg-type]
                         elif kind == "llm":
                             outcome = llm_request(kernel, agent, out)  # type: ignore[arg-type]
                             if type(outcome) is LLMRequest:

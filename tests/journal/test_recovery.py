@@ -18,7 +18,8 @@ import pytest
 import trio
 
 import avm
-from avm.journal import check_journals
+from avm.journal import check_journals, journals, read_journal
+from avm.journal.replay import replay_journal
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -170,6 +171,12 @@ async def test_a_run_killed_with_sigkill_goes_on_and_no_side_effect_happens_twic
             assert len(handles) == 20  # (the script spawns them all before its first checkpoint)
             results = [await h.result() for h in handles]
         assert check_journals(store)[2] == []
+        for key, head in journals(store).items():  # what the lives wrote is what the programs do
+            report = replay_journal(store, key, head)
+            assert report.ok, report.line()
+            kinds = [e.kind for _, e in read_journal(store, head)]
+            # an intent is always followed by its call's entry: made, or refused as interrupted
+            assert all(kinds[i + 1] == "tool" for i, kind in enumerate(kinds) if kind == "intent")
     assert results == ["done"] * 20
     notes = _notes(log)
     keys = Counter(key for key, _ in notes)
