@@ -98,7 +98,7 @@ class Frame:
     __slots__ = (
         "code", "pc", "stack", "variables", "used", "budget", "status", "pending", "effects",
         "stall_limit", "stall_count", "last_request", "last_result", "outcome",
-        "memory_limit", "held", "allocated", "instruction_limit",
+        "memory_limit", "held", "allocated", "instruction_limit", "in_guard",
     )
 
     def __init__(self, code: Code, budget: float = 100.0, inputs: Mapping[str, Any] | None = None,
@@ -136,6 +136,7 @@ class Frame:
         self.set_instruction_limit(instruction_limit)
         self.held = 0
         self.allocated = 0
+        self.in_guard = False  # between a guard and its end_guard
 
     def set_memory_limit(self, limit: int | None) -> None:
         """Bytes the frame's values may hold (None: no ceiling); past it, the instruction faults."""

@@ -3,7 +3,8 @@
 GBNF is the grammar format of llama.cpp-style servers: given this grammar, a
 server can only sample text that is a syntactically valid AVM program. (The
 compiler still checks what a context-free grammar cannot: labels defined once
-and before use, stack depths, builtin arities.)
+and before use, stack depths, builtin arities, guarded sections that pair up
+and that no jump enters but at their guard.)
 """
 
 from __future__ import annotations

@@ -115,6 +115,11 @@ RECV = _op("recv", (), 1, 1, 500, "pop a timeout in seconds (or null); push a me
 SPAWN = _op("spawn", (), 3, 1, 2000, "pop budget, inputs, program; push the child's id", effect=True)
 DELEGATE = _op("delegate", (), 3, 1, 2000, "pop budget, inputs, program; push the child's result", effect=True)
 SLEEP = _op("sleep", (), 1, 1, 200, "pop seconds; push null after sleeping", effect=True)
+# Guarded sections: code that must run in order, from its guard to its end_guard. The validator refuses a
+# jump into a section (but to its guard), out of it, or a return/halt inside it; the VM faults at an
+# end_guard not reached through its guard (a frame brought into the middle of a section).
+GUARD = _op("guard", (), 0, 0, 50, "begin a guarded section: what follows, up to end_guard, runs in order")
+END_GUARD = _op("end_guard", (), 0, 0, 50, "end the guarded section (fault if it was not entered at its guard)")
 
 OPS: tuple[OpInfo, ...] = tuple(_TABLE)
 BY_NAME: dict[str, OpInfo] = {info.name: info for info in OPS}

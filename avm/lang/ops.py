@@ -108,6 +108,19 @@ def _assert(frame: Any, stack: list, a: Any) -> None:
         raise VMError("AssertionFailed", a or "assertion failed")
 
 
+def _guard(frame: Any, stack: list, a: Any) -> None:
+    if frame.in_guard:
+        raise VMError("GuardError", "guard reached inside a guarded section (a section entered twice)")
+    frame.in_guard = True
+
+
+def _end_guard(frame: Any, stack: list, a: Any) -> None:
+    if not frame.in_guard:
+        raise VMError("GuardError", "end_guard reached without its guard: something jumped into the middle of "
+                                    "a guarded section")
+    frame.in_guard = False
+
+
 def _concat(frame: Any, stack: list, a: Any) -> None:
     x = stack[-2]
     b = stack[-1]
@@ -383,6 +396,8 @@ for _code, _fn in {
     O.SET: _set,
     O.LEN: _len,
     O.APPEND: _append,
+    O.GUARD: _guard,
+    O.END_GUARD: _end_guard,
     # The loop inlines these; handlers here serve the block compiler and keep the table whole.
     O.ADD: _binary(add),
     O.SUB: _binary(sub),

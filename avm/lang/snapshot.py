@@ -71,6 +71,8 @@ def encode_frame(frame: F.Frame) -> bytes:
         frame.effects, frame.stall_limit, frame.stall_count, last_request, frame.last_result,
         _outcome_to_value(frame.outcome),
     ]
+    if frame.in_guard:  # (a 14th field only then: snapshots of frames that use no guard are unchanged)
+        state.append(True)
     values = [*frame.stack, *frame.variables.values(), frame.last_result]
     if pending is not None:
         values += pending[1]
@@ -125,9 +127,10 @@ def decode_frame(cls: type[F.Frame], code: Code, data: bytes) -> F.Frame:
         state = decode_value(data[_HEAD:body_end])
     except Exception as exc:  # ValueFormatError, and anything a hostile body provokes
         raise SnapshotError(f"malformed snapshot: {exc}") from None
-    _want(type(state) is list and len(state) == 13, "wrong shape")
+    _want(type(state) is list and (len(state) == 13 or len(state) == 14 and state[13] is True), "wrong shape")
+    in_guard = len(state) == 14
     (pc, stack, variables, used, budget, status, pending, effects, stall_limit, stall_count,
-     last_request, last_result, outcome) = state
+     last_request, last_result, outcome) = state[:13]
     n = code.ninstrs
     _want(type(status) is str and status in _STATUSES, f"unknown status {status!r}")
     # A frame that ended on its last instruction (return, halt) has its pc just past it.
@@ -161,6 +164,7 @@ def decode_frame(cls: type[F.Frame], code: Code, data: bytes) -> F.Frame:
     f.instruction_limit = None  # nor is this
     f.held = 0
     f.allocated = 0
+    f.in_guard = in_guard
 
     if last_request is not None:
         _want(type(last_request) is list and len(last_request) == 2 and type(last_request[0]) is str

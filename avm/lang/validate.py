@@ -5,7 +5,10 @@ It walks every path through the program with the stack depth each path has:
 - a jump target must exist;
 - an instruction must never pop more values than any path leaves on the stack;
 - where paths merge, they must agree on the depth;
-- instructions no path reaches are reported as warnings, not errors.
+- instructions no path reaches are reported as warnings, not errors;
+- guarded sections (``guard`` ... ``end_guard``) do not nest and are closed; no
+  jump enters one but at its guard, none leaves one, and no ``return`` or
+  ``halt`` ends the program inside one: a section runs in order, to its end.
 
 Every stack effect is static, so this also gives the program's maximum stack
 depth, which bounds an agent's stack without a check per push at run time.
@@ -51,6 +54,7 @@ def validate(
     result = Validation()
     if n == 0:
         return result
+    _check_sections(instrs, fail, where)
     depth[0] = 0
     work = [0]
     while work:
@@ -95,3 +99,44 @@ def validate(
         else:
             i += 1
     return result
+
+
+def _check_sections(instrs: Sequence[tuple[O.OpInfo, tuple[Any, ...]]], fail: Callable[[str, int], CompileError],
+                    where: Callable[[int], str]) -> None:
+    """The guarded sections' rules (see the module docstring)."""
+    n = len(instrs)
+    section = [-1] * n  # the index of the guard of the section each instruction is in, or -1
+    open_at = -1
+    ending = -1  # the first return or halt inside a section
+    for i, (info, _) in enumerate(instrs):
+        if info.code == O.GUARD:
+            if open_at != -1:
+                raise fail("guard inside a guarded section (sections do not nest)", i)
+            open_at = i
+        elif info.code == O.END_GUARD and open_at == -1:
+            raise fail("end_guard without a guard before it", i)
+        elif open_at != -1 and info.ends and not info.jumps and ending == -1:
+            ending = i
+        section[i] = open_at
+        if info.code == O.END_GUARD:
+            open_at = -1
+    if open_at != -1:
+        raise fail("guard without an end_guard after it", open_at)
+    if ending != -1:
+        raise fail(f"{instrs[ending][0].name} inside a guarded section: a section runs to its end_guard", ending)
+    if not any(s != -1 for s in section):
+        return
+    for i, (info, operands) in enumerate(instrs):
+        if not info.jumps:
+            continue
+        target = operands[0]
+        if not 0 <= target < n:
+            continue  # (reported by the walk)
+        inside, into = section[i], section[target]
+        if inside != -1 and into != inside:
+            raise fail(f"jump out of the guarded section that begins at instruction {inside} "
+                       f"(to {where(target)})", i)
+        if into != -1 and inside != into and target != into:
+            raise fail(f"jump into the middle of a guarded section ({where(target)}); enter it at its guard", i)
+        if into != -1 and inside == into and target == into:
+            raise fail("jump back to the guard of the section it is in: a section runs once, in order", i)

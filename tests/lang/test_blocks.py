@@ -427,7 +427,8 @@ def _grid_ops() -> list[tuple[str, int]]:
     """Every instruction that computes on the stack, as source with its operand count."""
     out = []
     for info in O.OPS:
-        if info.jumps or info.ends or info.effect or info.code in (O.PUSH, O.LOAD, O.STORE, O.ENERGY_CHECK, O.OBSERVE):
+        if info.jumps or info.ends or info.effect or info.code in (O.PUSH, O.LOAD, O.STORE, O.ENERGY_CHECK, O.OBSERVE,
+                                                                  O.GUARD, O.END_GUARD):
             continue
         if info.code == O.CALL:
             for b in REGISTRY.values():

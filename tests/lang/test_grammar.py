@@ -11,7 +11,7 @@ import pytest
 import avm
 
 SEMANTIC = ("undefined label", "duplicate label", "stack underflow", "inconsistent stack depth",
-            "builtin", "out of range")
+            "builtin", "out of range", "guard")
 
 
 class Gbnf:
