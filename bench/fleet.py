@@ -378,11 +378,29 @@ def vm_connection_settings(connections: int) -> tuple[dict[str, Any], str]:
 
 
 async def run_fleet(url: str, agents: int, turns: int, latency: float, connections: int,
-                    timeout: float) -> dict[str, Any]:
+                    timeout: float, journal: bool = False) -> dict[str, Any]:
     conn_kw, conn_setting = vm_connection_settings(connections)
     out: dict[str, Any] = {"agents": agents, "turns": turns, "latency_s": latency, "llm_connections": connections,
-                           "connection_setting": conn_setting}
-    async with avm.VM(llm=url, model=DEFAULT_MODEL, tools=TOOLS, hibernate_after_s=None, **conn_kw) as vm:
+                           "connection_setting": conn_setting, "journal": journal}
+    store = None
+    if journal:  # every effect journaled into a store on disk (what avm run --store does)
+        import shutil
+        import tempfile
+
+        where = tempfile.mkdtemp(prefix="avm-fleet-journal-")
+        store = avm.ContentStore(where)
+        conn_kw = {**conn_kw, "journal": True}
+    try:
+        return await _run_fleet(url, agents, turns, latency, timeout, store, conn_kw, out)
+    finally:
+        if store is not None:
+            store.close()
+            shutil.rmtree(where, ignore_errors=True)
+
+
+async def _run_fleet(url: str, agents: int, turns: int, latency: float, timeout: float, store: Any,
+                     conn_kw: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+    async with avm.VM(store, llm=url, model=DEFAULT_MODEL, tools=TOOLS, hibernate_after_s=None, **conn_kw) as vm:
         out["system_prompt_bytes"] = len(SYSTEM_TEMPLATE.encode())
         out["tool_specs_bytes"] = len(json.dumps(vm.tools.specs(TOOL_NAMES)).encode())
         # Warm-up: one agent end to end (compiles the program, stores the template and the specs).
@@ -483,7 +501,7 @@ def run_one(args: argparse.Namespace) -> int:
     if warning:
         print(f"fleet: {warning}", file=sys.stderr)
     result = trio.run(run_fleet, args.url, args.agents[0], args.turns, args.latency, args.llm_connections,
-                      args.timeout)
+                      args.timeout, args.journal)
     result["dialect"] = args.dialects[0]
     print(json.dumps(result, sort_keys=True), flush=True)
     return 0
@@ -525,6 +543,8 @@ def run_child(url: str, dialect: str, agents: int, args: argparse.Namespace, con
     command = [sys.executable, os.path.abspath(__file__), "--one", "--url", url, "--dialects", dialect,
                "--agents", str(agents), "--turns", str(args.turns), "--latency", f"{args.latency:g}",
                "--llm-connections", str(connections), "--timeout", f"{args.timeout:g}"]
+    if args.journal:
+        command.append("--journal")
     child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         stdout, _ = child.communicate(timeout=args.timeout + 180)
@@ -687,6 +707,8 @@ def main(argv: list[str] | None = None) -> int:
                              "the open-file limit is raised for it, up to the hard limit)")
     parser.add_argument("--timeout", type=float, default=600.0, metavar="S", help="per run (default 600 s)")
     parser.add_argument("--quick", action="store_true", help="N=100 only, latency 0.2 s")
+    parser.add_argument("--journal", action="store_true",
+                        help="journal every effect into a store on disk, as avm run --store does (its cost)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a client process: one run
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

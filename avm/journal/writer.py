@@ -50,6 +50,7 @@ from avm.kernel.hooks import Hook
 from avm.lang.code import Code
 from avm.memory.ref import Ref
 from avm.memory.store import ContentStore
+from avm.memory.values import encode_value
 from avm.scheduler.states import AgentState
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ class Journal(Hook):
             head = self._heads[agent.id] = [-1, None, 0]
         seq = head[0] + 1
         entry = Entry(seq, head[1], kind, request, result, agent.used_milli())
-        ref = self.store.put(entry.encode(), hot=False)
+        ref = self.store.put(entry.encode(), hot=False, cache=False)
         self.store.bind(journal_name(self.run_id, agent.id), ref)
         head[0], head[1] = seq, ref
         self.entries += 1
@@ -122,10 +123,11 @@ class Journal(Hook):
         return ref
 
     def _put(self, value: Any) -> Ref:
+        # (to disk only where there is one: a journal is written once and read by a recovery or a check)
         try:
-            return self.store.put_value(value)
+            return self.store.put(encode_value(value), hot=False, cache=False)
         except (TypeError, ValueError) as exc:  # a value nested too deeply to encode: say so, keep the chain
-            return self.store.put_value({"unrecorded": str(exc)})
+            return self.store.put(encode_value({"unrecorded": str(exc)}), hot=False, cache=False)
 
     # --- the hook ---------------------------------------------------------------------------------
 
@@ -188,7 +190,7 @@ class Journal(Hook):
         frame = agent.frame
         assert frame is not None
         if frame_ref is None:
-            frame_ref = self.store.put(frame.snapshot(), hot=False)
+            frame_ref = self.store.put(frame.snapshot(), hot=False, cache=False)
         conversation = agent.conversation
         if conversation:
             store_turn(conversation, self.store)  # (what its next request would store anyway)

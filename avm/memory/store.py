@@ -187,7 +187,7 @@ class ContentStore:
 
     # --- the API -----------------------------------------------------------------
 
-    def put(self, data: bytes, *, hot: bool = True) -> Ref:
+    def put(self, data: bytes, *, hot: bool = True, cache: bool = True) -> Ref:
         """Store ``data`` and return its ref; known content stores nothing new.
 
         ``hot=False`` places a new object in the warm tier (compressed) rather
@@ -195,6 +195,10 @@ class ContentStore:
         reader keeps its own form of it (a conversation's message, whose JSON
         the message itself keeps for its next requests), so that process
         memory holds one uncompressed copy of it, not two.
+
+        ``cache=False`` (with a cold tier) writes a new object to the cold tier only: for an object
+        written once and read back only after a restart or by a check (a journal entry), which no tier
+        of this process's memory should keep. Without a cold tier it has no effect.
         """
         if type(data) is not bytes:
             data = _as_bytes(data)
@@ -212,6 +216,8 @@ class ContentStore:
             else:
                 if self._cold is not None:
                     self._cold.put(ref, data)
+                    if not cache:
+                        return ref
                 if hot:
                     self._place(ref, data)
                 else:
