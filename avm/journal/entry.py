@@ -6,6 +6,7 @@ An entry is ``(seq, prev, kind, request, result, energy)``:
 - ``prev``: the ref (hash) of the entry before, None for the first;
 - ``kind``: an effect kind (llm, tool, send, recv, spawn, delegate, sleep) or one of the kernel's own:
   ``start`` (request: what the agent was spawned with), ``mail`` (result: a message put in its mailbox),
+  ``refund`` (request: ``{"milli": n}``, a child's unspent budget given back),
   ``snapshot`` (result: the agent's state then),
   ``intent`` (a side-effecting tool call about to be made), ``restart`` (a fresh frame after a fault),
   ``end`` (result: the state it ended in and its value or error);
@@ -27,7 +28,7 @@ from avm.lang.opcodes import EFFECT_KINDS
 from avm.memory.ref import Ref
 from avm.memory.values import decode_value, encode_value
 
-OWN_KINDS = ("start", "mail", "snapshot", "intent", "restart", "end")
+OWN_KINDS = ("start", "mail", "refund", "snapshot", "intent", "restart", "end")
 KINDS = frozenset(EFFECT_KINDS) | frozenset(OWN_KINDS)
 
 

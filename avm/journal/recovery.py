@@ -40,6 +40,8 @@ class Recovered:
     replay: list[Entry] = field(default_factory=list)  # entries to feed it, oldest first
     mailbox: list[Any] = field(default_factory=list)  # delivered, not yet received
     children: set[int] = field(default_factory=set)  # the ids its journaled spawns and delegates name
+    mail_keys: set[str] = field(default_factory=set)  # the keys of the messages delivered to it (Kernel.deliver)
+    tail_refund: int = 0  # milli-units children gave back after the last entry its frame will match
 
 
 def recover(store: ContentStore, run_id: str) -> list[Recovered]:
@@ -71,6 +73,10 @@ def _recovered(store: ContentStore, agent_id: int, chain: list[tuple[Ref, Entry]
     for e in entries:
         if e.kind == "mail":
             mails.append(value(e.result))
+            if e.request is not None:
+                key = value(e.request).get("from")
+                if type(key) is str:
+                    rec.mail_keys.add(key)
         elif e.kind == "recv" and e.result is not None:
             received += 1
         elif e.kind in ("spawn", "delegate"):
@@ -86,4 +92,9 @@ def _recovered(store: ContentStore, agent_id: int, chain: list[tuple[Ref, Entry]
         if rec.snapshot.get("resumed_by") == "previous":  # the effect its frame waits on is the entry before
             tail = [next(e for e in reversed(entries[:snap_at]) if e.kind in EFFECT_KINDS), *tail]
     rec.replay = [e for e in tail if e.kind in _REPLAYED]
+    # the energy the frame has once fed its replay: its last effect's (or its snapshot's, or the start's); a
+    # child's refund after it shows only in later entries (mail), and is the agent's to get back
+    matched = max((i for i, e in enumerate(entries) if e.kind in EFFECT_KINDS or e.kind in ("snapshot", "start",
+                                                                                             "restart")), default=0)
+    rec.tail_refund = sum(value(e.request)["milli"] for e in entries[matched + 1:] if e.kind == "refund")
     return rec

@@ -176,8 +176,10 @@ class _Replayer:
     def _own_entries(self, frame: Frame, conversation: list[Any], spent: int, after_effect: bool = False) -> None:
         """The kernel's entries that come next: mail as it was delivered, snapshots checked against the frame.
         ``after_effect``: up to a hibernation's snapshot, which belongs to the effect after (a recv)."""
-        while self.at < len(self.entries) and self.entries[self.at].kind in ("mail", "snapshot", "intent"):
+        while self.at < len(self.entries) and self.entries[self.at].kind in ("mail", "refund", "snapshot", "intent"):
             entry = self.entries[self.at]
+            if entry.kind == "refund":
+                frame.refund(self._value(entry.request)["milli"] / 1000)
             if entry.kind == "snapshot":
                 if after_effect and self._value(entry.result).get("resumed_by") == "next":
                     return

@@ -66,8 +66,8 @@ def journal_name(run_id: str, agent_id: int) -> str:
     return f"{PREFIX}{run_id}/{agent_id:09d}"
 
 
-def call_key(run_id: str, agent_id: int, seq: int) -> str:
-    return f"{run_id}/{agent_id}/{seq}"
+def call_key(run_id: str, agent_id: int, step: str) -> str:
+    return f"{run_id}/{agent_id}/{step}"
 
 
 class Journal(Hook):
@@ -94,10 +94,9 @@ class Journal(Hook):
         self._heads[agent_id] = [seq, head, snapshot_seq]
 
     def call_key(self, agent: Agent) -> str:
-        """The idempotency key of the tool call the agent is about to make: the seq its entry will take
-        (or its intent's), so the same in every attempt."""
-        head = self._heads.get(agent.id)
-        return call_key(self.run_id, agent.id, (head[0] if head is not None else -1) + 1)
+        """The idempotency key of the tool call the agent is about to make: its step (`Agent.step`), so the
+        same in every attempt, whatever else its journal holds by then."""
+        return call_key(self.run_id, agent.id, agent.step())
 
     async def intent(self, agent: Agent, effect: Effect) -> None:
         """Before a side-effecting tool call: an ``intent`` entry, committed to disk before the call is made."""
@@ -164,9 +163,13 @@ class Journal(Hook):
         if outcome.fault is None and seq - self._heads[agent.id][2] >= self.snapshot_every:
             self._snapshot(agent, None)
 
-    def mailed(self, agent: Agent, message: Any) -> None:
+    def mailed(self, agent: Agent, message: Any, key: str | None = None) -> None:
         if agent.id in self._heads:  # (not for an agent a journal of another VM started)
-            self._append(agent, "mail", None, self._put(message))
+            self._append(agent, "mail", self._put({"from": key}) if key is not None else None, self._put(message))
+
+    def refunded(self, agent: Agent, milli: int) -> None:
+        if agent.id in self._heads:
+            self._append(agent, "refund", self._put({"milli": milli}), None)
 
     def hibernated(self, agent: Agent) -> None:
         self._snapshot(agent, agent.snapshot, resumed_by="next")

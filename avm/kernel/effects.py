@@ -114,7 +114,8 @@ async def _send(kernel: Kernel, agent: Agent, effect: Effect) -> Outcome:
         how = "has ended" if other is not None else "does not exist"
         return Outcome(error_value("send", "NoSuchAgent", f"send: agent {target!r} {how}"))
     kernel.messages += 1
-    return Outcome(await kernel.deliver(other, message))
+    key = f"{agent.id}/{agent.step()}" if kernel.journal is not None else None
+    return Outcome(await kernel.deliver(other, message, key))
 
 
 async def _recv(kernel: Kernel, agent: Agent, effect: Effect) -> Outcome:

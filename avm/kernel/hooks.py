@@ -26,8 +26,12 @@ class Hook:
         """An effect was performed: called after its energy is charged and before the program sees its
         result (``outcome.hibernate`` set: no result yet; it comes with the wake-up, as another call)."""
 
-    def mailed(self, agent: Agent, message: Any) -> None:
-        """A message was put in the agent's mailbox (by another agent, the host, or a child that ended)."""
+    def mailed(self, agent: Agent, message: Any, key: str | None = None) -> None:
+        """A message was put in the agent's mailbox (by another agent, the host, or a child that ended);
+        ``key`` names it the same way in every attempt to send it (None from the host)."""
+
+    def refunded(self, agent: Agent, milli: int) -> None:
+        """A child of the agent ended and gave back ``milli`` unspent milli-units (due to the agent's frame)."""
 
     def hibernated(self, agent: Agent) -> None:
         """The agent, idle in recv, is about to become its stored snapshot (``agent.snapshot``)."""

@@ -111,6 +111,11 @@ class Kernel:
         # children of recovered agents whose spawn the journal lost (the crash came first), by parent id:
         # the parent's next spawn or delegate takes the child it made before instead of making another
         self.orphans: dict[int, list[Agent]] = {}
+        # recovered agents: the keys of the messages their journals show delivered (see deliver), and
+        # those whose snapshot holds the conversation of the effect they wait on (see trap.replayed)
+        self.delivered: dict[int, set[str]] = {}
+        self.in_snapshot: set[int] = set()
+        self.refund_tail: dict[int, int] = {}  # milli-units children gave back after the last replayed effect
 
     _made = 0
 
@@ -368,7 +373,9 @@ class Kernel:
             del self.orphans[parent.id]
         child.delegated = kind == "delegate"
         if child.state in TERMINAL:  # it ended before the crash: what it left is the parent's again
-            parent.refund_due += max(0, child.child_budget - child.used_milli())
+            self._refund(parent, child.child_budget - child.used_milli())
+            if kind == "spawn":
+                self._notify_parent(parent, child)  # (its notice had no parent to go to)
         else:
             child.parent = parent
         return child
@@ -399,6 +406,7 @@ class Kernel:
                 live_ones.append(agent)
                 journal.go_on(plan.id, *plan.head)
         by_id = {plan.id: plan for plan in plans}
+        notices: list[tuple[Agent, Agent]] = []
         for plan in plans:
             parent_id = plan.start.get("parent")
             parent = records.get(parent_id) if type(parent_id) is int else None
@@ -409,8 +417,13 @@ class Kernel:
             if plan.id in by_id[parent.id].children:
                 if child.state not in TERMINAL:
                     child.parent = parent
+                elif not child.delegated and f"end/{child.id}" not in by_id[parent.id].mail_keys:
+                    notices.append((parent, child))  # it ended, and the crash lost its notice and refund
             else:  # the parent's spawn of it was lost: its next spawn takes this child
                 self.orphans.setdefault(parent.id, []).append(child)
+        for parent, child in notices:
+            self._refund(parent, child.budget - child.used_milli())
+            self._notify_parent(parent, child)
         self._next_id = max(records) + 1
         assert self._nursery is not None
         for agent in live_ones:
@@ -418,15 +431,20 @@ class Kernel:
         return list(records.values())
 
     def _recovered(self, plan: Any) -> Agent:
+        """The record of one agent of a resumed run: ended as it ended, or ready to go on (registered)."""
         start = plan.start
+        budget = start["budget"]
+        problem = ""
+        code: Code | None = None
+        granted: frozenset[str] = frozenset()
+        frame: Frame | None = None
         try:
             code = self.shared.code(start["program"])
             granted = check_grant(self.tools, start["tools"]) if start["tools"] else frozenset()
-        except (VMError, StoreError, ToolDefinitionError) as exc:
-            code, granted, problem = None, frozenset(), f"cannot resume: {exc}"
-        else:
-            problem = ""
-        budget = start["budget"]
+            if plan.ended is None and plan.snapshot is not None:
+                frame = Frame.restore(code, self.store.get(plan.snapshot["frame"]))
+        except (VMError, StoreError, ToolDefinitionError, SnapshotError) as exc:
+            problem = f"cannot resume: {exc}"
         agent = Agent(plan.id, code, start["inputs"], budget, None,  # type: ignore[arg-type]
                       name=start["name"], rank=start["rank"], granted=granted, system=start["system"],
                       tools_ref=self.shared.tools_ref(granted), policy=RestartPolicy(*start["restart"]),
@@ -447,20 +465,29 @@ class Kernel:
             self._ended[state.value] = self._ended.get(state.value, 0) + 1
             self._completions += 1
             return agent
+        assert code is not None
         snapshot = plan.snapshot
-        if snapshot is not None:
-            frame = Frame.restore(code, self.store.get(snapshot["frame"]))  # type: ignore[arg-type]
+        if frame is not None:
             frame.set_memory_limit(agent.memory_limit)
             frame.set_instruction_limit(self.settings.quantum)
             agent.spent = snapshot["spent"]
             agent.conversation = list(snapshot["conversation"]) or None
+            if snapshot.get("resumed_by") == "previous" and plan.replay:
+                self.in_snapshot.add(plan.id)  # the conversation holds the turn of the effect it waits on
         else:
-            frame = self.new_frame(code, budget, agent.inputs, agent.memory_limit)  # type: ignore[arg-type]
+            frame = self.new_frame(code, budget, agent.inputs, agent.memory_limit)
         self.energy -= plan.energy - agent.spent - frame.used  # what the replay charges again is counted then
         agent.frame = frame
-        agent.replay = deque(plan.replay) if plan.replay else None
+        if plan.replay:
+            agent.replay = deque(plan.replay)
+            if plan.tail_refund:
+                self.refund_tail[plan.id] = plan.tail_refund
+        else:
+            agent.refund_due += plan.tail_refund
         if plan.mailbox:
             self.box(agent).items = deque(plan.mailbox)
+        if plan.mail_keys:
+            self.delivered[plan.id] = set(plan.mail_keys)
         self.agents[plan.id] = agent
         if agent.name is not None:
             self.names[agent.name] = agent
@@ -489,16 +516,24 @@ class Kernel:
             raise ValueError(f"a message holds a lone surrogate ({bad}), which is not text")
         return await self.deliver(agent, value)
 
-    async def deliver(self, agent: Agent, message: Any) -> bool:
+    async def deliver(self, agent: Agent, message: Any, key: str | None = None) -> bool:
+        """Put a message in the agent's mailbox (waiting while it is full). ``key`` names an agent's send
+        the same way in every attempt: one the journal shows delivered before a crash is not delivered
+        again (the sender's own entry for it was lost with the crash)."""
         if agent.state in TERMINAL:
             return False
+        if key is not None and self.delivered:
+            seen = self.delivered.get(agent.id)
+            if seen is not None and key in seen:
+                seen.discard(key)
+                return True
         box = self.box(agent)
         if not box.offer(message):
             deadline = trio.current_time() + self.settings.send_timeout_s
             if not await box.put(message, deadline):
                 return False
         for hook in self.hooks:
-            hook.mailed(agent, message)
+            hook.mailed(agent, message, key)
         if agent.state is S.HIBERNATED:
             self._wake(agent)
         return True
@@ -611,6 +646,8 @@ class Kernel:
         try:
             self._account_end(agent, state)
         finally:  # a failure above is the agent's (its task reports it); join() must still see the end
+            if self.stopping and not self.closed and not self.live:
+                self.stopping = False  # interrupted, then used again: cancels from now on are final
             if self._idle is not None and not self.live:
                 self._idle.set()
                 self._idle = None
@@ -636,20 +673,31 @@ class Kernel:
         if self.settings.record_agents:
             self.record_agent(agent, state)
         if parent is not None:
-            if agent.child_budget:
-                used = agent.used_milli()
-                if agent.child_budget > used:
-                    parent.refund_due += agent.child_budget - used  # the trap refunds it to the parent's frame
+            if agent.child_budget and not (state is S.CANCELLED and self.stopping):  # (stopped: not ended)
+                self._refund(parent, agent.child_budget - agent.used_milli())
                 agent.child_budget = 0
-            if not agent.delegated and parent.state not in TERMINAL:
-                report = {"child": agent.id, "state": state.value, "value": agent.value if state is S.DONE else None,
-                          "error": None if state is S.DONE else child_result(agent)["error"]["message"]}
-                if self.box(parent).offer(report):
-                    for hook in self.hooks:
-                        hook.mailed(parent, report)
-                    if parent.state is S.HIBERNATED:
-                        self._wake(parent)
+            # (stopped with the VM, the child has not ended: it is resumed, and its parent waits on)
+            if not agent.delegated and parent.state not in TERMINAL and not (state is S.CANCELLED and self.stopping):
+                self._notify_parent(parent, agent)
             agent.parent = None
+
+    def _refund(self, parent: Agent, milli: int) -> None:
+        """A child's unspent budget back to its parent (the trap refunds it to the parent's frame)."""
+        if milli > 0:
+            parent.refund_due += milli
+            for hook in self.hooks:
+                hook.refunded(parent, milli)
+
+    def _notify_parent(self, parent: Agent, child: Agent) -> None:
+        """A child the parent spawned (not delegated) ended: its end notice, a message to the parent."""
+        state = child.state
+        report = {"child": child.id, "state": state.value, "value": child.value if state is S.DONE else None,
+                  "error": None if state is S.DONE else child_result(child)["error"]["message"]}
+        if self.box(parent).offer(report):
+            for hook in self.hooks:
+                hook.mailed(parent, report, f"end/{child.id}")
+            if parent.state is S.HIBERNATED:
+                self._wake(parent)
 
     def record_agent(self, agent: Agent, state: AgentState) -> None:
         """Store the agent's summary under ``agents/<run id>/<id>`` (see VMSettings.record_agents)."""

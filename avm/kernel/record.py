@@ -135,6 +135,14 @@ class Agent:
         self.final_used = 0  # the frame's use when it was let go
         self.replay: Any = None  # while it recovers: the journal entries whose results it is fed (a deque)
 
+    def step(self) -> str:
+        """Which effect of its life the agent is at: the same in every attempt to perform it, after a crash
+        too (what its program has done, not when): the number of effects its frame performed, after the
+        energy of its earlier runs when it was restarted."""
+        frame = self.frame
+        effects = frame.effects if frame is not None else 0
+        return f"{self.spent}.{effects}" if self.spent else str(effects)
+
     def used_milli(self) -> int:
         frame = self.frame
         used = self.spent + (frame.used if frame is not None else self.final_used) + self.lent

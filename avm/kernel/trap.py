@@ -86,6 +86,9 @@ def replayed(kernel: Kernel, agent: Agent, effect: Effect) -> tuple[Outcome, boo
     interrupted = entry.kind == "intent" and not queue
     if entry.kind == "intent" and queue:
         entry = queue.popleft()
+    in_snapshot = agent.id in kernel.in_snapshot  # (its snapshot's conversation holds this effect's turn)
+    if in_snapshot:
+        kernel.in_snapshot.discard(agent.id)
     if not queue:
         agent.replay = None
     if ("tool" if interrupted else entry.kind) != effect.kind or entry.request != request:
@@ -100,6 +103,8 @@ def replayed(kernel: Kernel, agent: Agent, effect: Effect) -> tuple[Outcome, boo
     if diff < 0:  # a child's unspent energy came back before the crash
         agent.refund_due -= diff
         diff = 0
+    if agent.replay is None:  # the last entry replayed: what children gave back after it is due too
+        agent.refund_due += kernel.refund_tail.pop(agent.id, 0)
     if entry.result is None:  # a recv that timed out
         return Outcome(None, charge=diff / 1000, timeout=True), False
     try:
@@ -110,9 +115,12 @@ def replayed(kernel: Kernel, agent: Agent, effect: Effect) -> tuple[Outcome, boo
     if "fault" in result:
         kind, message = result["fault"]
         return Outcome(fault=(kind, message), charge=diff / 1000), False
+    if effect.kind in ("spawn", "delegate"):  # the child's budget, moved: not energy the VM used
+        return Outcome(result["value"], transfer=diff), False
     reply = result.get("reply")
-    if reply is not None:
-        llm_request(kernel, agent, effect)  # its messages join the conversation, as they did
+    if effect.kind == "llm" and not in_snapshot:
+        llm_request(kernel, agent, effect)  # its messages join the conversation, as they did (reply or error)
+    if reply is not None and not in_snapshot:
         return Outcome(result["value"], charge=diff / 1000, reply=journaled_reply(reply, store)), False
     return Outcome(result["value"], charge=diff / 1000), False
 

@@ -204,7 +204,8 @@ _CALL_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar("avm_tool
 
 def idempotency_key() -> str | None:
     """Inside a tool call made by an agent of a journaled VM: the call's key, the same in every attempt
-    to make it (after a crash and a resume too): ``<run id>/<agent id>/<journal seq>``. Give it to the
+    to make it (after a crash and a resume too): ``<run id>/<agent id>/<step>``, the step counting the
+    agent's effects. Give it to the
     service the tool calls, where it takes one, so a call repeated after a crash is recognised. None
     outside a call, or without a journal."""
     return _CALL_KEY.get()

@@ -115,7 +115,7 @@ async def test_a_child_names_its_parent_and_the_parent_journals_its_id() -> None
         assert vm.store.get_value(chains[h.id][1].result) == {"child": child_id, "value": child_id}
         assert vm.store.get_value(chains[child_id][0].request)["parent"] == h.id
         assert [e.kind for e in chains[child_id]] == ["start", "end"]
-        assert [e.kind for e in chains[h.id]] == ["start", "spawn", "mail", "recv", "end"]  # the end notice
+        assert [e.kind for e in chains[h.id]] == ["start", "spawn", "refund", "mail", "recv", "end"]  # its end: budget, notice
 
 
 async def test_no_journal_unless_asked() -> None:
