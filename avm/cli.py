@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -235,7 +236,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(line)
     if outcome.interrupted:
         how = "SIGTERM" if outcome.signal == "SIGTERM" else "Ctrl+C"
-        then = (f"; avm run ... --store {spec.store} --resume goes on" if spec.store else "")
+        again = ["avm", *sys.argv[1:]] + ([] if args.resume else ["--resume"])
+        then = f"; `{shlex.join(again)}` goes on" if spec.store else ""
         print(f"avm run: interrupted ({how}): agents stopped, store flushed{then}", file=sys.stderr)
         return EXIT_TERMINATED if outcome.signal == "SIGTERM" else EXIT_INTERRUPTED
     calls = outcome.summary.get("effects", {}).get("llm", 0)

@@ -19,7 +19,6 @@ from avm.store_report import (
     _energy,
     _one_line,
     _open_store,
-    _resolve_run,
     _say,
     _short,
     print_table,
@@ -38,7 +37,11 @@ def _pick(found: dict[str, Any], agent: str, where: str) -> str:
     if not runs:
         raise _cli_error(f"{where}: no journals (run with a store: avm run SPEC --store DIR)")
     if sep:
-        run = _resolve_run(run, runs, where)
+        matches = [r for r in runs if r == run] or [r for r in runs if r.startswith(run)]
+        if len(matches) != 1:
+            raise _cli_error(f"agent {agent!r}: {'more than one run starts with' if matches else 'no run'} {run!r} "
+                             f"in {where} (runs: {', '.join(runs[-5:])})")
+        run = matches[0]
     else:
         having = [r for r in runs if f"{r}/{number:09d}" in found]
         if not having:

@@ -124,13 +124,23 @@ async def run_fleet(spec: RunSpec, options: RunOptions | None = None) -> RunOutc
     if options.announce:
         (options.console or Console(stderr=True)).print(options.announce, highlight=False, markup=False)
     store = None
+    if options.resume:
+        if spec.store is None:
+            raise LaunchError("--resume needs the store the run journaled into (--store DIR)")
+        if not os.path.isdir(spec.store):
+            raise LaunchError(f"{spec.store}: no store to resume a run from (no such directory)")
     if spec.store is not None:
         try:
             store = ContentStore(spec.store)
         except (StoreError, OSError) as exc:
             raise LaunchError(f"{spec.store}: cannot open the store: {exc}") from None
-    if options.resume and store is None:
-        raise LaunchError("--resume needs the store the run journaled into (--store DIR)")
+    resume_id = None
+    if options.resume:
+        try:
+            resume_id = _run_to_resume(spec, store, options.resume)
+        except BaseException:
+            store.close()  # type: ignore[union-attr]
+            raise
     interrupted = False
     sigint = _Interrupt()
     handles: list[Any] = []
@@ -152,9 +162,11 @@ async def run_fleet(spec: RunSpec, options: RunOptions | None = None) -> RunOutc
                                          line_every_s=options.line_every_s,
                                          title=f"AVM: {spec.description or spec.source}")
                         async with dash:
-                            if options.resume:
-                                handles.extend(await _resume(vm, spec, store, options.resume))
+                            if resume_id is not None:
+                                handles.extend(await _resume(vm, spec, resume_id))
                             else:
+                                if store is not None:  # what the run is, for a --resume to check it is given again
+                                    store.bind(f"{RUN_SPECS}{vm.run_id}", store.put_value(_shape(spec)))
                                 for _, group_handles in await spawn_all(vm, spec):
                                     handles.extend(group_handles)
                             await vm.join()
@@ -228,9 +240,17 @@ async def _watch_sigint(scope: trio.CancelScope, flag: _Interrupt) -> None:
             return
 
 
-async def _resume(vm: Any, spec: RunSpec, store: Any, run: bool | str) -> list[Any]:
-    """Continue a run of the store (its newest, or ``run``): its agents go on from their journals, and the
-    spec's agents it never started are spawned. The spec's agents' handles, in the spec's order."""
+RUN_SPECS = "run-specs/"  # run id -> what the run was started with (see _shape)
+
+
+def _shape(spec: RunSpec) -> dict[str, Any]:
+    """What a resume must be given again: the spec file and its groups' sizes (flags such as --agents
+    included, as they change the groups)."""
+    return {"source": spec.source, "groups": {g.name: g.count for g in spec.groups}}
+
+
+def _run_to_resume(spec: RunSpec, store: Any, run: bool | str) -> str:
+    """The run of the store a --resume continues (its newest, or ``run``), checked against the spec given."""
     from avm.journal.reader import journals
 
     runs = sorted({key.split("/", 1)[0] for key in journals(store)})
@@ -239,11 +259,24 @@ async def _resume(vm: Any, spec: RunSpec, store: Any, run: bool | str) -> list[A
     if run is True:
         run_id = runs[-1]
     else:
-        matches = [r for r in runs if r.startswith(str(run))]
+        matches = [r for r in runs if r == run] or [r for r in runs if r.startswith(str(run))]
         if len(matches) != 1:
             raise LaunchError(f"--resume {run}: {'ambiguous' if matches else 'no such run'} in {spec.store} "
                               f"(runs: {', '.join(runs[-5:])})")
         run_id = matches[0]
+    recorded = store.lookup(f"{RUN_SPECS}{run_id}")
+    if recorded is not None:
+        was = store.get_value(recorded)
+        if was != _shape(spec):
+            sizes = ", ".join(f"{name} x{count}" for name, count in was["groups"].items())
+            raise LaunchError(f"run {run_id} was started from {was['source']} ({sizes}): resume it with the same "
+                              f"spec and flags (avm run SPEC --store {spec.store} --resume)")
+    return run_id
+
+
+async def _resume(vm: Any, spec: RunSpec, run_id: str) -> list[Any]:
+    """Continue the run ``run_id``: its agents go on from their journals, and the spec's agents it never
+    started are spawned. The spec's agents' handles, in the spec's order."""
     try:
         resumed = await vm.resume(run_id)
     except StoreError as exc:  # a broken journal (JournalError), damaged objects: no guessing, no silent repair

@@ -42,6 +42,9 @@ class Recovered:
     children: set[int] = field(default_factory=set)  # the ids its journaled spawns and delegates name
     mail_keys: set[str] = field(default_factory=set)  # the keys of the messages delivered to it (Kernel.deliver)
     tail_refund: int = 0  # milli-units children gave back after the last entry its frame will match
+    # Its own work (instructions and host work, in milli-units: not its children's budgets, which are theirs):
+    own_energy: int = 0  # in all its journal
+    base_energy: int = 0  # up to the snapshot it goes on from (0: from its start)
 
 
 def recover(store: ContentStore, run_id: str) -> list[Recovered]:
@@ -50,9 +53,27 @@ def recover(store: ContentStore, run_id: str) -> list[Recovered]:
     if not found:
         raise JournalError(f"no journals of run {run_id} in the store")
     out = []
+    chains = {}
     for key, head in sorted(found.items()):
         chain = check_journal(store, head, who=f"journal {key}")
-        out.append(_recovered(store, int(key.rsplit("/", 1)[1]), chain))
+        agent_id = int(key.rsplit("/", 1)[1])
+        chains[agent_id] = [e for _, e in chain]
+        out.append(_recovered(store, agent_id, chain))
+    budgets = {rec.id: rec.start["budget"] for rec in out}
+    for rec in out:
+        entries = chains[rec.id]
+        snap_at = max((i for i, e in enumerate(entries) if e.kind == "snapshot"), default=None)
+        lent = refunded = 0
+        for i, e in enumerate(entries):
+            if snap_at is not None and i == snap_at:
+                rec.base_energy = e.energy - lent + refunded
+            if e.kind in ("spawn", "delegate"):
+                result = store.get_value(e.result) if e.result is not None else None
+                if type(result) is dict and type(result.get("child")) is int:
+                    lent += budgets.get(result["child"], 0)
+            elif e.kind == "refund":
+                refunded += store.get_value(e.request)["milli"]
+        rec.own_energy = entries[-1].energy - lent + refunded
     return out
 
 

@@ -44,7 +44,7 @@ from avm.lang.code import Code
 from avm.lang.frame import Frame, check_memory_limit, to_milli
 from avm.lang.opcodes import EFFECT_KINDS
 from avm.lang.outcomes import Effect, Fault
-from avm.lang.values import is_value, lone_surrogate
+from avm.lang.values import canonical_order, is_value, lone_surrogate
 from avm.memory.ref import Ref
 from avm.memory.store import ContentStore
 from avm.memory.values import encode_value
@@ -286,6 +286,8 @@ class Kernel:
 
     def new_frame(self, code: Code, budget: int, inputs: Any, memory_limit: int | None) -> Frame:
         settings = self.settings
+        if type(inputs) is dict:
+            inputs = canonical_order(inputs)  # (a journal keeps maps so: a resumed frame sees them the same)
         return Frame(code, budget / 1000, inputs, stall_limit=settings.stall_limit, memory_limit=memory_limit,
                      instruction_limit=settings.quantum)
 
@@ -395,6 +397,14 @@ class Kernel:
             raise VMError("resume() comes before any spawn")
         if type(run_id) is not str or not run_id or "/" in run_id:
             raise VMError(f"a run id is text without '/', not {run_id!r}")
+        from avm.journal.reader import journals
+
+        runs = sorted({key.split("/", 1)[0] for key in journals(self.store)})
+        matches = [r for r in runs if r == run_id] or [r for r in runs if r.startswith(run_id)]
+        if len(matches) != 1:
+            what = "more than one journaled run starts with" if matches else "no journaled run"
+            raise VMError(f"{what} {run_id!r} in the store (runs: {', '.join(runs[-5:]) or 'none'})")
+        run_id = matches[0]
         plans = recover(self.store, run_id)
         self.run_id = journal.run_id = run_id
         records: dict[int, Agent] = {}
@@ -454,7 +464,6 @@ class Kernel:
         self._spawned += 1
         if start.get("parent") is None:
             self.budgeted += budget
-        self.energy += plan.energy
         ended = plan.ended
         if ended is not None or problem:
             state = AgentState(ended["state"]) if ended is not None else S.FAILED
@@ -464,6 +473,7 @@ class Kernel:
             self.counts[state] += 1
             self._ended[state.value] = self._ended.get(state.value, 0) + 1
             self._completions += 1
+            self.energy += plan.own_energy  # (its children's work is theirs: each counts its own)
             return agent
         assert code is not None
         snapshot = plan.snapshot
@@ -476,7 +486,7 @@ class Kernel:
                 self.in_snapshot.add(plan.id)  # the conversation holds the turn of the effect it waits on
         else:
             frame = self.new_frame(code, budget, agent.inputs, agent.memory_limit)
-        self.energy -= plan.energy - agent.spent - frame.used  # what the replay charges again is counted then
+        self.energy += plan.base_energy if plan.snapshot is not None else 0  # the replay counts the rest again
         agent.frame = frame
         if plan.replay:
             agent.replay = deque(plan.replay)

@@ -23,7 +23,7 @@ from avm.kernel.outcome import Outcome, faulted
 from avm.kernel.record import Agent
 from avm.lang.frame import Frame
 from avm.lang.outcomes import BudgetExceeded, Done, Effect, Fault, Preempted, Stalled
-from avm.lang.values import render
+from avm.lang.values import canonical_order, render
 from avm.memory.values import decode_value
 from avm.scheduler.states import TERMINAL, WAITING_ON, AgentState
 from avm.scheduler.supervision import RestartHistory
@@ -68,7 +68,10 @@ def apply(kernel: Kernel, agent: Agent, effect: Effect, outcome: Outcome, record
     if outcome.hibernate is not None:
         kernel.hibernate(agent, outcome.hibernate)
         return False
-    frame.resume(outcome.value)
+    value = outcome.value
+    if type(value) is dict or type(value) is list:
+        value = canonical_order(value)  # (as a journal gives it back: a replay renders it the same)
+    frame.resume(value)
     if frame.stall_count > 1:
         kernel.repeated_effects += 1
     return True

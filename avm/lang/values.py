@@ -393,6 +393,32 @@ def check_text(text: str) -> str:
     return text
 
 
+def canonical_order(value: Any) -> Any:
+    """``value`` with every map's keys in the order the store's canonical encoding keeps them (increasing
+    code points): the same value, and the same as after a round trip through the store, so a value from
+    outside (a tool's result, an LLM reply, a message, an input) renders the same whether it came live or
+    from a journal. Returns ``value`` itself when it holds no map out of order (no copy)."""
+    t = type(value)
+    if t is dict:
+        keys = list(value)
+        ordered = sorted(keys)
+        items = [(k, canonical_order(value[k])) for k in ordered]
+        if keys == ordered and all(v is value[k] for k, v in items):
+            return value
+        return dict(items)
+    if t is list:
+        out = None
+        for i, item in enumerate(value):
+            if type(item) is dict or type(item) is list:
+                new = canonical_order(item)
+                if new is not item:
+                    if out is None:
+                        out = list(value)
+                    out[i] = new
+        return value if out is None else out
+    return value
+
+
 def lone_surrogate(value: Any) -> str | None:
     """Text holds Unicode scalar values only. The first code point of ``value``'s text (map keys
     included) that is not one, a lone surrogate (U+D800 to U+DFFF), named as ``"U+D800"``; None

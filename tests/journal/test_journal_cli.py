@@ -50,7 +50,7 @@ def test_a_run_with_a_store_journals_every_agent_and_inspect_shows_one(tmp_path:
 def test_inspect_names_an_agent_that_has_no_journal(tmp_path: Path) -> None:
     store = _run(tmp_path, agents=1)
     for wrong, said in (("7", "agent 7: no journal"), ("x", "expected ID or RUN/ID"),
-                        ("nope/1", "no such run")):
+                        ("nope/1", "no run 'nope'")):
         result = avm_cmd("inspect", str(store), wrong)
         assert result.returncode == 2 and said in result.stderr and result.stderr.count("\n") == 1
 
@@ -125,5 +125,20 @@ def test_resume_needs_a_store(tmp_path: Path) -> None:
     program.write_text(PROGRAM)
     result = avm_cmd("run", str(program), "--resume")
     assert result.returncode == 2 and "--resume needs the store" in result.stderr
-    empty = avm_cmd("run", str(program), "--store", str(tmp_path / "new"), "--resume")
+    missing = avm_cmd("run", str(program), "--store", str(tmp_path / "new"), "--resume")
+    assert missing.returncode == 2 and "no store to resume a run from" in missing.stderr
+    assert not (tmp_path / "new").exists()  # (a failed resume makes no store)
+    (tmp_path / "empty").mkdir()
+    empty = avm_cmd("run", str(program), "--store", str(tmp_path / "empty"), "--resume")
     assert empty.returncode == 2 and "no journaled run to resume" in empty.stderr
+    assert "final" not in empty.stderr  # refused before any run started
+
+
+def test_resume_refuses_another_spec_or_fleet_size(tmp_path: Path) -> None:
+    store = _run(tmp_path, agents=2)
+    other = avm_cmd("run", str(tmp_path / "p.avm"), "--agents", "3", "--store", str(store), "--resume")
+    assert other.returncode == 2 and "was started from" in other.stderr and "p x2" in other.stderr
+    demo = avm_cmd("run", "--agents", "2", "--store", str(store), "--resume")
+    assert demo.returncode == 2 and "resume it with the same spec and flags" in demo.stderr
+    same = avm_cmd("run", str(tmp_path / "p.avm"), "--agents", "2", "--store", str(store), "--resume", "--json")
+    assert same.returncode == 0 and json.loads(same.stdout.splitlines()[-1])["ended"] == {"done": 2}

@@ -121,7 +121,7 @@ async def test_resume_needs_a_journal_and_comes_first(tmp_path: Path) -> None:
         with pytest.raises(avm.VMError, match="before any spawn"):
             await vm.resume("r")
     async with avm.VM(journal=True) as vm:
-        with pytest.raises(avm.StoreError, match="no journals of run nope"):
+        with pytest.raises(avm.VMError, match=r"no journaled run .nope. in the store \(runs: none\)"):
             await vm.resume("nope")
 
 

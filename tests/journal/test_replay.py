@@ -106,3 +106,32 @@ def test_avm_replay_checks_a_run_from_the_command_line(tmp_path: Path) -> None:
     one = subprocess.run([sys.executable, "-m", "avm", "replay", str(store), "2"], cwd=ROOT, capture_output=True,
                          text=True, timeout=120, check=False)
     assert one.returncode == 0 and "entries reproduced, the same hash chain" in one.stdout
+
+
+@avm.tool
+def unordered() -> dict:
+    """A result whose keys are not in order: its JSON must read the same live and from the journal."""
+    return {"zeta": 1, "alpha": {"y": 2, "b": 3}}
+
+
+async def test_a_map_from_outside_renders_the_same_live_and_from_the_journal(tmp_path: Path) -> None:
+    program = ('tool unordered 0\nstore r\npush "role"\npush "user"\npush "content"\nload r\nmap 2\n'
+               'llm\npop\nload r\nreturn\n')
+    with avm.ContentStore(tmp_path) as store:
+        async with avm.VM(store, tools=[unordered], journal=True, snapshot_every=1) as vm:
+            h = await vm.spawn(program, tools=["unordered"])
+            value = await h.result()
+        (key, head), = journals(store).items()
+        report = replay_journal(store, key, head)
+    assert list(value) == ["alpha", "zeta"] and list(value["alpha"]) == ["b", "y"]  # the store's order, live
+    assert report.ok, report.line()
+
+
+def test_canonical_order_copies_only_what_is_out_of_order() -> None:
+    from avm.lang.values import canonical_order
+
+    ordered = {"a": [1, {"b": 2, "c": 3}], "d": "x"}
+    assert canonical_order(ordered) is ordered
+    mixed = [1, {"b": 1, "a": 2}, "z"]
+    out = canonical_order(mixed)
+    assert out == mixed and out is not mixed and list(out[1]) == ["a", "b"] and list(mixed[1]) == ["b", "a"]
