@@ -137,9 +137,9 @@ def reply_value(text: str | None, tool_calls: tuple[Any, ...]) -> Any:
     calls = []
     for call in tool_calls:
         function = call.get("function", {}) if isinstance(call, dict) else {}
-        calls.append({"id": str(call.get("id", "")) if isinstance(call, dict) else "",
-                      "name": str(function.get("name", "")),
-                      "arguments": _arguments(function.get("arguments", ""))})
+        calls.append({"arguments": _arguments(function.get("arguments", "")),  # (keys in the store's order)
+                      "id": str(call.get("id", "")) if isinstance(call, dict) else "",
+                      "name": str(function.get("name", ""))})
     return {"text": text or None, "tool_calls": calls}
 
 
