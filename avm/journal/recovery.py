@@ -40,6 +40,7 @@ class Recovered:
     replay: list[Entry] = field(default_factory=list)  # entries to feed it, oldest first
     mailbox: list[Any] = field(default_factory=list)  # delivered, not yet received
     children: set[int] = field(default_factory=set)  # the ids its journaled spawns and delegates name
+    refunded_children: set[int] = field(default_factory=set)  # children whose refund its journal has
     mail_keys: set[str] = field(default_factory=set)  # the keys of the messages delivered to it (Kernel.deliver)
     tail_refund: int = 0  # milli-units children gave back after the last entry its frame will match
     # Its own work (instructions and host work, in milli-units: not its children's budgets, which are theirs):
@@ -72,7 +73,9 @@ def recover(store: ContentStore, run_id: str) -> list[Recovered]:
                 if type(result) is dict and type(result.get("child")) is int:
                     lent += budgets.get(result["child"], 0)
             elif e.kind == "refund":
-                refunded += store.get_value(e.request)["milli"]
+                refund = store.get_value(e.request)
+                if refund.get("child") in rec.children:
+                    refunded += refund["milli"]
         rec.own_energy = entries[-1].energy - lent + refunded
     return out
 
@@ -87,8 +90,10 @@ def _recovered(store: ContentStore, agent_id: int, chain: list[tuple[Ref, Entry]
     snap_at = max((i for i, e in enumerate(entries) if e.kind == "snapshot"), default=None)
     rec = Recovered(agent_id, value(first.request), last.energy,
                     (last.seq, last_ref, entries[snap_at].seq if snap_at is not None else 0))
-    if last.kind == "end":
-        rec.ended = value(last.result)
+    # (what a child's end adds after the agent's own end: a notice or a refund, is no sign of life)
+    final = next((e for e in reversed(entries) if e.kind not in ("mail", "refund")), last)
+    if final.kind == "end":
+        rec.ended = value(final.result)
     mails: list[Any] = []
     received = 0
     for e in entries:
@@ -105,6 +110,11 @@ def _recovered(store: ContentStore, agent_id: int, chain: list[tuple[Ref, Entry]
             if type(result) is dict and type(result.get("child")) is int:
                 rec.children.add(result["child"])
     rec.mailbox = mails[received:]
+    # refunds of children whose transfer the journal holds (a child whose spawn or delegate the crash lost
+    # is adopted again, and refunds its parent then: see Kernel._adopt)
+    refunds = [(i, value(e.request)) for i, e in enumerate(entries) if e.kind == "refund"]
+    refunds = [(i, r) for i, r in refunds if r.get("child") in rec.children]
+    rec.refunded_children = {r["child"] for _, r in refunds}
     if snap_at is None:
         tail = entries[1:]
     else:
@@ -117,5 +127,5 @@ def _recovered(store: ContentStore, agent_id: int, chain: list[tuple[Ref, Entry]
     # child's refund after it shows only in later entries (mail), and is the agent's to get back
     matched = max((i for i, e in enumerate(entries) if e.kind in EFFECT_KINDS or e.kind in ("snapshot", "start",
                                                                                              "restart")), default=0)
-    rec.tail_refund = sum(value(e.request)["milli"] for e in entries[matched + 1:] if e.kind == "refund")
+    rec.tail_refund = sum(r["milli"] for i, r in refunds if i > matched)
     return rec

@@ -30,8 +30,8 @@ class Hook:
         """A message was put in the agent's mailbox (by another agent, the host, or a child that ended);
         ``key`` names it the same way in every attempt to send it (None from the host)."""
 
-    def refunded(self, agent: Agent, milli: int) -> None:
-        """A child of the agent ended and gave back ``milli`` unspent milli-units (due to the agent's frame)."""
+    def refunded(self, agent: Agent, milli: int, child: int) -> None:
+        """The agent's child ``child`` ended and gave back ``milli`` unspent milli-units (due to its frame)."""
 
     def hibernated(self, agent: Agent) -> None:
         """The agent, idle in recv, is about to become its stored snapshot (``agent.snapshot``)."""

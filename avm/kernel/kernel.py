@@ -116,6 +116,7 @@ class Kernel:
         self.delivered: dict[int, set[str]] = {}
         self.in_snapshot: set[int] = set()
         self.refund_tail: dict[int, int] = {}  # milli-units children gave back after the last replayed effect
+        self.refunded: dict[int, set[int]] = {}  # the children whose refund each recovered agent's journal has
 
     _made = 0
 
@@ -375,7 +376,8 @@ class Kernel:
             del self.orphans[parent.id]
         child.delegated = kind == "delegate"
         if child.state in TERMINAL:  # it ended before the crash: what it left is the parent's again
-            self._refund(parent, child.child_budget - child.used_milli())
+            if child.id not in self.refunded.get(parent.id, ()):  # (unless the journal has it already)
+                self._refund(parent, child.child_budget - child.used_milli(), child)
             if kind == "spawn":
                 self._notify_parent(parent, child)  # (its notice had no parent to go to)
         else:
@@ -432,7 +434,8 @@ class Kernel:
             else:  # the parent's spawn of it was lost: its next spawn takes this child
                 self.orphans.setdefault(parent.id, []).append(child)
         for parent, child in notices:
-            self._refund(parent, child.budget - child.used_milli())
+            if child.id not in by_id[parent.id].refunded_children:
+                self._refund(parent, child.budget - child.used_milli(), child)
             self._notify_parent(parent, child)
         self._next_id = max(records) + 1
         assert self._nursery is not None
@@ -498,6 +501,8 @@ class Kernel:
             self.box(agent).items = deque(plan.mailbox)
         if plan.mail_keys:
             self.delivered[plan.id] = set(plan.mail_keys)
+        if plan.refunded_children:
+            self.refunded[plan.id] = set(plan.refunded_children)
         self.agents[plan.id] = agent
         if agent.name is not None:
             self.names[agent.name] = agent
@@ -684,19 +689,19 @@ class Kernel:
             self.record_agent(agent, state)
         if parent is not None:
             if agent.child_budget and not (state is S.CANCELLED and self.stopping):  # (stopped: not ended)
-                self._refund(parent, agent.child_budget - agent.used_milli())
+                self._refund(parent, agent.child_budget - agent.used_milli(), agent)
                 agent.child_budget = 0
             # (stopped with the VM, the child has not ended: it is resumed, and its parent waits on)
             if not agent.delegated and parent.state not in TERMINAL and not (state is S.CANCELLED and self.stopping):
                 self._notify_parent(parent, agent)
             agent.parent = None
 
-    def _refund(self, parent: Agent, milli: int) -> None:
+    def _refund(self, parent: Agent, milli: int, child: Agent) -> None:
         """A child's unspent budget back to its parent (the trap refunds it to the parent's frame)."""
         if milli > 0:
             parent.refund_due += milli
             for hook in self.hooks:
-                hook.refunded(parent, milli)
+                hook.refunded(parent, milli, child.id)
 
     def _notify_parent(self, parent: Agent, child: Agent) -> None:
         """A child the parent spawned (not delegated) ended: its end notice, a message to the parent."""
