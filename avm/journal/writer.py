@@ -51,7 +51,7 @@ from avm.lang.code import Code
 from avm.memory.ref import Ref
 from avm.memory.store import ContentStore
 from avm.memory.values import encode_value
-from avm.scheduler.states import TERMINAL, AgentState
+from avm.scheduler.states import AgentState
 
 if TYPE_CHECKING:
     from avm.kernel.outcome import Outcome
@@ -168,8 +168,8 @@ class Journal(Hook):
             self._append(agent, "mail", self._put({"from": key}) if key is not None else None, self._put(message))
 
     def refunded(self, agent: Agent, milli: int, child: int) -> None:
-        # (not after the agent's end: an ended agent's journal ends with its end)
-        if agent.id in self._heads and agent.state not in TERMINAL:
+        # (the kernel refunds no agent that has ended, so none after its journal's end entry)
+        if agent.id in self._heads:
             self._append(agent, "refund", self._put({"milli": milli, "child": child}), None)
 
     def hibernated(self, agent: Agent) -> None:

@@ -77,6 +77,7 @@ class Kernel:
         self._stack: AsyncExitStack | None = None
         self.closed = False
         self.stopping = False  # closing, or interrupted: agents cancelled now have not ended (see finish)
+        self.stopped: set[int] = set()  # the agents stopped so: they have no end, and may still take refunds
         self._next_id = 1
         self.agents: dict[int, Agent] = {}  # live ones (and BUDGET_EXCEEDED, which may go on)
         self.names: dict[str, Agent] = {}
@@ -697,9 +698,13 @@ class Kernel:
             agent.parent = None
 
     def _refund(self, parent: Agent, milli: int, child: Agent) -> None:
-        """A child's unspent budget back to its parent (the trap refunds it to the parent's frame)."""
-        if milli > 0:
-            parent.refund_due += milli
+        """A child's unspent budget back to its parent (the trap refunds it to the parent's frame), unless
+        the parent has ended: it keeps the energy it ended with, which its journal's end entry records."""
+        if milli > 0 and (parent.state not in TERMINAL or parent.id in self.stopped):
+            if parent.replay is None:
+                parent.refund_due += milli
+            else:  # recovering: it comes after every journaled effect, so after the replay's last one
+                self.refund_tail[parent.id] = self.refund_tail.get(parent.id, 0) + milli
             for hook in self.hooks:
                 hook.refunded(parent, milli, child.id)
 

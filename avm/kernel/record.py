@@ -8,7 +8,9 @@ Energy is kept in integer milli-units: ``spent`` by earlier runs (before a
 restart), the frame's ``used`` (or ``final_used`` once the frame is let go),
 ``lent`` to a delegate whose transfer the trap has not yet charged, minus
 ``refund_due``: a child's unspent budget given back and not yet refunded to the
-frame (the trap settles it at the agent's next effect, wake-up or turn).
+frame (the trap settles it at the agent's next effect, wake-up or turn). A child
+that outlives its parent gives nothing back: an ended agent keeps the energy it
+ended with (its journal's end entry).
 """
 
 from __future__ import annotations

@@ -102,7 +102,8 @@ def replayed(kernel: Kernel, agent: Agent, effect: Effect) -> tuple[Outcome, boo
         name = effect.args[0]
         return Outcome(error_value(name, "Interrupted", f"{name}: the call was interrupted by a crash and is not "
                                                        f"made again (it may or may not have happened)")), True
-    diff = entry.energy - agent.used_milli()
+    # (not used_milli(): a refund still due, one the resume re-sent, comes on top of the journaled energy)
+    diff = entry.energy - (agent.spent + agent.frame.used + agent.lent)  # type: ignore[union-attr]
     if diff < 0:  # a child's unspent energy came back before the crash
         agent.refund_due -= diff
         diff = 0
@@ -176,6 +177,8 @@ async def live(kernel: Kernel, agent: Agent, woken: bool = False) -> None:
                         out, first = first, None
                     kind_of = type(out)
                     if kind_of is Effect:
+                        if agent.cancel_requested:  # cancelled (or stopped with the VM) while it ran: it
+                            await trio.lowlevel.checkpoint()  # performs nothing more (its scope raises here)
                         kind = out.kind  # type: ignore[union-attr]
                         set_state(agent, WAITING_ON[kind])
                         counts[kind] += 1
@@ -203,8 +206,8 @@ async def live(kernel: Kernel, agent: Agent, woken: bool = False) -> None:
                         del outcome  # (an agent waiting for its next reply holds no earlier one)
                         if resumed:
                             continue
-                        if agent.state is _HIBERNATED:
-                            return
+                        if agent.state is _HIBERNATED or agent.state in TERMINAL:  # (a hook may cancel it
+                            return                                                      # as it hibernates)
                         out = frame.outcome  # type: ignore[assignment]  # the host ruled the effect a fault
                     elif kind_of is Preempted:
                         set_state(agent, _READY)
@@ -315,7 +318,9 @@ def finish(kernel: Kernel, agent: Agent, state: AgentState, detail: str) -> None
         agent.conversation = None  # nor send a request again (out of budget, it may go on)
     kernel.set_state(agent, state)
     try:
-        if not (state is S.CANCELLED and kernel.stopping):  # (stopped with the VM, it is not done: resumable)
+        if state is S.CANCELLED and kernel.stopping:  # stopped with the VM, it has not ended: resumable
+            kernel.stopped.add(agent.id)
+        else:
             for hook in kernel.hooks:
                 hook.ended(agent)
         kernel.on_finished(agent, state)

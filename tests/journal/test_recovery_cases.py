@@ -173,3 +173,121 @@ async def test_a_parent_out_of_budget_stays_ended_when_its_child_ends_later(tmp_
         async with avm.VM(store, journal=True) as vm:
             again = (await vm.resume(run_id))[0]
             assert again.state is avm.AgentState.BUDGET_EXCEEDED
+
+
+async def test_an_agent_that_runs_on_after_an_interrupt_sends_nothing_to_a_stopped_agent(tmp_path: Path) -> None:
+    # the interrupt lands while the sender is between two effects (here: in a hook, as a host's can);
+    # the hibernated receiver is stopped at once. Were the send performed, it would find no receiver and
+    # its NoSuchAgent would be journaled: the resumed receiver would then wait for ever.
+    from avm.kernel.hooks import Hook
+
+    sender = 'push 0.2\nsleep\npop\npush "b"\npush "hi"\nsend\nreturn\n'
+    with avm.ContentStore(tmp_path) as store:
+        async with avm.VM(store, journal=True, hibernate_after_s=0.01) as vm:
+            class StopAfterTheSleep(Hook):
+                def effect(self, agent, effect, outcome):  # type: ignore[no-untyped-def]
+                    if effect.kind == "sleep":
+                        vm.interrupt()
+            vm.add_hook(StopAfterTheSleep())
+            b = await vm.spawn("push null\nrecv\nreturn\n", name="b")
+            await trio.sleep(0.1)
+            assert b.state is avm.AgentState.HIBERNATED
+            await vm.spawn(sender, name="a")
+            await vm.join()
+            run_id = vm.run_id
+    with trio.fail_after(10):
+        values = await _resumed(tmp_path, run_id, hibernate_after_s=0.01)
+    assert values == ["hi", True]
+
+
+async def test_a_refund_replayed_after_a_lost_notice_is_not_lost(tmp_path: Path) -> None:
+    # the notice re-sent on resume refunds the parent before its replay: the replayed spawn's energy
+    # must not swallow that refund
+    program = 'push "push 7\\nreturn\\n"\npush null\npush 5\nspawn\npop\npush 1\nrecv\nreturn\n'
+    async with avm.VM() as vm:
+        whole = await vm.spawn(program)
+        await whole.result()
+    run_id = await _finished(tmp_path, program)
+    _rewind(tmp_path, {1: "spawn"})
+    with avm.ContentStore(tmp_path) as store:
+        async with avm.VM(store, journal=True) as vm:
+            parent, _child = await vm.resume(run_id)
+            assert (await parent.result())["value"] == 7  # type: ignore[index]
+            assert parent.energy_used == whole.energy_used
+
+
+async def test_a_parent_keeps_the_energy_it_ended_with_when_a_child_ends_later(tmp_path: Path) -> None:
+    child = "push 0.1\\nsleep\\npop\\npush 7\\nreturn\\n"
+    parent = f'push "{child}"\npush null\npush 5\nspawn\nreturn\n'
+    with avm.ContentStore(tmp_path) as store:
+        async with avm.VM(store, journal=True) as vm:
+            p = await vm.spawn(parent)
+            await p.result()
+            at_its_end = p.energy_used
+            await vm.join()
+            assert p.energy_used == at_its_end  # its journal's end entry says so
+            run_id = vm.run_id
+        (_key, head), *_ = sorted(journals(store).items())
+        assert [e for _, e in read_journal(store, head)][-1].energy == round(at_its_end * 1000)
+    with avm.ContentStore(tmp_path) as store:
+        async with avm.VM(store, journal=True) as vm:
+            again = (await vm.resume(run_id))[0]
+            assert again.energy_used == at_its_end
+
+
+async def test_a_spawned_child_that_ends_as_the_vm_stops_refunds_its_parent_once(tmp_path: Path) -> None:
+    from avm.kernel.hooks import Hook
+
+    child = "push 0.05\\nsleep\\npop\\npush 7\\nreturn\\n"
+    parent = f'push "{child}"\npush null\npush 15\nspawn\npop\npush null\nrecv\nreturn\n'
+    async with avm.VM() as vm:
+        whole = await vm.spawn(parent, budget=40)
+        await whole.result()
+    for hibernate in (None, 0.01):  # the parent in its task, or hibernated (stopped at once)
+        path = tmp_path / str(hibernate)
+        with avm.ContentStore(path) as store:
+            async with avm.VM(store, journal=True, hibernate_after_s=hibernate) as vm:
+                class StopAtTheChildsEnd(Hook):
+                    def ended(self, agent):  # type: ignore[no-untyped-def]
+                        if agent.parent is not None:
+                            vm.interrupt()
+                vm.add_hook(StopAtTheChildsEnd())
+                await vm.spawn(parent, budget=40)
+                await vm.join()
+                run_id = vm.run_id
+        with avm.ContentStore(path) as store:
+            async with avm.VM(store, journal=True, hibernate_after_s=hibernate) as vm:
+                resumed = (await vm.resume(run_id))[0]
+                assert (await resumed.result())["value"] == 7  # type: ignore[index]
+                assert resumed.energy_used == whole.energy_used
+
+
+async def test_a_hook_that_cancels_an_agent_as_it_hibernates_ends_it_cancelled(tmp_path: Path) -> None:
+    from avm.kernel.hooks import Hook
+
+    async with avm.VM(hibernate_after_s=0.01) as vm:
+        class CancelAtHibernation(Hook):
+            def effect(self, agent, effect, outcome):  # type: ignore[no-untyped-def]
+                if outcome.hibernate is not None:
+                    vm.agent(agent.id).cancel()  # type: ignore[union-attr]
+        vm.add_hook(CancelAtHibernation())
+        h = await vm.spawn("push null\nrecv\nreturn\n")
+        await vm.join()
+        assert h.state is avm.AgentState.CANCELLED
+        assert vm._kernel.internal_errors == []
+
+
+async def test_an_agent_that_runs_on_after_an_interrupt_spawns_no_child(tmp_path: Path) -> None:
+    from avm.kernel.hooks import Hook
+
+    parent = 'push 0.05\nsleep\npop\npush "push 7\\nreturn\\n"\npush null\npush 5\nspawn\nreturn\n'
+    async with avm.VM(journal=True) as vm:
+        class StopAfterTheSleep(Hook):
+            def effect(self, agent, effect, outcome):  # type: ignore[no-untyped-def]
+                if effect.kind == "sleep":
+                    vm.interrupt()
+        vm.add_hook(StopAfterTheSleep())
+        p = await vm.spawn(parent)
+        await vm.join()
+        assert p.state is avm.AgentState.CANCELLED
+        assert vm.statistics().agents == 1 and vm.statistics().effects["spawn"] == 0
