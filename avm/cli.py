@@ -46,6 +46,7 @@ EXIT_FAILED = 1  # the run went, but nothing it needed from the LLM came back
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_TIMEOUT = 124  # stopped by --timeout (as GNU timeout reports it)
 
 
 class CliError(Exception):
@@ -223,23 +224,31 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise CliError("--resume needs the store the run journaled into: --store DIR")
         outcome = trio.run(run_fleet, spec, RunOptions(display=display, console=console,
                                                        line_every_s=args.progress_every, announce=announce,
-                                                       resume=args.resume))
+                                                       resume=args.resume, timeout_s=args.timeout))
     except LaunchError as exc:
         raise CliError(str(exc)) from None
-    except KeyboardInterrupt:  # a Ctrl+C before the launcher's handler was in place, or a second one
-        print("avm run: interrupted", file=sys.stderr)
+    except BaseException as exc:  # noqa: B036 - a Ctrl+C before the launcher's handler was in place, or a
+        if not _is_keyboard_interrupt(exc):  # second one (from inside trio's nurseries: in an exception group)
+            raise
+        print("avm run: interrupted again: stopped at once" if args.store is None else
+              "avm run: interrupted again: stopped at once (what was committed to the store is kept; --resume "
+              "goes on from it)", file=sys.stderr)
         return EXIT_INTERRUPTED
     if args.json:
         print(json.dumps(outcome.summary, sort_keys=True, default=str))
     else:
         for line in summary_lines(outcome.summary):
             print(line)
-    if outcome.interrupted:
-        how = "SIGTERM" if outcome.signal == "SIGTERM" else "Ctrl+C"
+    if outcome.interrupted or outcome.timed_out:
         again = ["avm", *sys.argv[1:]] + ([] if args.resume else ["--resume"])
-        then = f"; `{shlex.join(again)}` goes on" if spec.store else ""
-        print(f"avm run: interrupted ({how}): agents stopped, store flushed{then}", file=sys.stderr)
-        return EXIT_TERMINATED if outcome.signal == "SIGTERM" else EXIT_INTERRUPTED
+        then = f", store flushed; `{shlex.join(again)}` goes on" if spec.store else ""
+        stopped = outcome.summary.get("by_state", {}).get("cancelled", 0)
+        if outcome.interrupted:
+            how = "SIGTERM" if outcome.signal == "SIGTERM" else "Ctrl+C"
+            print(f"avm run: interrupted ({how}): agents stopped{then}", file=sys.stderr)
+            return EXIT_TERMINATED if outcome.signal == "SIGTERM" else EXIT_INTERRUPTED
+        print(f"avm run: stopped by --timeout {args.timeout:g}: {stopped:,} agents stopped{then}", file=sys.stderr)
+        return EXIT_TIMEOUT
     calls = outcome.summary.get("effects", {}).get("llm", 0)
     if calls and outcome.summary.get("llm_errors", 0) >= calls:
         first = outcome.summary.get("llm_first_errors") or {}
@@ -247,6 +256,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"avm run: every LLM call failed ({calls:,}); the first: {message}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _is_keyboard_interrupt(exc: BaseException) -> bool:
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    return isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None
 
 
 def cmd_serve_llm(args: argparse.Namespace) -> int:
@@ -308,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the store's newest run (or RUN) after it was killed or interrupted: its agents "
                         "go on from their journals, effects already journaled are not performed again, agents "
                         "that ended are not run again (needs --store)")
+    p.add_argument("--timeout", type=_positive_float, metavar="S",
+                   help="stop the run after S seconds: its agents are stopped as by Ctrl+C (with --store, "
+                        "--resume goes on); exit 124")
     p.add_argument("--input", action="append", default=[], metavar="NAME=VALUE",
                    help="an input of a program file's agents (VALUE is JSON, or else text); repeatable")
     p.add_argument("--no-dashboard", action="store_true", help="a plain progress line instead of the dashboard")

@@ -8,10 +8,15 @@ before any agent depends on it, spawns every group, shows the dashboard
 (`avm.dashboard`) until no agent is alive, and returns a `RunOutcome`: the
 final figures as one JSON-able dict and whether the run was interrupted.
 
-Ctrl+C (SIGINT) stops the run cleanly: the first one cancels every agent,
-lets the VM record them and flush the store, and the outcome says
-``interrupted``; the launcher exits 130. A second Ctrl+C while that happens
-interrupts at once (Python's KeyboardInterrupt).
+Ctrl+C (SIGINT) or SIGTERM stops the run cleanly: the first one stops the
+spawning and every agent (as `VM.interrupt`: with a store, ``--resume`` goes
+on), the dashboard draws its last frame once they have stopped, the VM
+records them and flushes the store, and the outcome says ``interrupted``; the
+launcher exits 130 (143). A second one while that happens raises
+KeyboardInterrupt: the run ends at once. ``RunOptions.timeout_s`` stops the
+run the same way after that long (``timed_out``). The launcher sends agents no
+message, so a fleet whose agents all wait for one ends them STALLED
+(`avm.kernel.stalls`).
 
 With a store directory, every agent that ends is recorded in it
 (``agents/<run id>/<agent id>``, see `VMSettings.record_agents`), every
@@ -59,6 +64,7 @@ class RunOptions:
     # Continue a run of the store that was stopped (SIGKILL, Ctrl+C, SIGTERM): True for its newest run, or
     # a run id; the spec's agents that the run never started are spawned then.
     resume: bool | str = False
+    timeout_s: float | None = None  # the run stops after this long (its agents stopped as by Ctrl+C)
 
 
 @dataclass
@@ -67,6 +73,7 @@ class RunOutcome:
     interrupted: bool = False
     run_id: str = ""
     signal: str = ""  # what interrupted it: "SIGINT" or "SIGTERM"
+    timed_out: bool = False  # stopped by RunOptions.timeout_s
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -141,14 +148,17 @@ async def run_fleet(spec: RunSpec, options: RunOptions | None = None) -> RunOutc
         except BaseException:
             store.close()  # type: ignore[union-attr]
             raise
-    interrupted = False
+    interrupted = timed_out = False
+    deadline = math.inf if options.timeout_s is None else trio.current_time() + options.timeout_s
     sigint = _Interrupt()
     handles: list[Any] = []
     started = time.perf_counter()
     try:
         try:
             # with a store, every agent's summary and journal go into it (a spec's [vm] settings may say otherwise)
-            vm = VM(store, **{"record_agents": store is not None, "journal": store is not None, **spec.vm_kwargs()})
+            # the launcher sends no agent a message: a fleet stuck waiting for one ends (avm.kernel.stalls)
+            vm = VM(store, **{"record_agents": store is not None, "journal": store is not None, "host_sends": False,
+                              **spec.vm_kwargs()})
         except VMError as exc:
             raise LaunchError(f"{spec.source}: {exc}") from None
         dash: Dashboard | None = None
@@ -157,30 +167,38 @@ async def run_fleet(spec: RunSpec, options: RunOptions | None = None) -> RunOutc
                 with lone_exception():
                     async with trio.open_nursery() as nursery:
                         if options.handle_sigint:
-                            nursery.start_soon(_watch_sigint, nursery.cancel_scope, sigint)
+                            nursery.start_soon(_watch_sigint, vm, sigint)
                         dash = Dashboard(vm, console=options.console, mode=options.display,
                                          line_every_s=options.line_every_s,
                                          title=f"AVM: {spec.description or spec.source}")
                         async with dash:
-                            if resume_id is not None:
-                                handles.extend(await _resume(vm, spec, resume_id))
-                            else:
-                                if store is not None:  # what the run is, for a --resume to check it is given again
-                                    store.bind(f"{RUN_SPECS}{vm.run_id}", store.put_value(_shape(spec)))
-                                for _, group_handles in await spawn_all(vm, spec):
-                                    handles.extend(group_handles)
-                            await vm.join()
+                            with trio.CancelScope() as sigint.starting:  # (a Ctrl+C stops the spawning too)
+                                if resume_id is not None:
+                                    handles.extend(await _resume(vm, spec, resume_id))
+                                else:
+                                    if store is not None:  # what the run is, for a --resume to check it is given again
+                                        store.bind(f"{RUN_SPECS}{vm.run_id}", store.put_value(_shape(spec)))
+                                    for _, group_handles in await spawn_all(vm, spec):
+                                        handles.extend(group_handles)
+                            if sigint.seen is not None:
+                                vm.interrupt()  # (it came while they were spawned: those spawned since)
+                            with trio.move_on_at(deadline) as waited:
+                                await vm.join()
+                            if waited.cancelled_caught:
+                                timed_out = True
+                                vm.interrupt()  # stopped, not ended: a --resume goes on
+                            # the stopped agents end as their tasks see the stop: the dashboard's last frame
+                            await vm.join()  # shows them so
                         nursery.cancel_scope.cancel()
                 interrupted = sigint.seen is not None
-                if interrupted:
-                    vm.interrupt()  # even with on_exit="wait": stop now (their journals let --resume go on)
         except (VMError, ValueError) as exc:  # a setting or an input the VM refuses
             raise LaunchError(f"{spec.source}: {exc}") from None
         assert dash is not None
         summary = dash.summary.to_json() if dash.summary is not None else {}
         stats = vm.statistics()  # after the VM's exit: the counts below include agents cancelled by Ctrl+C
         summary.update({
-            "run_id": vm.run_id, "spec": spec.source, "interrupted": interrupted,
+            "run_id": vm.run_id, "spec": spec.source, "interrupted": interrupted, "timed_out": timed_out,
+            "timeout_s": options.timeout_s, "deadlocked": stats.deadlocked,
             "wall_s": round(time.perf_counter() - started, 3), "agents": stats.agents, "live": stats.live,
             "ended": dict(stats.ended), "by_state": dict(stats.by_state), "completions": stats.completions,
             "faults": stats.faults, "energy_used": stats.energy_used, "energy_left": stats.energy_left,
@@ -204,7 +222,7 @@ async def run_fleet(spec: RunSpec, options: RunOptions | None = None) -> RunOutc
             ref = store.put_value(_plain(summary))
             store.bind(f"runs/{vm.run_id}", ref)
             await trio.to_thread.run_sync(store.flush)
-        return RunOutcome(summary, interrupted, vm.run_id, signal=sigint.seen or "")
+        return RunOutcome(summary, interrupted, vm.run_id, signal=sigint.seen or "", timed_out=timed_out)
     finally:
         if store is not None:
             store.close()
@@ -224,20 +242,26 @@ def _result(handle: Any) -> dict[str, Any]:
 
 
 class _Interrupt:
-    __slots__ = ("seen",)
+    __slots__ = ("seen", "starting")
 
     def __init__(self) -> None:
         self.seen: str | None = None  # the signal's name
+        self.starting: trio.CancelScope | None = None  # the agents' spawning, while it goes on
 
 
-async def _watch_sigint(scope: trio.CancelScope, flag: _Interrupt) -> None:
-    """The first SIGINT or SIGTERM (what `timeout`, docker and systemd send) stops the run; leaving this
-    block puts Python's handlers back for a second one."""
+async def _watch_sigint(vm: Any, flag: _Interrupt) -> None:
+    """The first SIGINT or SIGTERM (what `timeout`, docker and systemd send) stops the run: the spawning
+    ends and every agent is stopped as `VM.interrupt` does (their journals let --resume go on); the run
+    then ends as the agents see the stop. A second one raises KeyboardInterrupt: the run ends at once
+    (`avm run` exits 130 with one line)."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
+            if flag.seen is not None:
+                raise KeyboardInterrupt
             flag.seen = signal.Signals(signum).name
-            scope.cancel()
-            return
+            if flag.starting is not None:
+                flag.starting.cancel()
+            vm.interrupt()
 
 
 RUN_SPECS = "run-specs/"  # run id -> what the run was started with (see _shape)
@@ -317,8 +341,11 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     """The run's summary as a few lines of text (what `avm run` prints at the end)."""
     ended = summary.get("ended") or {}
     states = ", ".join(f"{n:,} {state}" for state, n in sorted(ended.items(), key=lambda kv: -kv[1])) or "none"
+    how = " (interrupted)" if summary.get("interrupted") else ""
+    if summary.get("timed_out"):
+        how = f" (stopped by its timeout of {summary.get('timeout_s'):g} s)"
     lines = [
-        f"run {summary.get('run_id', '')}{' (interrupted)' if summary.get('interrupted') else ''}: "
+        f"run {summary.get('run_id', '')}{how}: "
         f"{_count(summary.get('agents', 0), 'agent')} in {summary.get('wall_s', 0):.2f} s; ended: {states}",
         f"energy {summary.get('energy_used', 0):,.1f} used of {summary.get('energy_budget', 0):,.1f} granted; "
         f"effects: " + (", ".join(f"{k} {v:,}" for k, v in (summary.get("effects") or {}).items() if v) or "none"),
@@ -340,6 +367,9 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     for r in summary.get("results") or []:
         what = f"= {_clip(r['text'])}" if r["state"] == "done" else f"{r['state']}: {_clip(r.get('error') or '')}"
         lines.append(f"  {r['name'] or r['id']}: {what}  [energy {r['energy_used']:g}]")
+    if summary.get("deadlocked"):
+        lines.append(f"stalled: {_count(summary['deadlocked'], 'agent')} waited for a message no live agent "
+                     f"could send, and ended (a recv with no timeout, every other agent waiting too)")
     faults = summary.get("recent_faults") or []
     for fault in faults[-3:]:
         who = f"agent {fault['agent']}" + (f" ({fault['name']})" if fault.get("name") else "")

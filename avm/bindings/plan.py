@@ -227,6 +227,7 @@ def _settings(model: object, overrides: dict[str, Any]) -> VMSettings:
         raise VMError(f"unknown VM setting{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)} "
                       f"(the settings are the fields of avm.VMSettings)")
     try:
-        return VMSettings(model=name, **overrides)
+        # run_agents sends its agents nothing: a fleet waiting for messages none of them can send ends
+        return VMSettings(model=name, **{"host_sends": False, **overrides})
     except TypeError as exc:
         raise VMError(str(exc)) from None

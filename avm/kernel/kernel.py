@@ -87,6 +87,7 @@ class Kernel:
         self.restarts = self._hibernations = self._wakeups = self.preemptions = 0
         self.messages = self._llm_errors = self.prompt_tokens = self.completion_tokens = 0
         self.tool_injections = 0  # LLM replies that called tools the agent was not granted (refused)
+        self.deadlocked = 0  # agents ended STALLED waiting for a message no one could send (avm.kernel.stalls)
         self._llm_error_kinds: dict[str, int] = {}
         self._llm_first_errors: dict[str, str] = {}
         self.energy = 0  # milli-units
@@ -148,6 +149,10 @@ class Kernel:
             self._nursery.start_soon(self._timers.run)
             if self.journal is not None and self.store.path is not None:
                 self._nursery.start_soon(self._commit_journal)
+            if not self.settings.host_sends:
+                from avm.kernel.stalls import watch
+
+                self._nursery.start_soon(watch, self)
         except BaseException:
             self._restore_gc_threshold()
             await stack.aclose()
@@ -565,6 +570,17 @@ class Kernel:
             self.unpin_snapshot(agent)
             finish(self, agent, S.CANCELLED, "cancelled while hibernated")
 
+    def stall(self, agent: Agent, detail: str) -> None:
+        """End an agent STALLED (see `avm.kernel.stalls`): at its next await, or at once if hibernated."""
+        if agent.state in TERMINAL:
+            return
+        if agent.scope is not None:
+            agent.cancel_requested = detail  # (live() ends it so, not CANCELLED)
+            agent.scope.cancel()
+        elif agent.state is S.HIBERNATED:
+            self.unpin_snapshot(agent)
+            finish(self, agent, S.STALLED, f"{detail} (hibernated)")
+
     def add_budget(self, agent: Agent, units: float) -> None:
         frame = agent.frame
         if frame is None or agent.state in TERMINAL and agent.state is not S.BUDGET_EXCEEDED:
@@ -798,5 +814,5 @@ class Kernel:
             repeated_effects=self.repeated_effects, tool_repeats=self._tool_repeats, top_agents=top_agents,
             llm_errors_by_kind=dict(self._llm_error_kinds), llm_first_errors=dict(self._llm_first_errors),
             memory_held=sum(a.frame.memory_held for a in self.agents.values() if a.frame is not None),
-            tool_injections=self.tool_injections)
+            tool_injections=self.tool_injections, deadlocked=self.deadlocked)
 

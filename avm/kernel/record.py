@@ -131,7 +131,7 @@ class Agent:
         self.value: Any = None
         self.detail = ""
         self.done: trio.Event | None = None  # made by the first waiter for the end
-        self.cancel_requested = False
+        self.cancel_requested: bool | str = False  # (text: the kernel ends it STALLED, saying why)
         self.refund_due = 0  # milli-units children gave back, not yet refunded to the frame
         self.lent = 0  # milli-units lent to a delegate, not yet charged to the frame
         self.final_used = 0  # the frame's use when it was let go

@@ -80,6 +80,10 @@ class VMSettings:
     # `avm inspect STORE AGENT`, `avm verify`, `--resume` and `avm replay` read. A snapshot of the agent
     # is journaled every ``snapshot_every`` effects (and at each hibernation).
     journal: bool = False
+    # Whether the host may send agents messages (VM.send, AgentHandle.send). While it may, an agent
+    # waiting for a message waits for ever. False (`avm run`, `run_agents`): when every live agent waits
+    # for a message none of them can send, those waiting end STALLED (see avm.kernel.stalls).
+    host_sends: bool = True
     snapshot_every: int = 64
     # With a journal and a store on disk, what is journaled is committed at least this often (besides the
     # store's own batches): a SIGKILL loses at most this much of the run's progress.
@@ -149,6 +153,7 @@ class VMStatistics:
     llm_errors_by_kind: dict[str, int] = field(default_factory=dict)  # the llm_errors by LLMError kind
     llm_first_errors: dict[str, str] = field(default_factory=dict)  # kind -> the first such error, in full
     tool_injections: int = 0  # LLM replies that called a tool the agent was not granted (the calls refused)
+    deadlocked: int = 0  # agents ended STALLED waiting for a message no live agent could send (host_sends off)
     memory_held: int = 0  # bytes the live agents' values hold (each measured when it last made enough
     # to be checked against its ceiling, plus what it made since: an upper bound)
 

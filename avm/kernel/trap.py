@@ -223,7 +223,11 @@ async def live(kernel: Kernel, agent: Agent, woken: bool = False) -> None:
             finally:
                 agent.scope = None
         if agent.state not in TERMINAL:
-            finish(kernel, agent, S.CANCELLED, "cancelled")
+            how = agent.cancel_requested
+            if type(how) is str:  # ended by the kernel (a fleet that can make no progress)
+                finish(kernel, agent, S.STALLED, how)
+            else:
+                finish(kernel, agent, S.CANCELLED, "stopped with the run" if kernel.stopping else "cancelled")
     except trio.Cancelled:  # the VM is closing
         if agent.state not in TERMINAL:
             finish(kernel, agent, S.CANCELLED, "cancelled: the VM exited")
