@@ -133,6 +133,7 @@ OBSERVE_FIELDS: tuple[str, ...] = (
     "pc",  # index of this instruction
     "depth",  # operand stack depth before this instruction
     "effects",  # effects performed so far
+    "variables",  # a map of the variables now (inputs included): `call get_default 3` gives an input or a default
 )
 
 

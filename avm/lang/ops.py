@@ -313,6 +313,8 @@ def observe(frame: Any, field: str, pc: int) -> Any:
         return len(frame.stack)
     if field == "effects":
         return frame.effects
+    if field == "variables":  # (the values are shared, not copied: the map holds one entry per variable)
+        return dict(sorted(frame.variables.items()))  # (keys in the store's order: as after a snapshot)
     raise VMError("ValueError", f"unknown observe field {field!r}")
 
 

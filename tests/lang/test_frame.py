@@ -379,3 +379,13 @@ def test_a_value_that_shares_its_parts_is_checked_in_linear_work():
     _, work = work_of(frame.resume, x)
     assert work["calls"] < 8 * levels  # was 2**17 calls of is_value
     assert frame.run() == avm.Done(x)
+
+
+def test_observe_variables_gives_the_inputs_and_variables_in_key_order():
+    code = avm.compile('push 3\nstore c\nobserve variables\nreturn\n')
+    out = Frame(code, budget=10, inputs={"b": 1, "a": [2]}).run()
+    assert out.value == {"a": [2], "b": 1, "c": 3} and list(out.value) == ["a", "b", "c"]
+    # an input, or a default: what the examples do
+    code = avm.compile('observe variables\npush "topic"\npush "tides"\ncall get_default 3\nreturn\n')
+    assert Frame(code, budget=10).run().value == "tides"
+    assert Frame(code, budget=10, inputs={"topic": "bees"}).run().value == "bees"
