@@ -213,6 +213,24 @@ def _target(met: Any) -> str:
     return "" if met is None else _format(met)
 
 
+def _missed(result: Mapping[str, Any]) -> list[str]:
+    """The targets a script that ran reports missed (its ``targets_met``, or ``ok`` false)."""
+    if not result["ok"]:
+        return []
+    figures = result["figures"]
+    targets = figures.get("targets_met")
+    missed = []
+    if isinstance(targets, dict):
+        for figure, met in targets.items():
+            if met is False or (isinstance(met, dict) and met.get("met") is False):
+                missed.append(figure)
+    elif targets is False:
+        missed.append("targets_met")
+    if figures.get("ok") is False and not missed:
+        missed.append("ok")
+    return missed
+
+
 def _rows(result: Mapping[str, Any]) -> list[list[str]]:
     name = result["bench"]
     if not result["ok"]:
@@ -223,6 +241,8 @@ def _rows(result: Mapping[str, Any]) -> list[list[str]]:
     rows = []
     for figure, value in _flatten(figures):
         met = targets.get(figure) if isinstance(targets, dict) else None
+        if figure == "ok" and isinstance(value, bool):  # the script's own verdict on its targets
+            met = value
         rows.append([name, figure, _format(value), _target(met)])
     if isinstance(targets, dict):  # targets of figures the script did not report as such
         rows += [[name, figure, "", _target(met)] for figure, met in targets.items() if figure not in figures]
@@ -236,7 +256,8 @@ def run_benches(names: Sequence[str] | None = None, *, as_json: bool = False, qu
                 bench_dir: str | os.PathLike[str] | None = None) -> int:
     """Run the bench scripts (all, or those named) and print their figures; the exit code.
 
-    0 when every script ran and reported, 1 when any failed, 130 when
+    0 when every script ran and reported its targets met, 1 when any failed or
+    missed a target (its ``targets_met``, or ``ok`` false), 130 when
     interrupted. User errors (no bench directory, an unknown name, a bad
     timeout) raise `avm.cli.CliError`.
     """
@@ -266,15 +287,19 @@ def run_benches(names: Sequence[str] | None = None, *, as_json: bool = False, qu
         outcome = "ok" if result["ok"] else f"FAILED ({result['error']})"
         print(f"avm bench: {script.stem}: {outcome} in {result['seconds']:.1f} s", file=sys.stderr, flush=True)
 
-    ok = all(r["ok"] for r in results) and not interrupted
+    missed = {r["bench"]: _missed(r) for r in results if _missed(r)}
+    ok = all(r["ok"] for r in results) and not interrupted and not missed
     if as_json:
-        console.out(json.dumps({"ok": ok, "quick": quick, "benches": results}), highlight=False)
+        console.out(json.dumps({"ok": ok, "quick": quick, "targets_missed": missed, "benches": results}),
+                    highlight=False)
     else:
         from avm.store_report import print_table
 
         rows = [row for r in results for row in _rows(r)]
         title = "avm bench" + (" (quick: smoke-test figures)" if quick else "")
         print_table(console, title, ["bench", "figure", "value", "target"], rows, right=(2,))
+    for bench, figures in missed.items():
+        print(f"avm bench: {bench}: target missed: {', '.join(figures)}", file=sys.stderr, flush=True)
     if interrupted:
         return 130
     return 0 if ok else 1
@@ -289,8 +314,8 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "bench", help="run the bench scripts and print one table of their figures",
         description="Run the scripts of the repository's bench/ directory, each in its own process with "
-                    "--json, and print one table: bench, figure, value, target. A failing script is "
-                    "reported in the table and makes the exit code 1.")
+                    "--json, and print one table: bench, figure, value, target. A failing script, or a "
+                    "target missed, is reported in the table and makes the exit code 1.")
     p.add_argument("names", nargs="*", metavar="NAME", help="benches to run (default: all), e.g. vm_ops memory")
     p.add_argument("--quick", action="store_true", help="short runs (smoke-test figures) where a script allows")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")

@@ -222,6 +222,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "final_batch_size_mean": round(last["batch_size_mean"], 1),
         "target_fraction": TARGET,
         "ok": cost_fraction < TARGET,
+        "targets_met": {"dashboard_cost_fraction": {"met": cost_fraction < TARGET, "target": f"< {TARGET:g}"}},
     }
     for kind in KINDS:
         for key in ("wall_s", "cpu_s", "gc_s"):

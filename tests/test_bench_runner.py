@@ -119,7 +119,7 @@ def test_every_bench_runs_and_a_failure_is_a_row_and_exit_1(bench_dir, capsys):
 
 def test_only_the_named_benches_in_the_given_order(bench_dir):
     code, out = _run(names=["good.py"], bench_dir=bench_dir)
-    assert code == 0
+    assert code == 1  # (it ran, and missed its rss_bytes target)
     assert {bench for bench, _ in _rows(out)} == {"good"}
     code, out = _run(names=["no_json", "good", "no_json"], bench_dir=bench_dir)
     assert code == 1
@@ -143,7 +143,7 @@ def test_json_output_is_one_object(bench_dir):
 def test_quick_passes_only_the_options_a_script_has(tmp_path):
     directory = _write(tmp_path / "bench", vm_ops=QUICKABLE, memory=OWN_QUICK, good=GOOD)
     code, out = _run(as_json=True, quick=True, bench_dir=directory)
-    assert code == 0
+    assert code == 1 and json.loads(out)["targets_missed"] == {"good": ["rss_bytes"]}
     by_name = {b["bench"]: b for b in json.loads(out)["benches"]}
     assert by_name["vm_ops"]["figures"] == {"repeats": 1, "scale": 0.1}  # QUICK_ARGS["vm_ops"]
     assert by_name["memory"]["args"] == ["--json", "--quick"]  # its own --quick wins
@@ -207,3 +207,20 @@ def test_parser_helper_registers_bench():
     assert args.fn is args.func
     args = parser.parse_args(["bench"])
     assert args.names == [] and not args.quick and args.timeout > 60
+
+
+def test_a_target_missed_shows_in_the_target_column_and_exits_1(tmp_path, capsys):
+    verdict = '''
+        import json  # --json
+        print(json.dumps({"cost_fraction": 0.0285, "target_fraction": 0.02, "ok": False}))
+    '''
+    met = '''
+        import json  # --json
+        print(json.dumps({"op_us": 1.0, "targets_met": {"op_us": {"met": True, "target": "<= 20"}}}))
+    '''
+    code, out = _run(bench_dir=_write(tmp_path / "bench", verdict=verdict))
+    assert code == 1
+    assert _rows(out)[("verdict", "ok")] == ["false", "missed"]
+    assert "avm bench: verdict: target missed: ok" in capsys.readouterr().err
+    code, out = _run(bench_dir=_write(tmp_path / "bench2", met=met))
+    assert code == 0 and _rows(out)[("met", "op_us")] == ["1", "met", "(<=", "20)"]
