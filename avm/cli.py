@@ -73,6 +73,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not 0 <= value <= 2:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2 (OpenAI's range), not {text}")
+    return value
+
+
 def _read(path: str) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
@@ -146,8 +156,9 @@ def _parse_inputs(pairs: Sequence[str]) -> dict[str, Any]:
     return inputs
 
 
-def _program_spec(path: str, inputs: dict[str, Any]) -> Any:
-    """A spec of one group running the program file ``path`` (granted the demo tools)."""
+def _program_spec(path: str, inputs: dict[str, Any], tools: str | None) -> Any:
+    """A spec of one group running the program file ``path``: granted no tools, or with ``tools`` "demo"
+    the offline demo tools (every request then carries their schemas)."""
     from avm.demo_tools import TOOLS
     from avm.spec import DEFAULT_BUDGET, AgentGroup, Program, RunSpec
 
@@ -155,9 +166,10 @@ def _program_spec(path: str, inputs: dict[str, Any]) -> Any:
     name = "".join(c if c.isascii() and (c.isalnum() or c in "_-") else "_" for c in Path(path).stem) or "agent"
     if not (name[0].isascii() and name[0].isalpha()):
         name = "p_" + name
-    group = AgentGroup(name, Program(code, path), 1, tools=tuple(t.name for t in TOOLS),
+    granted = TOOLS if tools == "demo" else ()
+    group = AgentGroup(name, Program(code, path), 1, tools=tuple(t.name for t in granted),
                        inputs=(inputs,) if inputs else (), budget=DEFAULT_BUDGET)
-    return RunSpec(path, (group,), tuple(TOOLS), description=Path(path).name)
+    return RunSpec(path, (group,), tuple(granted), description=Path(path).name)
 
 
 def _load_run_spec(args: argparse.Namespace) -> Any:
@@ -167,22 +179,29 @@ def _load_run_spec(args: argparse.Namespace) -> Any:
         if args.spec is None:
             if args.input:
                 raise CliError("--input needs a program file: avm run PROGRAM.avm --input NAME=VALUE")
+            if args.tools:
+                raise CliError("--tools is for a program file (the demo grants its agents the demo tools)")
             spec = demo_spec(args.agents if args.agents is not None else 1000)
             agents = None  # the demo laid itself out for --agents already
         elif args.spec.endswith(".avm"):
-            spec = _program_spec(args.spec, _parse_inputs(args.input))
+            spec = _program_spec(args.spec, _parse_inputs(args.input), args.tools)
             agents = args.agents
         else:
             if args.input:
                 raise CliError("--input is for a program file; a spec gives inputs per group")
+            if args.tools:
+                raise CliError("--tools is for a program file; a spec grants tools per group")
             spec = load_spec(args.spec)
             agents = args.agents
         spec = spec.with_overrides(agents=agents, llm=args.llm, model=args.model, store=args.store,
                                    budget=args.budget)
         if spec.llm is None and os.environ.get("OPENAI_BASE_URL"):  # the OpenAI SDK's convention
             spec = dataclasses.replace(spec, llm=os.environ["OPENAI_BASE_URL"])
-        if args.llm_connections is not None:
-            spec = dataclasses.replace(spec, settings={**spec.settings, "llm_connections": args.llm_connections})
+        flags = {"llm_connections": args.llm_connections, "temperature": args.temperature,
+                 "max_tokens": args.max_tokens}
+        given = {name: value for name, value in flags.items() if value is not None}
+        if given:  # as the spec's [vm] table would set them
+            spec = dataclasses.replace(spec, settings={**spec.settings, **given})
         return spec
     except SpecError as exc:
         raise CliError(str(exc)) from None
@@ -224,7 +243,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise CliError("--resume needs the store the run journaled into: --store DIR")
         outcome = trio.run(run_fleet, spec, RunOptions(display=display, console=console,
                                                        line_every_s=args.progress_every, announce=announce,
-                                                       resume=args.resume, timeout_s=args.timeout))
+                                                       resume=args.resume, timeout_s=args.timeout,
+                                                       results=args.results))
     except LaunchError as exc:
         raise CliError(str(exc)) from None
     except BaseException as exc:  # noqa: B036 - a Ctrl+C before the launcher's handler was in place, or a
@@ -323,6 +343,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the store's newest run (or RUN) after it was killed or interrupted: its agents "
                         "go on from their journals, effects already journaled are not performed again, agents "
                         "that ended are not run again (needs --store)")
+    p.add_argument("--tools", choices=("demo",),
+                   help="grant a program file's agents the offline demo tools search and calculate (default: "
+                        "no tools; a spec grants tools per group)")
+    p.add_argument("--temperature", type=_temperature, metavar="T",
+                   help="sampling temperature of every LLM request, 0 to 2 (default: the server's). At 0 (or "
+                        "with a seed) identical requests may be answered from the cache")
+    p.add_argument("--max-tokens", type=_positive_int, metavar="N", help="tokens per LLM reply at most (default 512)")
+    p.add_argument("--results", metavar="FILE",
+                   help="write one JSON line per agent to FILE at the end: id, name, state, value or error, "
+                        "energy, tokens (the summary lists them only for runs of at most 20 agents)")
     p.add_argument("--timeout", type=_positive_float, metavar="S",
                    help="stop the run after S seconds: its agents are stopped as by Ctrl+C (with --store, "
                         "--resume goes on); exit 124")
@@ -388,7 +418,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_replay_parser(sub)
     add_erase_parser(sub)
     add_bench_parser(sub)
+    for command in sub.choices.values():  # --debug after the command too (its default: the one before it)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the whole traceback of an error, its cause included")
     return parser
+
+
+def _unsuppressed(exc: BaseException) -> BaseException:
+    """``exc`` with every cause in its chain shown (a one-line error raised ``from None`` hides them)."""
+    seen = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__suppress_context__ = False
+        link = link.__cause__ or link.__context__
+    return exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -401,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.fn(args))
     except CliError as exc:
         if args.debug:
-            raise
+            raise _unsuppressed(exc)  # noqa: B904 - the chain is exc's own, now shown whole
         print(f"avm: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:

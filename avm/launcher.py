@@ -65,6 +65,7 @@ class RunOptions:
     # a run id; the spec's agents that the run never started are spawned then.
     resume: bool | str = False
     timeout_s: float | None = None  # the run stops after this long (its agents stopped as by Ctrl+C)
+    results: str | None = None  # a file to write one JSON line per agent to, at the end (see _result)
 
 
 @dataclass
@@ -204,7 +205,8 @@ async def run_fleet(spec: RunSpec, options: RunOptions | None = None) -> RunOutc
             "faults": stats.faults, "energy_used": stats.energy_used, "energy_left": stats.energy_left,
             "energy_budget": stats.energy_budget, "effects": dict(stats.effects), "messages": stats.messages,
             "llm_errors": stats.llm_errors, "dashboard_cost_fraction": round(dash.cost_fraction, 5),
-            "store": spec.store,
+            "store": spec.store, "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
+            "tool_calls": stats.tool_calls, "tool_errors": stats.tool_errors, "tool_timeouts": stats.tool_timeouts,
         })
         summary["llm_errors_by_kind"] = dict(stats.llm_errors_by_kind)
         summary["llm_first_errors"] = dict(stats.llm_first_errors)  # kind -> the first such error, in full
@@ -216,8 +218,14 @@ async def run_fleet(spec: RunSpec, options: RunOptions | None = None) -> RunOutc
             summary["llm_retries"] = g.retries  # failed attempts sent again (a run can succeed through them)
             summary["llm_retries_by_kind"] = dict(g.retries_by_kind)
             summary["llm_first_retries"] = dict(g.first_retries)  # kind -> the first such failure, in full
+        summary["results_left_out"] = 0
         if len(handles) <= RESULTS_SHOWN:
             summary["results"] = [_result(h) for h in handles]
+        else:  # (say so: --results FILE has them all)
+            summary["results_left_out"] = len(handles)
+        if options.results is not None:
+            _write_results(options.results, handles)
+            summary["results_file"] = options.results
         if store is not None:
             ref = store.put_value(_plain(summary))
             store.bind(f"runs/{vm.run_id}", ref)
@@ -228,11 +236,27 @@ async def run_fleet(spec: RunSpec, options: RunOptions | None = None) -> RunOutc
             store.close()
 
 
+def _write_results(path: str, handles: list[Any]) -> None:
+    """One JSON line per agent the run spawned (see `_result`), written whole or not at all."""
+    import json
+
+    partial = f"{path}.partial"
+    try:
+        with open(partial, "w", encoding="utf-8") as out:
+            for handle in handles:
+                out.write(json.dumps(_plain(_result(handle)), ensure_ascii=False, default=str) + "\n")
+        os.replace(partial, path)
+    except OSError as exc:
+        raise LaunchError(f"--results {path}: cannot write: {exc.strerror or exc}") from None
+
+
 def _result(handle: Any) -> dict[str, Any]:
     from avm.lang.values import render
 
     state = handle.state.value
-    out = {"id": handle.id, "name": handle.name, "state": state, "energy_used": handle.energy_used}
+    prompt, completion = handle.tokens
+    out = {"id": handle.id, "name": handle.name, "state": state, "energy_used": handle.energy_used,
+           "prompt_tokens": prompt, "completion_tokens": completion}
     if state == "done":
         out["value"] = _plain(handle.value)
         out["text"] = render(handle.value)
@@ -351,11 +375,16 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"effects: " + (", ".join(f"{k} {v:,}" for k, v in (summary.get("effects") or {}).items() if v) or "none"),
     ]
     if summary.get("llm_requests") is not None:
-        lines.append(
-            f"LLM: {summary.get('llm_requests', 0):,} requests, {summary.get('http_requests', 0):,} HTTP "
-            f"(mean batch {summary.get('batch_size_mean', 0):.1f}), cache hit rate "
-            f"{100 * summary.get('cache_hit_rate', 0):.1f}%, p50 {1000 * summary.get('latency_p50_s', 0):.1f} ms, "
-            f"p99 {1000 * summary.get('latency_p99_s', 0):.1f} ms, {summary.get('llm_errors', 0):,} errors")
+        requests = summary.get("llm_requests", 0)
+        batch = summary.get("batch_size_mean", 0)
+        line = f"LLM: {_count(requests, 'request')}, {summary.get('http_requests', 0):,} HTTP"
+        line += f" (mean batch {batch:.1f})" if batch else ""
+        if requests:
+            line += (f", cache hit rate {100 * summary.get('cache_hit_rate', 0):.1f}%, p50 "
+                     f"{1000 * summary.get('latency_p50_s', 0):.1f} ms, p99 {1000 * summary.get('latency_p99_s', 0):.1f}"
+                     f" ms, tokens {summary.get('prompt_tokens', 0):,} prompt + "
+                     f"{summary.get('completion_tokens', 0):,} completion")
+        lines.append(line + f", {_count(summary.get('llm_errors', 0), 'error')}")
     if summary.get("unique_objects") is not None:
         lines.append(
             f"memory: {summary.get('unique_objects', 0):,} objects, dedup x{summary.get('dedup_ratio', 1):.1f}, "
@@ -364,9 +393,18 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
             f"{100 * summary.get('dashboard_cost_fraction', 0):.2f}% of the run")
         if summary.get("wall_s", 0) < 1:  # a fraction of a tiny run is mostly the dashboard's fixed start-up
             lines[-1] = lines[-1].rsplit("; dashboard cost", 1)[0]
+    if summary.get("tool_calls"):
+        lines.append(f"tools: {_count(summary['tool_calls'], 'call')}, {summary.get('tool_errors', 0):,} failed "
+                     f"({100 * summary.get('tool_errors', 0) / summary['tool_calls']:.1f}%), "
+                     f"{summary.get('tool_timeouts', 0):,} of them timed out")
     for r in summary.get("results") or []:
         what = f"= {_clip(r['text'])}" if r["state"] == "done" else f"{r['state']}: {_clip(r.get('error') or '')}"
-        lines.append(f"  {r['name'] or r['id']}: {what}  [energy {r['energy_used']:g}]")
+        tokens = f", tokens {r['prompt_tokens']:,}+{r['completion_tokens']:,}" if r.get("prompt_tokens") else ""
+        lines.append(f"  {r['name'] or r['id']}: {what}  [energy {r['energy_used']:g}{tokens}]")
+    if summary.get("results_left_out"):
+        where = (f"all of them are in {summary['results_file']}" if summary.get("results_file")
+                 else "--results FILE writes one JSON line per agent")
+        lines.append(f"results: not listed for more than {RESULTS_SHOWN} agents ({where})")
     if summary.get("deadlocked"):
         lines.append(f"stalled: {_count(summary['deadlocked'], 'agent')} waited for a message no live agent "
                      f"could send, and ended (a recv with no timeout, every other agent waiting too)")

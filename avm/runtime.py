@@ -92,6 +92,13 @@ class AgentHandle:
         return self._agent.detail
 
     @property
+    def tokens(self) -> tuple[int, int]:
+        """(prompt, completion) tokens of the LLM replies the agent got (in this process: not those a
+        resumed agent's journal gave back)."""
+        agent = self._agent
+        return agent.prompt_tokens, agent.completion_tokens
+
+    @property
     def energy_used(self) -> float:
         """Energy used so far (children included, their unspent energy refunded)."""
         return self._agent.used_milli() / 1000

@@ -267,6 +267,7 @@ def _report(store: Any, where: str, run: str | None, state: str | None, limit: i
         "runs": run_reports,
         "filters": {"run": run, "state": state, "limit": limit},
         "agents_matching": len(matching),
+        "agents_left_out": len(matching) - len(shown),  # past --limit (0 lists every one)
         "agents": [_agent_json(a) for a in shown],
         "unreadable_names": unreadable,
         "damaged_objects": damaged,

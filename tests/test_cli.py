@@ -68,8 +68,9 @@ def test_help_everywhere(args):
 @pytest.mark.parametrize("program, state, text", [
     ("fizzbuzz.avm", "done", "13 14 FizzBuzz"),
     ("wordcount.avm", "done", None),
-    # the researcher talks to the embedded LLM, runs the search tool it calls, and returns the final answer
-    ("researcher.avm", "done", "FINAL ANSWER"),
+    # the researcher talks to the embedded LLM (granted no tools: its answer comes at once; with
+    # --tools demo it runs the tools the model calls, see below)
+    ("researcher.avm", "done", None),
 ])
 def test_run_a_program_file_reports_its_result(program, state, text):
     result = avm_cmd("run", f"examples/{program}", "--json")
@@ -103,3 +104,36 @@ def test_a_count_of_thousands_of_digits_is_one_clear_error_exit_2(tmp_path, comm
                              "to 65536")
     assert all(len(line) < 200 for line in lines)
     assert lines[2].index("^") - 4 == lines[1].index("9") - 4  # the caret under the count
+
+
+def test_a_program_file_gets_tools_only_when_asked_and_the_inputs_it_is_given(tmp_path):
+    bare = json.loads(avm_cmd("run", "examples/researcher.avm", "--json").stdout.strip().splitlines()[-1])
+    assert bare["effects"]["tool"] == 0 and bare["tool_calls"] == 0  # no tool schemas sent: no tool calls
+    tools = json.loads(avm_cmd("run", "examples/researcher.avm", "--tools", "demo", "--input", "topic=tides",
+                               "--json").stdout.strip().splitlines()[-1])
+    assert tools["effects"]["tool"] >= 1 and tools["results"][0]["state"] == "done"
+    counted = json.loads(avm_cmd("run", "examples/wordcount.avm", "--input", "text=b a b", "--json")
+                         .stdout.strip().splitlines()[-1])
+    assert counted["results"][0]["value"] == '{"a": 1, "b": 2}'
+    wrong = avm_cmd("run", "examples/workers.toml", "--tools", "demo")
+    assert wrong.returncode == 2 and "--tools is for a program file" in wrong.stderr
+
+
+def test_debug_works_after_the_command_and_shows_the_cause(tmp_path):
+    result = avm_cmd("run", str(tmp_path / "missing.toml"), "--debug")
+    assert result.returncode != 0
+    assert "FileNotFoundError" in result.stderr and "CliError" in result.stderr
+
+
+def test_results_file_has_a_line_per_agent_and_the_summary_says_where(tmp_path):
+    out = tmp_path / "results.jsonl"
+    result = avm_cmd("run", "--agents", "30", "--no-dashboard", "--results", str(out), "--temperature", "0",
+                     "--max-tokens", "64")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) >= 30 and {"id", "name", "state", "energy_used", "prompt_tokens", "completion_tokens"} <= set(lines[0])
+    assert f"all of them are in {out}" in result.stdout
+    assert any(line["prompt_tokens"] > 0 for line in lines)
+    assert "tokens" in result.stdout
+    bad = avm_cmd("run", "--temperature", "3")
+    assert bad.returncode == 2 and "between 0 and 2" in bad.stderr

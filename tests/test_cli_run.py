@@ -239,6 +239,8 @@ def test_openai_base_url_is_honoured_and_named_on_the_first_line(tmp_path):
     seen: list = []
 
     def handler(request):
+        if request.path.endswith("/batch"):  # as OpenAI's API: no such endpoint (the client then goes singly)
+            return Answer(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
         return Answer(200, {"data": []}) if request.method == "GET" else Answer(200, _completion("hi there"))
 
     with scripted_server(handler, seen=seen) as url:

@@ -171,7 +171,7 @@ def test_filters_by_run_prefix_and_state_and_limit(recorded):
     common = len(os.path.commonprefix([first, second]))
     assert load_report(path, run=second[:common + 1])["filters"]["run"] == second  # a unique prefix
     limited = load_report(path, limit=2)
-    assert len(limited["agents"]) == 2 and limited["agents_matching"] == 8
+    assert len(limited["agents"]) == 2 and limited["agents_matching"] == 8 and limited["agents_left_out"] == 6
     _, out = _render(path, limit=2)
     assert "agents: 2 of 8 (--limit 0 shows all)" in out
     _, out = _render(path, state="stalled")

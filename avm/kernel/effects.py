@@ -60,6 +60,8 @@ def llm_reply(kernel: Kernel, agent: Agent, response: LLMResponse) -> Outcome:
     usage = response.usage
     kernel.prompt_tokens += usage.prompt_tokens
     kernel.completion_tokens += usage.completion_tokens
+    agent.prompt_tokens += usage.prompt_tokens
+    agent.completion_tokens += usage.completion_tokens
     settings = kernel.settings
     text, calls = response.text, response.tool_calls
     refused = None

@@ -183,11 +183,15 @@ class Kernel:
         if connections < gateway_settings.max_connections:
             gateway_settings = replace(gateway_settings, max_connections=connections)
         if llm is None:
-            from avm.io.embedded.faults import DEFAULT_MODEL
+            from avm.io.embedded.faults import ServerSettings
             from avm.io.embedded.server import serve_llm
 
-            server = await stack.enter_async_context(serve_llm(**settings.llm_server))
-            model = self.shared.model = settings.model or DEFAULT_MODEL
+            served = ServerSettings.from_mapping(settings.llm_server)
+            if settings.model and not served.any_model and settings.model not in served.models:
+                # the server answers 404 to a model it does not serve, as OpenAI does: it serves the VM's
+                served = served.replace(models=(settings.model, *served.models))
+            server = await stack.enter_async_context(serve_llm(served))
+            model = self.shared.model = settings.model or served.models[0]
             backend = OpenAIBackend(server.url, api_key="", model=model, max_connections=connections)
         else:
             model = self.shared.model = settings.model or os.environ.get("OPENAI_MODEL") or ""
@@ -606,6 +610,7 @@ class Kernel:
         self.agents[agent.id] = agent
         if agent.name is not None:
             self.names.setdefault(agent.name, agent)
+        agent.detail = ""  # (what it ran out on is history)
         self.set_state(agent, S.READY)
         self._nursery.start_soon(live, self, agent)
 
@@ -802,6 +807,7 @@ class Kernel:
             live_ones = ((a.used_milli() / 1000, a.id, a.name, a.state.value) for a in self.agents.values())
             best = heapq.nlargest(top, itertools.chain(live_ones, self._top_ended), key=lambda e: (e[0], -e[1]))
             top_agents = tuple((i, n, st, e) for e, i, n, st in best)
+        tools = self.tools.statistics()
         return VMStatistics(
             agents=self._spawned, live=self.live,
             by_state={state.value: n for state, n in self.counts.items() if n},
@@ -814,5 +820,6 @@ class Kernel:
             repeated_effects=self.repeated_effects, tool_repeats=self._tool_repeats, top_agents=top_agents,
             llm_errors_by_kind=dict(self._llm_error_kinds), llm_first_errors=dict(self._llm_first_errors),
             memory_held=sum(a.frame.memory_held for a in self.agents.values() if a.frame is not None),
-            tool_injections=self.tool_injections, deadlocked=self.deadlocked)
+            tool_injections=self.tool_injections, deadlocked=self.deadlocked, tool_calls=tools.calls,
+            tool_errors=tools.errors, tool_timeouts=tools.timeouts)
 

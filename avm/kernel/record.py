@@ -88,6 +88,8 @@ class Agent:
         "memory_limit",
         "name",
         "parent",
+        "prompt_tokens",
+        "completion_tokens",
         "policy",
         "rank",
         "refund_due",
@@ -135,6 +137,7 @@ class Agent:
         self.refund_due = 0  # milli-units children gave back, not yet refunded to the frame
         self.lent = 0  # milli-units lent to a delegate, not yet charged to the frame
         self.final_used = 0  # the frame's use when it was let go
+        self.prompt_tokens = self.completion_tokens = 0  # of the LLM replies it got (in this process)
         self.replay: Any = None  # while it recovers: the journal entries whose results it is fed (a deque)
 
     def step(self) -> str:

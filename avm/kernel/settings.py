@@ -154,6 +154,9 @@ class VMStatistics:
     llm_first_errors: dict[str, str] = field(default_factory=dict)  # kind -> the first such error, in full
     tool_injections: int = 0  # LLM replies that called a tool the agent was not granted (the calls refused)
     deadlocked: int = 0  # agents ended STALLED waiting for a message no live agent could send (host_sends off)
+    tool_calls: int = 0  # tool calls programs made (refused ones included)
+    tool_errors: int = 0  # of them, those that came back as error values: raised, timed out, bad arguments...
+    tool_timeouts: int = 0  # of the errors, those that did not finish within their tool's timeout
     memory_held: int = 0  # bytes the live agents' values hold (each measured when it last made enough
     # to be checked against its ceiling, plus what it made since: an upper bound)
 

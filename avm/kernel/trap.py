@@ -27,7 +27,7 @@ from avm.lang.values import canonical_order, render
 from avm.memory.values import decode_value
 from avm.scheduler.states import TERMINAL, WAITING_ON, AgentState
 from avm.scheduler.supervision import RestartHistory
-from avm.tools.registry import error_value
+from avm.tools.registry import error_value, is_error_value
 
 if TYPE_CHECKING:
     from avm.kernel.kernel import Kernel
@@ -49,7 +49,8 @@ def apply(kernel: Kernel, agent: Agent, effect: Effect, outcome: Outcome, record
         settle(agent, frame)
     if outcome.charge:
         before = frame.used
-        frame.charge(outcome.charge)
+        if not frame.charge(outcome.charge):  # (the end's message says what the energy went to)
+            agent.detail = _overdrawn(effect, outcome, frame.budget - before)
         kernel.energy += frame.used - before
     reply = outcome.reply
     if reply is not None:
@@ -75,6 +76,16 @@ def apply(kernel: Kernel, agent: Agent, effect: Effect, outcome: Outcome, record
     if frame.stall_count > 1:
         kernel.repeated_effects += 1
     return True
+
+
+def _overdrawn(effect: Effect, outcome: Outcome, left: int) -> str:
+    """What an effect whose host work (tokens, a tool's time) cost more than the energy left was."""
+    what = f"tool {effect.args[0]}" if effect.kind == "tool" else effect.kind
+    value = outcome.value
+    if is_error_value(value):
+        error = value["error"]
+        what += f" ({error.get('type')}: {error.get('message')})"
+    return f"line {effect.line}: {what} cost {outcome.charge:g} energy, more than the {max(0, left) / 1000:g} left"
 
 
 def replayed(kernel: Kernel, agent: Agent, effect: Effect) -> tuple[Outcome, bool]:
@@ -138,6 +149,7 @@ def settle(agent: Agent, frame: Frame) -> None:
     """Refund to the frame what children gave back while it was out of reach."""
     frame.refund(agent.refund_due / 1000)
     agent.refund_due = 0
+    agent.detail = ""  # (an effect that overdrew it, see apply, no longer ends it)
 
 
 async def live(kernel: Kernel, agent: Agent, woken: bool = False) -> None:
@@ -282,8 +294,11 @@ def _ended(kernel: Kernel, agent: Agent, out: Any) -> bool:
         finish(kernel, agent, S.FAILED, detail)
         return False
     if kind_of is BudgetExceeded:
-        finish(kernel, agent, S.BUDGET_EXCEEDED, f"line {out.line}: needed {out.needed:g} energy, "
-                                                 f"used {out.energy_used:g} of {out.budget:g}")
+        if agent.detail:  # an effect's host work overdrew it (see apply)
+            finish(kernel, agent, S.BUDGET_EXCEEDED, f"{agent.detail}; used {out.energy_used:g} of {out.budget:g}")
+        else:
+            finish(kernel, agent, S.BUDGET_EXCEEDED, f"line {out.line}: needed {out.needed:g} energy, "
+                                                     f"used {out.energy_used:g} of {out.budget:g}")
         return False
     if kind_of is Stalled:
         finish(kernel, agent, S.STALLED, f"line {out.line}: {out.count} identical {out.kind} effects "

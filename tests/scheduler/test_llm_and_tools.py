@@ -203,3 +203,29 @@ async def test_an_agent_keeps_a_ref_per_turn_and_the_store_holds_each_turns_mess
         for a in agents:
             await a.send("done")
             assert await a.result() == "done"
+
+
+async def test_tool_failures_and_timeouts_are_counted_and_a_timeout_that_overdraws_says_so():
+    import trio
+
+    @avm.tool(timeout=0.2)
+    async def hang(x: str) -> str:
+        await trio.sleep(100)
+        return x
+
+    @avm.tool
+    def boom(x: str) -> str:
+        raise RuntimeError("kaput")
+
+    async with VM(tools=[hang, boom], energy_per_tool_second=50) as vm:
+        broke = await vm.spawn('push "a"\ntool boom 1\nreturn\n', tools=["boom"])
+        assert (await broke.result())["error"]["type"] == "RuntimeError"
+        hung = await vm.spawn('push "a"\ntool hang 1\nreturn\n', tools=["hang"], budget=5)
+        with pytest.raises(AgentError) as ended:
+            await hung.result()
+        assert ended.value.state is avm.AgentState.BUDGET_EXCEEDED
+        assert "line 2: tool hang (Timeout: hang did not finish within 0.2 s) cost" in ended.value.detail
+        stats = vm.statistics()
+        assert (stats.tool_calls, stats.tool_errors, stats.tool_timeouts) == (2, 2, 1)
+        hung.add_budget(20)  # it goes on; what it ran out on is history
+        assert (await hung.result())["error"]["type"] == "Timeout"
