@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import trio
 
-from avm.errors import CompileError
+from avm.errors import AvmError, CompileError
 from avm.lang.code import Code
 from avm.lang.compiler import compile_source
 from avm.lang.disasm import disassemble
@@ -49,7 +49,7 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM
 EXIT_TIMEOUT = 124  # stopped by --timeout (as GNU timeout reports it)
 
 
-class CliError(Exception):
+class CliError(AvmError):
     """A user error: printed as one line, exit code 2."""
 
 

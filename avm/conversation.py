@@ -42,18 +42,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from avm.errors import StoreError
-from avm.io.request import PLACEHOLDER, Filled, Message, RequestError
+from avm.errors import ProgramError, StoreError
+from avm.io.request import PLACEHOLDER, ROLES, Filled, Message, RequestError
 from avm.io.wire import message_json
 from avm.io.wire import tool_calls as keep_calls
 from avm.lang.values import render
 from avm.memory.ref import Ref
 from avm.tools.registry import error_value
 
-_ROLES = ("user", "assistant", "system", "tool")
 
-
-class MessageError(ValueError):
+class MessageError(ProgramError, ValueError):
     """An llm operand that is not a message (the program faults with it)."""
 
 
@@ -102,8 +100,8 @@ def to_messages(operand: Any) -> list[Message]:
             raise MessageError(f"llm: unknown message field{'s' if len(unknown) > 1 else ''} "
                                f"{', '.join(sorted(map(str, unknown)))} (role, content, tool_call_id, name)")
         role = item.get("role", "user")
-        if role not in _ROLES:
-            raise MessageError(f"llm: a message role is one of {', '.join(_ROLES)}, not {role!r}")
+        if role not in ROLES:
+            raise MessageError(f"llm: a message role is one of {', '.join(ROLES)}, not {role!r}")
         if "content" not in item:
             raise MessageError("llm: a message map needs a content")
         call_id = item.get("tool_call_id")

@@ -1,25 +1,39 @@
-"""The one tree of AVM errors.
+"""The one tree of AVM errors: every error AVM raises on purpose is an `AvmError`.
 
     AvmError
     ├── ProgramError              a fault of an agent's program, not of AVM
     │   ├── CompileError          source that does not compile (line, column, caret)
+    │   ├── CodeFormatError       bytes that are not an encoded program (avm.lang.code; also a ValueError)
     │   ├── SnapshotError         a snapshot that is malformed or for another program
+    │   ├── MessageError          an llm operand that is not a message (avm.conversation; also a ValueError)
     │   └── ToolDenied            a call of a tool the agent was not granted (avm.tools.registry)
     ├── StoreError                the content-addressed store
-    │   ├── NotFound              a ref the store does not hold
+    │   ├── NotFound              a ref the store does not hold (also a KeyError)
     │   ├── CorruptObject         stored bytes whose digest does not match their ref
     │   ├── Erased                an object erased on request: a tombstone stands in its place
     │   ├── JournalError          a journal whose hash chain is broken (avm.journal.entry)
     │   ├── StoreFormatError      a directory that is not an AVM store, or of another version
     │   └── ValueFormatError      bytes that are not a canonical encoded value (avm.memory.values)
+    ├── VMError                   the VM used wrongly: a bad setting, spawn after exit... (avm.kernel.settings)
+    │   └── GrantError            a grant of a tool nobody registered (also a ToolDefinitionError)
+    ├── AgentError                an agent that ended without a value: AgentHandle.result() (avm.kernel.record)
     ├── ToolError                 raised inside a tool; reaches the program as an error value (avm.tools.registry)
     ├── ToolDefinitionError       a function that cannot be a tool (avm.tools.registry)
     ├── FrameStateError           a frame driven out of order by its host (avm.lang.frame)
-    ├── LLMServerError            the embedded LLM server cannot start or serve (avm.io.embedded.faults)
+    ├── RequestError              an LLM request that cannot be sent: a bad parameter or role (avm.io.request)
+    ├── Failure                   one failed attempt at an LLM request, inside the client (avm.io.client.backends)
     ├── LLMError                  an LLM request the gateway could not answer (avm.io.gateway)
-    └── InternalError             a bug in AVM itself
+    ├── LLMServerError            the embedded LLM server cannot start or serve (avm.io.embedded.faults)
+    │   └── BadRequest            a request it answers 400 (avm.io.embedded.replies)
+    ├── SpecError                 a run spec that cannot be run, naming the file and place (avm.spec.model)
+    ├── LaunchError               `avm run` cannot start: the store, the endpoint, the model (avm.launcher)
+    ├── CliError                  a user's mistake on the command line: one line, exit 2 (avm.cli)
+    └── InternalError             a bug in AVM itself: an invariant that did not hold
 
-Errors raised by the libraries AVM uses (lmdb, zstandard, httpx) are caught at
+The interpreter's own signals never leave a frame and are not in the tree:
+`avm.lang.values.VMFault` becomes the program's `Fault`, `avm.lang.meter.OutOfEnergy` its
+`BudgetExceeded`; the HTTP client's transport signals (`avm.io.client.h1.ProtocolError`,
+`avm.io.client.http.HTTPError`, `avm.io.client.h2.Refused`) become a `Failure` there. Errors raised by the libraries AVM uses (lmdb, zstandard, httpx) are caught at
 the edge and re-raised as one of these with ``raise ... from exc``.
 """
 

@@ -47,3 +47,31 @@ def test_no_top_level_modules_named_after_stdlib():
     for path in PACKAGE.parent.iterdir():
         if path.suffix == ".py" or (path.is_dir() and (path / "__init__.py").exists()):
             assert path.stem not in sys.stdlib_module_names, path.name
+
+
+def test_every_error_avm_raises_on_purpose_is_in_the_one_tree():
+    import importlib
+    import inspect
+    import pkgutil
+
+    import avm
+    from avm.errors import AvmError
+
+    internal = {"VMFault", "OutOfEnergy", "ProtocolError", "Truncated", "HTTPError", "Refused"}  # see avm.errors
+    outside = []
+    for module_info in pkgutil.walk_packages(avm.__path__, "avm."):
+        if module_info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(module_info.name)
+        for name, cls in vars(module).items():
+            if (inspect.isclass(cls) and issubclass(cls, BaseException) and cls.__module__ == module.__name__
+                    and not name.startswith("_") and name not in internal and not issubclass(cls, AvmError)):
+                outside.append(f"{module.__name__}.{name}")
+    assert outside == []
+    names = [line.split("── ")[1].split()[0] for line in avm.errors.__doc__.splitlines() if "── " in line]
+    for name in names:  # the tree drawn in avm/errors.py names classes that exist
+        assert any(hasattr(importlib.import_module(m), name) for m in
+                   ("avm", "avm.errors", "avm.lang.code", "avm.conversation", "avm.tools.registry", "avm.journal.entry",
+                    "avm.memory.values", "avm.kernel.settings", "avm.kernel.record", "avm.lang.frame", "avm.io.request",
+                    "avm.io.client.backends", "avm.io.embedded.faults", "avm.io.embedded.replies", "avm.spec.model",
+                    "avm.launcher", "avm.cli")), name

@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from avm.errors import AvmError
 from avm.io.packing import unpack
 from avm.memory.ref import Ref, hash_bytes
 from avm.memory.values import encode_value
@@ -49,7 +50,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-class RequestError(ValueError):
+class RequestError(AvmError, ValueError):
     """A request that cannot be sent (a bad parameter, an unknown role...)."""
 
 

@@ -24,7 +24,7 @@ from avm.errors import Erased, StoreError
 from avm.journal.entry import Entry, JournalError
 from avm.journal.reader import check_journal
 from avm.lang.code import Code
-from avm.lang.frame import Frame
+from avm.lang.frame import DEFAULT_STALL_LIMIT, Frame
 from avm.lang.opcodes import EFFECT_KINDS
 from avm.lang.outcomes import BudgetExceeded, Done, Effect, Fault, Stalled
 from avm.memory.ref import Ref, hash_bytes
@@ -187,7 +187,7 @@ class _Replayer:
             self._emit(entry.kind, entry.request, entry.result, entry.energy)
 
     def _frame(self, code: Code, budget: int, start: dict[str, Any]) -> Frame:
-        frame = Frame(code, budget / 1000, start["inputs"], stall_limit=start.get("stall_limit", 5))
+        frame = Frame(code, budget / 1000, start["inputs"], stall_limit=start.get("stall_limit", DEFAULT_STALL_LIMIT))
         frame.set_memory_limit(start["memory_limit"])
         return frame
 

@@ -22,6 +22,7 @@ from avm.conversation import (
     store_turn,
     to_messages,
 )
+from avm.errors import InternalError
 from avm.io.request import LLMRequest, LLMResponse
 from avm.kernel.outcome import Outcome, faulted
 from avm.kernel.record import Agent, child_result
@@ -90,7 +91,7 @@ def _call_name(call: Any) -> str:
 
 
 async def _llm(kernel: Kernel, agent: Agent, effect: Effect) -> Outcome:  # pragma: no cover - the trap inlines it
-    raise AssertionError("the trap performs llm effects itself")
+    raise InternalError("the trap performs llm effects itself")
 
 
 async def _tool(kernel: Kernel, agent: Agent, effect: Effect) -> Outcome:

@@ -26,6 +26,7 @@ from avm.conversation import store_turn
 from avm.errors import (
     AvmError,
     CompileError,
+    InternalError,
     LLMError,
     SnapshotError,
     StoreError,
@@ -624,7 +625,7 @@ class Kernel:
         frame = agent.frame
         if frame is not None:  # (None: woken with nothing to say, it sleeps on as the snapshot it was)
             if agent.snapshot is None:
-                raise AssertionError("hibernating an agent whose snapshot is not stored")
+                raise InternalError("hibernating an agent whose snapshot is not stored")
             for hook in self.hooks:
                 hook.hibernated(agent)
             agent.final_used = frame.used

@@ -10,10 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from avm.errors import AvmError
-from avm.lang.frame import to_milli
+from avm.lang.frame import DEFAULT_STALL_LIMIT, to_milli
+from avm.scheduler.mailbox import DEFAULT_CAPACITY
 from avm.tools.registry import ToolDefinitionError, ToolRegistry
 
-__all__ = ["GrantError", "VMError", "VMSettings", "VMStatistics", "check_grant"]
+__all__ = ["DEFAULT_BUDGET", "GrantError", "VMError", "VMSettings", "VMStatistics", "check_grant"]
+
+
+DEFAULT_BUDGET = 100.0  # energy of an agent given no budget (a spec's groups too)
 
 
 class VMError(AvmError):
@@ -40,16 +44,16 @@ class VMSettings:
     model: str | None = None  # default: the embedded server's model, or OPENAI_MODEL for an endpoint
     temperature: float | None = None  # None: the backend's default (1.0 for OpenAI)
     max_tokens: int | None = 512  # per LLM reply
-    default_budget: float = 100.0  # energy of an agent spawned without a budget
+    default_budget: float = DEFAULT_BUDGET  # energy of an agent spawned without a budget
     # Energy an agent may run without an effect before it yields (about 2,000 plain instructions,
     # ~0.25 ms of CPU); also the most metered work one instruction may do (avm.lang.meter): an
     # instruction cannot be cut in two, so one that would need more faults with LimitError.
     quantum: float = 200.0
     aging_s: float = 0.05  # run-queue aging: background waits at most 2 * aging_s behind fresh interactive work
     hibernate_after_s: float | None = 10.0  # a recv idle this long hibernates the agent; None: never
-    mailbox_capacity: int = 1024  # messages queued per agent; senders wait beyond it
+    mailbox_capacity: int = DEFAULT_CAPACITY  # messages queued per agent; senders wait beyond it
     send_timeout_s: float = 30.0  # how long a send waits for space in a full mailbox, then returns false
-    stall_limit: int = 5  # identical effects with identical results that end an agent as STALLED (0: off)
+    stall_limit: int = DEFAULT_STALL_LIMIT  # identical effects with identical results that end an agent as STALLED (0: off)
     # Bytes of values one agent may hold (its stack and variables; shared parts once); past it the
     # instruction that made them faults with MemoryLimit. None: no ceiling. spawn(memory_limit=) per agent.
     agent_memory_bytes: int | None = 8 << 20

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from avm.conversation import journaled_reply, llm_error_value
-from avm.errors import Erased, LLMError
+from avm.errors import Erased, InternalError, LLMError
 from avm.io.request import LLMRequest, RequestError
 from avm.kernel.effects import HANDLERS, llm_reply, llm_request
 from avm.kernel.outcome import Outcome, faulted
@@ -304,7 +304,7 @@ def _ended(kernel: Kernel, agent: Agent, out: Any) -> bool:
         finish(kernel, agent, S.STALLED, f"line {out.line}: {out.count} identical {out.kind} effects "
                                          f"with identical results")
         return False
-    raise AssertionError(f"unexpected outcome {out!r}")  # pragma: no cover
+    raise InternalError(f"unexpected outcome {out!r}")  # pragma: no cover
 
 
 def _restart(kernel: Kernel, agent: Agent) -> None:

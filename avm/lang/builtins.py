@@ -3,7 +3,7 @@
 Each builtin has an arity range and its own energy cost in milli-units, which
 the compiler adds to `call`'s base cost of 1.0 to give the instruction a fixed
 cost. Builtins never do I/O and never mutate their arguments: containers are
-values. Bad arguments raise VMError, which the interpreter turns into a Fault
+values. Bad arguments raise VMFault, which the interpreter turns into a Fault
 naming the line.
 
 Builtins whose work grows with their arguments charge it through
@@ -31,7 +31,7 @@ from avm.lang.values import (
     MAX_INT_BITS,
     MAX_ITEMS,
     MAX_TEXT,
-    VMError,
+    VMFault,
     check_int,
     check_items,
     check_orderable,
@@ -79,7 +79,7 @@ def lookup(name: str) -> Builtin | None:
 
 def _want(value: Any, kind: type, what: str, name: str) -> Any:
     if type(value) is not kind:
-        raise VMError("TypeError", f"{name}: {what} must be {_KIND_NAMES[kind]}, not {type_name(value)}")
+        raise VMFault("TypeError", f"{name}: {what} must be {_KIND_NAMES[kind]}, not {type_name(value)}")
     return value
 
 
@@ -88,13 +88,13 @@ _KIND_NAMES = {str: "text", list: "a list", dict: "a map", int: "an int", float:
 
 def _want_int(value: Any, what: str, name: str) -> int:
     if type(value) is not int:
-        raise VMError("TypeError", f"{name}: {what} must be an int, not {type_name(value)}")
+        raise VMFault("TypeError", f"{name}: {what} must be an int, not {type_name(value)}")
     return value
 
 
 def _want_number(value: Any, what: str, name: str) -> int | float:
     if type(value) not in (int, float):
-        raise VMError("TypeError", f"{name}: {what} must be a number, not {type_name(value)}")
+        raise VMFault("TypeError", f"{name}: {what} must be a number, not {type_name(value)}")
     return value
 
 
@@ -136,7 +136,7 @@ def _split(t: Any, sep: Any = None) -> list[str]:
     if sep is not None:
         _want(sep, str, "separator", "split")
         if sep == "":
-            raise VMError("ValueError", "split: empty separator")
+            raise VMFault("ValueError", "split: empty separator")
     make_text(len(t), "split", len(t) * meter.SCAN_MILLI)
     parts = t.split(sep, MAX_ITEMS)  # at most MAX_ITEMS + 1 parts are made
     meter.spent(len(parts) * meter.ITEM_MILLI // 2)  # a text object made per part: ~20 ns each
@@ -154,7 +154,7 @@ def _join(items: Any, sep: Any = "") -> str:
         part = render(v)
         size += len(part)
         if size > MAX_TEXT:
-            raise VMError("LimitError", f"join: text of more than {MAX_TEXT} characters exceeds the limit")
+            raise VMFault("LimitError", f"join: text of more than {MAX_TEXT} characters exceeds the limit")
         parts.append(part)
     make_text(size, "join")
     return sep.join(parts)
@@ -165,7 +165,7 @@ def _replace(t: Any, old: Any, new: Any) -> str:
     for v, what in ((t, "text"), (old, "old"), (new, "new")):
         _want(v, str, what, "replace")
     if old == "":
-        raise VMError("ValueError", "replace: empty pattern")
+        raise VMFault("ValueError", "replace: empty pattern")
     make_text(len(t) + t.count(old) * (len(new) - len(old)), "replace", len(t) * meter.SCAN_MILLI)
     return t.replace(old, new)
 
@@ -192,14 +192,14 @@ def _find(t: Any, sub: Any) -> int:
 def _repeat(v: Any, n: Any) -> Any:
     _want_int(n, "count", "repeat")
     if n < 0:
-        raise VMError("ValueError", "repeat: negative count")
+        raise VMFault("ValueError", "repeat: negative count")
     if type(v) is str:
         make_text(len(v) * n, "repeat")
         return v * n
     if type(v) is list:
         make_items(len(v) * n, "repeat")
         return v * n
-    raise VMError("TypeError", f"repeat: cannot repeat {type_name(v)}")
+    raise VMFault("TypeError", f"repeat: cannot repeat {type_name(v)}")
 
 
 def _search_chars(t: Any, needle: Any) -> int:
@@ -224,7 +224,7 @@ def _contains(c: Any, x: Any) -> bool:
         return find_equal(c, x) >= 0
     if type(c) is dict:
         return type(x) is str and x in c
-    raise VMError("TypeError", f"contains: cannot search {type_name(c)}")
+    raise VMFault("TypeError", f"contains: cannot search {type_name(c)}")
 
 
 @builtin("has", 2, 100, "true if a map has a key or a list an index")
@@ -233,7 +233,7 @@ def _has(c: Any, k: Any) -> bool:
         return type(k) is str and k in c
     if type(c) is list:
         return type(k) is int and -len(c) <= k < len(c)
-    raise VMError("TypeError", f"has: expected a map or a list, not {type_name(c)}")
+    raise VMFault("TypeError", f"has: expected a map or a list, not {type_name(c)}")
 
 
 @builtin("get_default", 3, 100, "container[key], or the default if absent")
@@ -269,7 +269,7 @@ def _slice(v: Any, start: Any, end: Any = None) -> Any:
     if end is not None:
         _want_int(end, "end", "slice")
     if type(v) not in (str, list):
-        raise VMError("TypeError", f"slice: cannot slice {type_name(v)}")
+        raise VMFault("TypeError", f"slice: cannot slice {type_name(v)}")
     n = len(range(*slice(start, end).indices(len(v))))
     if type(v) is str:
         make_text(n, "slice")
@@ -284,7 +284,7 @@ def _range(a: Any, b: Any = None) -> list[int]:
     _want_int(start, "start", "range")
     _want_int(end, "end", "range")
     if end - start > MAX_ITEMS:
-        raise VMError("LimitError", f"range: {end - start} items exceeds the limit of {MAX_ITEMS}")
+        raise VMFault("LimitError", f"range: {end - start} items exceeds the limit of {MAX_ITEMS}")
     make_items(max(0, end - start), "range")
     meter.look(max(0, end - start) // 2)  # an int made per item: ~18 ns
     return list(range(start, end))
@@ -307,7 +307,7 @@ def _reverse(v: Any) -> Any:
     if type(v) is list:
         make_items(len(v), "reverse")
         return v[::-1]
-    raise VMError("TypeError", f"reverse: cannot reverse {type_name(v)}")
+    raise VMFault("TypeError", f"reverse: cannot reverse {type_name(v)}")
 
 
 @builtin("index_of", 2, 300, "index of the first element equal to x, or -1")
@@ -333,26 +333,26 @@ def _type(v: Any) -> str:
 def _get(c: Any, k: Any) -> Any:
     if type(c) is dict:
         if type(k) is not str:
-            raise VMError("TypeError", f"map keys are text, not {type_name(k)}")
+            raise VMFault("TypeError", f"map keys are text, not {type_name(k)}")
         try:
             return c[k]
         except KeyError:
-            raise VMError("KeyError", f"no key {k!r} in map") from None
+            raise VMFault("KeyError", f"no key {k!r} in map") from None
     if type(c) is list:
         if type(k) is not int:
-            raise VMError("TypeError", f"list index must be an int, not {type_name(k)}")
+            raise VMFault("TypeError", f"list index must be an int, not {type_name(k)}")
         try:
             return c[k]
         except IndexError:
-            raise VMError("IndexError", f"index {k} out of range for a list of {len(c)}") from None
+            raise VMFault("IndexError", f"index {k} out of range for a list of {len(c)}") from None
     if type(c) is str:
         if type(k) is not int:
-            raise VMError("TypeError", f"text index must be an int, not {type_name(k)}")
+            raise VMFault("TypeError", f"text index must be an int, not {type_name(k)}")
         try:
             return c[k]
         except IndexError:
-            raise VMError("IndexError", f"index {k} out of range for a text of {len(c)}") from None
-    raise VMError("TypeError", f"cannot index {type_name(c)}")
+            raise VMFault("IndexError", f"index {k} out of range for a text of {len(c)}") from None
+    raise VMFault("TypeError", f"cannot index {type_name(c)}")
 
 
 # --- numbers ---
@@ -369,7 +369,7 @@ def _min(a: Any, b: Any = None) -> Any:
     meter.look(len(items))
     meter.spend(order_cost(items, 1))
     if not items:
-        raise VMError("ValueError", "min: empty list")
+        raise VMFault("ValueError", "min: empty list")
     best = items[0]
     for x in items[1:]:
         if less_paid(x, best):
@@ -383,7 +383,7 @@ def _max(a: Any, b: Any = None) -> Any:
     meter.look(len(items))
     meter.spend(order_cost(items, 1))
     if not items:
-        raise VMError("ValueError", "max: empty list")
+        raise VMFault("ValueError", "max: empty list")
     best = items[0]
     for x in items[1:]:
         if less_paid(best, x):
@@ -409,14 +409,14 @@ def _round(x: Any) -> int:
 def _finite_int(fn: Callable[[Any], int], x: Any, name: str) -> int:
     _want_number(x, "argument", name)
     if type(x) is float and not math.isfinite(x):
-        raise VMError("ValueError", f"{name}: {x} has no integer value")
+        raise VMFault("ValueError", f"{name}: {x} has no integer value")
     return fn(x)
 
 
 @builtin("sqrt", 1, 200, "square root, a float")
 def _sqrt(x: Any) -> float:
     if _want_number(x, "argument", "sqrt") < 0:
-        raise VMError("ValueError", "sqrt: negative argument")
+        raise VMFault("ValueError", "sqrt: negative argument")
     return math.sqrt(x)
 
 
@@ -426,14 +426,14 @@ def _pow(x: Any, y: Any) -> int | float:
     _want_number(y, "exponent", "pow")
     if type(x) is int and type(y) is int and y >= 0:
         if x not in (0, 1, -1) and y * max(1, abs(x).bit_length() - 1) > 1024:
-            raise VMError("LimitError", "pow: result exceeds the integer limit")
+            raise VMFault("LimitError", "pow: result exceeds the integer limit")
         return check_int(x**y)
     try:
         result = float(x) ** float(y)
     except (OverflowError, ZeroDivisionError) as exc:
-        raise VMError("ValueError", f"pow: {exc}") from None
+        raise VMFault("ValueError", f"pow: {exc}") from None
     if isinstance(result, complex):
-        raise VMError("ValueError", "pow: complex result")
+        raise VMFault("ValueError", "pow: complex result")
     return result
 
 
@@ -441,7 +441,7 @@ def _pow(x: Any, y: Any) -> int | float:
 def _idiv(a: Any, b: Any) -> int | float:
     _want_number(a, "dividend", "idiv")
     if _want_number(b, "divisor", "idiv") == 0:
-        raise VMError("ZeroDivision", "division by zero")
+        raise VMFault("ZeroDivision", "division by zero")
     return a // b
 
 
@@ -456,7 +456,7 @@ def _int(x: Any) -> int:
             return int(x.strip())
         except ValueError:
             pass
-    raise VMError("ValueError", f"int: cannot convert {render(x)[:60]!r}")
+    raise VMFault("ValueError", f"int: cannot convert {render(x)[:60]!r}")
 
 
 @builtin("float", 1, 200, "a number or numeric text as a float")
@@ -465,13 +465,13 @@ def _float(x: Any) -> float:
         try:
             return float(x)
         except OverflowError:
-            raise VMError("ValueError", "float: integer too large") from None
+            raise VMFault("ValueError", "float: integer too large") from None
     if type(x) is str and len(x) <= 400:
         try:
             return float(x.strip())
         except ValueError:
             pass
-    raise VMError("ValueError", f"float: cannot convert {render(x)[:60]!r}")
+    raise VMFault("ValueError", f"float: cannot convert {render(x)[:60]!r}")
 
 
 # --- json ---
@@ -488,11 +488,11 @@ def _json_parse(t: Any) -> Any:
     try:
         value = json.loads(t)
     except (ValueError, RecursionError) as exc:
-        raise VMError("ValueError", f"json_parse: {exc}") from None
+        raise VMFault("ValueError", f"json_parse: {exc}") from None
     _check_parsed(value)
     bad = lone_surrogate(value)  # a "\\ud800" escape with no pair: not text
     if bad is not None:
-        raise VMError("ValueError", f"json_parse: a lone surrogate ({bad}) is not text")
+        raise VMFault("ValueError", f"json_parse: a lone surrogate ({bad}) is not text")
     return value
 
 
@@ -507,12 +507,12 @@ def _check_parsed(value: Any) -> None:
         t = type(v)
         if t is list or t is dict:
             if depth >= MAX_DEPTH:
-                raise VMError("LimitError", f"json_parse: value nested more than {MAX_DEPTH} levels deep")
+                raise VMFault("LimitError", f"json_parse: value nested more than {MAX_DEPTH} levels deep")
             if len(v) > MAX_ITEMS:
-                raise VMError("LimitError", f"json_parse: a {type_name(v)} of {len(v)} items exceeds the limit of {MAX_ITEMS}")
+                raise VMFault("LimitError", f"json_parse: a {type_name(v)} of {len(v)} items exceeds the limit of {MAX_ITEMS}")
             todo.extend((x, depth + 1) for x in (v if t is list else v.values()))
         elif t is int and v.bit_length() > MAX_INT_BITS:  # as big as no instruction may make
-            raise VMError("LimitError", f"json_parse: integer of {v.bit_length()} bits exceeds the limit of {MAX_INT_BITS}")
+            raise VMFault("LimitError", f"json_parse: integer of {v.bit_length()} bits exceeds the limit of {MAX_INT_BITS}")
         elif t is float and not math.isfinite(v):
             continue  # NaN and Infinity are floats here too
     meter.visit(nodes)
@@ -526,7 +526,7 @@ def _json_dump(v: Any) -> str:
     try:
         text = json.dumps(v, sort_keys=True, ensure_ascii=False, default=_json_default)
     except ValueError as exc:
-        raise VMError("ValueError", f"json_dump: {exc}") from None
+        raise VMFault("ValueError", f"json_dump: {exc}") from None
     meter.make(len(text))
     return check_text(text)
 
@@ -552,7 +552,7 @@ def _dump_size(v: Any) -> None:
         else:
             size += 1
         if size > MAX_TEXT:
-            raise VMError("LimitError", f"json_dump: text of more than {MAX_TEXT} characters exceeds the limit")
+            raise VMFault("LimitError", f"json_dump: text of more than {MAX_TEXT} characters exceeds the limit")
 
 
 def _json_default(v: Any) -> str:
@@ -576,15 +576,15 @@ def _compile_pattern(pattern: Any, name: str) -> Any:
     if cached is not None:
         return cached
     if len(pattern) > MAX_PATTERN:
-        raise VMError("ValueError", f"{name}: pattern longer than {MAX_PATTERN} characters")
+        raise VMFault("ValueError", f"{name}: pattern longer than {MAX_PATTERN} characters")
     if _any_byte_escape(pattern):
-        raise VMError("ValueError", f"{name}: \\C (any byte) is not supported: patterns match characters, and "
+        raise VMFault("ValueError", f"{name}: \\C (any byte) is not supported: patterns match characters, and "
                                     "one byte of a character's UTF-8 is not text")
     try:
         compiled = re2.compile(pattern, _RE2_OPTIONS)
     except re2.error as exc:
         reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-        raise VMError("ValueError", f"{name}: pattern not supported by the linear-time engine (RE2 syntax; "
+        raise VMFault("ValueError", f"{name}: pattern not supported by the linear-time engine (RE2 syntax; "
                                     f"no backreferences or lookaround): {reason}") from None
     if len(_PATTERNS) >= 1024:
         _PATTERNS.clear()
@@ -633,11 +633,11 @@ def _regex_find_all(pattern: Any, t: Any) -> list[str]:
     for m in rx.finditer(_searched(t, "regex_find_all", rx)):
         meter.spend(meter.MATCH_MILLI)
         if len(out) >= MAX_ITEMS:
-            raise VMError("LimitError", f"regex_find_all: more than {MAX_ITEMS} matches")
+            raise VMFault("LimitError", f"regex_find_all: more than {MAX_ITEMS} matches")
         text = m.group(0)
         size += len(text)
         if size > MAX_TEXT:
-            raise VMError("LimitError", f"regex_find_all: matches of more than {MAX_TEXT} characters in all")
+            raise VMFault("LimitError", f"regex_find_all: matches of more than {MAX_TEXT} characters in all")
         out.append(text)
     meter.make(size + len(out) * meter.ITEM_BYTES)
     return out

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 import blake3
 
+from avm.errors import ProgramError
 from avm.lang import opcodes as O
 from avm.lang.builtins import lookup as lookup_builtin
 from avm.lang.validate import validate
@@ -33,7 +34,7 @@ MAX_INSTRUCTIONS = 1_000_000
 _T_NULL, _T_FALSE, _T_TRUE, _T_INT, _T_FLOAT, _T_TEXT = range(6)
 
 
-class CodeFormatError(ValueError):
+class CodeFormatError(ProgramError, ValueError):
     """Bytes that are not a valid encoded Code."""
 
 

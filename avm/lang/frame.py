@@ -38,7 +38,7 @@ from avm.lang.outcomes import (
     Preempted,
     Stalled,
 )
-from avm.lang.values import LONG_TEXT, VMError, equal, is_value, lone_surrogate, truthy, type_name
+from avm.lang.values import LONG_TEXT, VMFault, equal, is_value, lone_surrogate, truthy, type_name
 from avm.lang.values_held import held_bytes
 
 READY = "ready"
@@ -444,7 +444,7 @@ class Frame:
             out = BudgetExceeded(self.used / 1000, budget / 1000, needed / 1000, pc, self.line_at(pc))
             self.outcome = out
             return out
-        except VMError as exc:
+        except VMFault as exc:
             # A fault keeps the work done charged: a metered instruction's from the meter.
             charged = max(0, start - meter.left - FREE) if start else exc.charged
             return self._fault(pc - 1, used + charged, exc.kind, exc.message)
@@ -483,7 +483,7 @@ class Frame:
         self.held = held
         self.allocated = 0
         if held > limit:
-            raise VMError("MemoryLimit", f"the agent's values hold more than its limit of {limit} bytes")
+            raise VMFault("MemoryLimit", f"the agent's values hold more than its limit of {limit} bytes")
 
     def _fault(self, pc: int, used: int, kind: str, message: str) -> Fault:
         self.pc = pc
@@ -508,7 +508,7 @@ class Frame:
             return out
         try:
             effect_args = H.effect_args(op, a, stack)
-        except VMError as exc:
+        except VMFault as exc:
             return self._fault(pc, self.used, exc.kind, exc.message)
         effect = Effect(O.OPS[op].name, effect_args, pc, self.line_at(pc))
         self.pending = effect
@@ -550,5 +550,5 @@ def _same(a: Any, b: Any) -> bool:
     raises, so a big value delivered twice is no error of the agent that receives it."""
     try:
         return equal(a, b, STALL_COMPARE_NODES)
-    except (VMError, M.OutOfEnergy):
+    except (VMFault, M.OutOfEnergy):
         return False

@@ -21,7 +21,7 @@ from avm.lang import opcodes as O
 from avm.lang.builtins import _get
 from avm.lang.values import (
     MAX_TEXT,
-    VMError,
+    VMFault,
     add,
     div,
     equal,
@@ -94,7 +94,7 @@ def _ge(x: Any, y: Any) -> bool:
 def _call(frame: Any, stack: list, a: Any) -> None:
     builtin, name, argc = a
     if builtin is None:
-        raise VMError("NameError", f"unknown builtin {name!r}")
+        raise VMFault("NameError", f"unknown builtin {name!r}")
     if argc:
         result = builtin.fn(*stack[-argc:])
         del stack[-argc:]
@@ -105,18 +105,18 @@ def _call(frame: Any, stack: list, a: Any) -> None:
 
 def _assert(frame: Any, stack: list, a: Any) -> None:
     if not truthy(stack.pop()):
-        raise VMError("AssertionFailed", a or "assertion failed")
+        raise VMFault("AssertionFailed", a or "assertion failed")
 
 
 def _guard(frame: Any, stack: list, a: Any) -> None:
     if frame.in_guard:
-        raise VMError("GuardError", "guard reached inside a guarded section (a section entered twice)")
+        raise VMFault("GuardError", "guard reached inside a guarded section (a section entered twice)")
     frame.in_guard = True
 
 
 def _end_guard(frame: Any, stack: list, a: Any) -> None:
     if not frame.in_guard:
-        raise VMError("GuardError", "end_guard reached without its guard: something jumped into the middle of "
+        raise VMFault("GuardError", "end_guard reached without its guard: something jumped into the middle of "
                                     "a guarded section")
     frame.in_guard = False
 
@@ -174,10 +174,10 @@ def _parse_template(template: str) -> tuple[tuple[str, bool], ...]:
             i = m.end()
             continue
         if template[i] == "}":
-            raise VMError("FormatError", f"unmatched '}}' at position {i} in format template")
+            raise VMFault("FormatError", f"unmatched '}}' at position {i} in format template")
         m = _PLACEHOLDER.match(template, i)
         if m is None:
-            raise VMError("FormatError", f"unclosed placeholder at position {i} in format template")
+            raise VMFault("FormatError", f"unclosed placeholder at position {i} in format template")
         out.append((m.group(1), True))
         i = m.end()
     return tuple(out)
@@ -186,7 +186,7 @@ def _parse_template(template: str) -> tuple[tuple[str, bool], ...]:
 def format_text(template: Any, variables: dict[str, Any]) -> str:
     """Fill {name} placeholders from variables; {{ and }} are literal braces."""
     if type(template) is not str:
-        raise VMError("TypeError", f"format needs a text template, not {type_name(template)}")
+        raise VMFault("TypeError", f"format needs a text template, not {type_name(template)}")
     # Templates are nearly always constants: their parts and their work are kept, the work
     # charged (with the characters scanned) before the template is parsed or filled.
     cached = _TEMPLATES.get(template)
@@ -205,12 +205,12 @@ def format_text(template: Any, variables: dict[str, Any]) -> str:
     for text, is_name in parts:
         if is_name:
             if text not in variables:
-                raise VMError("FormatError", f"format: no variable {text!r}")
+                raise VMFault("FormatError", f"format: no variable {text!r}")
             value = variables[text]
             text = value if type(value) is str else render(value)
         size += len(text)
         if size > MAX_TEXT:
-            raise VMError("LimitError", f"format: text of more than {MAX_TEXT} characters exceeds the limit")
+            raise VMFault("LimitError", f"format: text of more than {MAX_TEXT} characters exceeds the limit")
         out.append(text)
     meter.make(size)
     return "".join(out)
@@ -241,7 +241,7 @@ def _map(frame: Any, stack: list, n: int) -> None:
         for i in range(0, 2 * n, 2):
             key = flat[i]
             if type(key) is not str:
-                raise VMError("TypeError", f"map keys are text, not {type_name(key)}")
+                raise VMFault("TypeError", f"map keys are text, not {type_name(key)}")
             m[key] = flat[i + 1]
     stack.append(m)
 
@@ -258,7 +258,7 @@ def _set(frame: Any, stack: list, a: Any) -> None:
     c, key, value = stack[-3:]
     if type(c) is dict:
         if type(key) is not str:
-            raise VMError("TypeError", f"map keys are text, not {type_name(key)}")
+            raise VMFault("TypeError", f"map keys are text, not {type_name(key)}")
         if type(value) is list or type(value) is dict:
             nest((value,), "set")
         make_items(len(c) + (key not in c), "set", meter.MAP_ITEM_BYTES)
@@ -266,16 +266,16 @@ def _set(frame: Any, stack: list, a: Any) -> None:
         new[key] = value
     elif type(c) is list:
         if type(key) is not int:
-            raise VMError("TypeError", f"list index must be an int, not {type_name(key)}")
+            raise VMFault("TypeError", f"list index must be an int, not {type_name(key)}")
         if not -len(c) <= key < len(c):
-            raise VMError("IndexError", f"index {key} out of range for a list of {len(c)}")
+            raise VMFault("IndexError", f"index {key} out of range for a list of {len(c)}")
         if type(value) is list or type(value) is dict:
             nest((value,), "set")
         make_items(len(c), "set")
         new = list(c)
         new[key] = value
     else:
-        raise VMError("TypeError", f"cannot set an item in {type_name(c)}")
+        raise VMFault("TypeError", f"cannot set an item in {type_name(c)}")
     del stack[-2:]
     stack[-1] = new
 
@@ -285,14 +285,14 @@ def _len(frame: Any, stack: list, a: Any) -> None:
     if type(c) in (str, list, dict):
         stack[-1] = len(c)
     else:
-        raise VMError("TypeError", f"{type_name(c)} has no length")
+        raise VMFault("TypeError", f"{type_name(c)} has no length")
 
 
 def _append(frame: Any, stack: list, a: Any) -> None:
     c = stack[-2]
     value = stack[-1]
     if type(c) is not list:
-        raise VMError("TypeError", f"cannot append to {type_name(c)}")
+        raise VMFault("TypeError", f"cannot append to {type_name(c)}")
     if type(value) is list or type(value) is dict:
         nest((value,), "append")
     make_items(len(c) + 1, "append")
@@ -315,12 +315,12 @@ def observe(frame: Any, field: str, pc: int) -> Any:
         return frame.effects
     if field == "variables":  # (the values are shared, not copied: the map holds one entry per variable)
         return dict(sorted(frame.variables.items()))  # (keys in the store's order: as after a snapshot)
-    raise VMError("ValueError", f"unknown observe field {field!r}")
+    raise VMFault("ValueError", f"unknown observe field {field!r}")
 
 
 def _number_at_least(value: Any, what: str, kind: str, low: float = 0) -> None:
     if not is_number(value) or value < low or value != value:
-        raise VMError("TypeError" if not is_number(value) else "ValueError",
+        raise VMFault("TypeError" if not is_number(value) else "ValueError",
                       f"{kind}: {what} must be a number >= {low:g}, not {_preview(value)}")
 
 
@@ -335,7 +335,7 @@ def effect_args(op: int, a: Any, stack: list) -> tuple[Any, ...]:
     if op == O.LLM:
         message = stack.pop()
         if type(message) not in (str, dict, list):
-            raise VMError("TypeError", f"llm: the message must be text, a map or a list, not {type_name(message)}")
+            raise VMFault("TypeError", f"llm: the message must be text, a map or a list, not {type_name(message)}")
         return (message,)
     if op == O.TOOL_:
         name, argc = a
@@ -349,7 +349,7 @@ def effect_args(op: int, a: Any, stack: list) -> tuple[Any, ...]:
         message = stack.pop()
         target = stack.pop()
         if type(target) not in (str, int):
-            raise VMError("TypeError", f"send: the target must be an agent id or name, not {type_name(target)}")
+            raise VMFault("TypeError", f"send: the target must be an agent id or name, not {type_name(target)}")
         return (target, message)
     if op == O.RECV:
         timeout = stack.pop()
@@ -362,16 +362,16 @@ def effect_args(op: int, a: Any, stack: list) -> tuple[Any, ...]:
         program = stack.pop()
         kind = O.OPS[op].name
         if type(program) is not str and type_name(program) != "ref":
-            raise VMError("TypeError", f"{kind}: the program must be source text or a code ref, not {type_name(program)}")
+            raise VMFault("TypeError", f"{kind}: the program must be source text or a code ref, not {type_name(program)}")
         if inputs is not None and type(inputs) is not dict:
-            raise VMError("TypeError", f"{kind}: inputs must be a map or null, not {type_name(inputs)}")
+            raise VMFault("TypeError", f"{kind}: inputs must be a map or null, not {type_name(inputs)}")
         _number_at_least(budget, "the budget", kind)
         return (program, inputs, budget)
     if op == O.SLEEP:
         seconds = stack.pop()
         _number_at_least(seconds, "seconds", "sleep")
         return (seconds,)
-    raise VMError("InternalError", f"opcode {op} is not an effect")  # pragma: no cover
+    raise VMFault("InternalError", f"opcode {op} is not an effect")  # pragma: no cover
 
 
 TABLE: list[Handler | None] = [None] * len(O.OPS)

@@ -26,7 +26,7 @@ from avm.lang import frame as F
 from avm.lang import opcodes as O
 from avm.lang.code import Code
 from avm.lang.outcomes import BudgetExceeded, Done, Effect, Fault, Stalled
-from avm.lang.values import MAX_DEPTH, VMError, are_values, is_value, measure
+from avm.lang.values import MAX_DEPTH, VMFault, are_values, is_value, measure
 from avm.memory.values import decode_value, encode_value
 
 MAGIC = b"AVMF"
@@ -81,7 +81,7 @@ def encode_frame(frame: F.Frame) -> bytes:
     try:
         measure(state, limit=4 * (1 << 20))
         body = encode_value(state)
-    except (VMError, TypeError, ValueError) as exc:
+    except (VMFault, TypeError, ValueError) as exc:
         raise SnapshotError(f"cannot snapshot this frame: {exc}") from exc
     head = MAGIC + bytes((VERSION,)) + frame.code.digest + body
     return head + _checksum(head)

@@ -30,8 +30,9 @@ MAX_NODES = 1 << 20  # parts of one value walked by render, equal, json_dump, sn
 MAX_DEPTH = 100
 
 
-class VMError(Exception):
-    """Raised inside the interpreter and turned into a Fault with the line.
+class VMFault(Exception):
+    """Raised inside the interpreter and turned into a Fault with the line: the program's fault, never
+    seen outside the frame (not an AvmError; the public `avm.VMError` is the VM used wrongly).
 
     ``kind`` is a short category (TypeError, ZeroDivision, KeyError, ...).
     ``charged`` is the metered work (milli-units) the instruction did before it
@@ -113,7 +114,7 @@ def _over(count: int, limit: int, affordable: int) -> None:
     parts it walked and raise LimitError (past the limit) or OutOfEnergy (past the energy)."""
     if count > limit and limit <= affordable:
         meter.visit(limit)
-        raise VMError("LimitError", f"value has more than {limit} parts")
+        raise VMFault("LimitError", f"value has more than {limit} parts")
     meter.visit(count)  # more than is left: all that is left is charged, and OutOfEnergy raised
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -134,7 +135,7 @@ def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
         depth += 1
         if depth > limit:
             meter.visit(looked // 8 + walked)
-            raise VMError("LimitError", f"value nested more than {limit} levels deep")
+            raise VMFault("LimitError", f"value nested more than {limit} levels deep")
         nxt: list[Any] = []
         seen: set[int] = set()
         for c in level:
@@ -196,8 +197,8 @@ def nest(items: Any, what: str) -> None:
                     continue
             try:
                 check_depth(x, MAX_DEPTH - 1)
-            except VMError:
-                raise VMError("LimitError", f"{what}: value nested more than {MAX_DEPTH} levels deep") from None
+            except VMFault:
+                raise VMFault("LimitError", f"{what}: value nested more than {MAX_DEPTH} levels deep") from None
 
 
 def equal(a: Any, b: Any, limit: int = MAX_NODES) -> bool:
@@ -301,7 +302,7 @@ def _scalar(value: Any) -> str:
         return "true" if value else "false"
     if t is int:
         if value.bit_length() > 3000:
-            raise VMError("LimitError", "integer too large to render as text")
+            raise VMFault("LimitError", "integer too large to render as text")
         return str(value)
     if t is float:
         if math.isnan(value):
@@ -345,7 +346,7 @@ def _render_into(value: Any, out: list[str], size: int) -> int:
     out.append(part)
     size += len(part)
     if size > MAX_TEXT:
-        raise VMError("LimitError", f"text of more than {MAX_TEXT} characters exceeds the limit")
+        raise VMFault("LimitError", f"text of more than {MAX_TEXT} characters exceeds the limit")
     return size
 
 
@@ -356,7 +357,7 @@ def make_text(length: int, what: str = "text", extra: int = 0) -> None:
     """Before building a text of ``length`` characters: LimitError past MAX_TEXT, else charge it
     (and ``extra`` milli-units of work done to build it, e.g. the characters scanned)."""
     if length > MAX_TEXT:
-        raise VMError("LimitError", f"{what}: text of {length} characters exceeds the limit of {MAX_TEXT}")
+        raise VMFault("LimitError", f"{what}: text of {length} characters exceeds the limit of {MAX_TEXT}")
     # meter.make, inlined: this is on the path of nearly every metered instruction.
     try:
         m = _meter_get()
@@ -373,7 +374,7 @@ def make_items(count: int, what: str = "list", item_bytes: int = meter.ITEM_BYTE
     """Before building a container of ``count`` items: LimitError past MAX_ITEMS, else charge
     it (a map's items: ``item_bytes=meter.MAP_ITEM_BYTES``)."""
     if count > MAX_ITEMS:
-        raise VMError("LimitError", f"{what}: {count} items exceeds the limit of {MAX_ITEMS}")
+        raise VMFault("LimitError", f"{what}: {count} items exceeds the limit of {MAX_ITEMS}")
     # meter.make, inlined: this is on the path of nearly every metered instruction.
     try:
         m = _meter_get()
@@ -389,7 +390,7 @@ def make_items(count: int, what: str = "list", item_bytes: int = meter.ITEM_BYTE
 
 def check_text(text: str) -> str:
     if len(text) > MAX_TEXT:
-        raise VMError("LimitError", f"text of {len(text)} characters exceeds the limit of {MAX_TEXT}")
+        raise VMFault("LimitError", f"text of {len(text)} characters exceeds the limit of {MAX_TEXT}")
     return text
 
 
@@ -459,13 +460,13 @@ def _lone_in(text: str) -> str | None:
 
 def check_items(container: Any) -> Any:
     if len(container) > MAX_ITEMS:
-        raise VMError("LimitError", f"{type_name(container)} of {len(container)} items exceeds the limit of {MAX_ITEMS}")
+        raise VMFault("LimitError", f"{type_name(container)} of {len(container)} items exceeds the limit of {MAX_ITEMS}")
     return container
 
 
 def check_int(value: int) -> int:
     if value.bit_length() > MAX_INT_BITS:
-        raise VMError("LimitError", f"integer of {value.bit_length()} bits exceeds the limit of {MAX_INT_BITS}")
+        raise VMFault("LimitError", f"integer of {value.bit_length()} bits exceeds the limit of {MAX_INT_BITS}")
     return value
 
 
@@ -530,7 +531,7 @@ def _height(container: Any, heights: dict[int, int], room: int) -> int:
 
 
 def _num_pair(op: str, a: Any, b: Any) -> None:
-    raise VMError("TypeError", f"cannot {op} {type_name(a)} and {type_name(b)}")
+    raise VMFault("TypeError", f"cannot {op} {type_name(a)} and {type_name(b)}")
 
 
 def add(a: Any, b: Any) -> Any:
@@ -564,7 +565,7 @@ def mul(a: Any, b: Any) -> Any:
 def div(a: Any, b: Any) -> Any:
     if is_number(a) and is_number(b):
         if b == 0:
-            raise VMError("ZeroDivision", "division by zero")
+            raise VMFault("ZeroDivision", "division by zero")
         return a / b
     _num_pair("divide", a, b)
 
@@ -572,7 +573,7 @@ def div(a: Any, b: Any) -> Any:
 def mod(a: Any, b: Any) -> Any:
     if is_number(a) and is_number(b):
         if b == 0:
-            raise VMError("ZeroDivision", "modulo by zero")
+            raise VMFault("ZeroDivision", "modulo by zero")
         return a % b
     _num_pair("take modulo of", a, b)
 
@@ -580,7 +581,7 @@ def mod(a: Any, b: Any) -> Any:
 def neg(a: Any) -> Any:
     if is_number(a):
         return -a
-    raise VMError("TypeError", f"cannot negate {type_name(a)}")
+    raise VMFault("TypeError", f"cannot negate {type_name(a)}")
 
 
 def less(a: Any, b: Any) -> bool:
@@ -603,4 +604,4 @@ def less_paid(a: Any, b: Any) -> bool:
 def check_orderable(a: Any, b: Any) -> None:
     """TypeError unless ``a`` and ``b`` can be ordered together (numbers, or texts), without comparing them."""
     if not ((is_number(a) and is_number(b)) or (type(a) is str and type(b) is str)):
-        raise VMError("TypeError", f"cannot order {type_name(a)} and {type_name(b)}")
+        raise VMFault("TypeError", f"cannot order {type_name(a)} and {type_name(b)}")

@@ -13,6 +13,7 @@ from typing import Any
 import trio
 
 from avm.errors import AvmError
+from avm.kernel.settings import DEFAULT_BUDGET  # energy per agent when a spec sets none
 from avm.lang.code import Code
 from avm.lang.compiler import IDENT
 from avm.scheduler.states import PRIORITIES
@@ -26,7 +27,6 @@ DEMO_SOURCE = "<built-in demo>"
 AUTO_INPUTS = ("name", "index", "group", "group_size")  # what each agent gets unless its inputs say otherwise
 MAX_COUNT = 1_000_000  # agents in one group
 MAX_BUDGET = 1e12  # the most energy a frame can be given
-DEFAULT_BUDGET = 100.0  # energy per agent when a spec sets none (as VMSettings.default_budget)
 _GROUP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
 
 

@@ -18,7 +18,7 @@ from avm.lang.builtins import REGISTRY
 from avm.lang.disasm import literal
 from avm.lang.frame import Frame, FrameStateError
 from avm.lang.outcomes import BudgetExceeded, Done, Effect, Fault
-from avm.lang.values import VMError, measure
+from avm.lang.values import VMFault, measure
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -157,7 +157,7 @@ _WALK_LIMIT = 20_000
 def _parts(value: Any) -> int | None:
     try:
         return measure(value, _WALK_LIMIT)
-    except VMError:
+    except VMFault:
         return None
 
 

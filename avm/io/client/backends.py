@@ -49,6 +49,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from avm.errors import AvmError
 from avm.io.request import Usage
 
 __all__ = ["RETRYABLE", "Backend", "Failure", "Reply", "error_detail", "failure_for_status", "failure_from_error",
@@ -69,8 +70,9 @@ class Reply:
     tool_calls: tuple[Any, ...] = ()
 
 
-class Failure(Exception):
-    """One failed attempt, translated from HTTP at the edge."""
+class Failure(AvmError):
+    """One failed attempt, translated from HTTP at the edge (the gateway makes it an `LLMError` once it
+    gives up)."""
 
     def __init__(self, kind: str, message: str, *, status: int | None = None, retry_after: float | None = None):
         super().__init__(message)
