@@ -199,7 +199,7 @@ async def run_fleet(spec: RunSpec, options: RunOptions | None = None) -> RunOutc
         stats = vm.statistics()  # after the VM's exit: the counts below include agents cancelled by Ctrl+C
         summary.update({
             "run_id": vm.run_id, "spec": spec.source, "interrupted": interrupted, "timed_out": timed_out,
-            "timeout_s": options.timeout_s, "deadlocked": stats.deadlocked,
+            "timeout_s": options.timeout_s, "deadlocked": stats.deadlocked, "spawned_by_agents": stats.spawns,
             "wall_s": round(time.perf_counter() - started, 3), "agents": stats.agents, "live": stats.live,
             "ended": dict(stats.ended), "by_state": dict(stats.by_state), "completions": stats.completions,
             "faults": stats.faults, "energy_used": stats.energy_used, "energy_left": stats.energy_left,
@@ -361,6 +361,14 @@ def _clip(text: str, width: int = 160) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _agents(summary: dict[str, Any]) -> str:
+    """"1,000 agents", or "1,000 agents (+135 spawned by their programs)": the children counted apart."""
+    total, children = summary.get("agents", 0), summary.get("spawned_by_agents") or 0
+    if not children:
+        return _count(total, "agent")
+    return f"{_count(total - children, 'agent')} (+{children:,} spawned by their programs)"
+
+
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     """The run's summary as a few lines of text (what `avm run` prints at the end)."""
     ended = summary.get("ended") or {}
@@ -369,8 +377,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     if summary.get("timed_out"):
         how = f" (stopped by its timeout of {summary.get('timeout_s'):g} s)"
     lines = [
-        f"run {summary.get('run_id', '')}{how}: "
-        f"{_count(summary.get('agents', 0), 'agent')} in {summary.get('wall_s', 0):.2f} s; ended: {states}",
+        f"run {summary.get('run_id', '')}{how}: {_agents(summary)} in {summary.get('wall_s', 0):.2f} s; "
+        f"ended: {states}",
         f"energy {summary.get('energy_used', 0):,.1f} used of {summary.get('energy_budget', 0):,.1f} granted; "
         f"effects: " + (", ".join(f"{k} {v:,}" for k, v in (summary.get("effects") or {}).items() if v) or "none"),
     ]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import avm
+from avm.launcher import summary_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,7 +38,9 @@ def test_the_demo_with_50_agents_end_to_end():
     assert summary["spec"] == "<built-in demo>" and not summary["interrupted"]
     assert summary["live"] == 0
     host_spawned = summary["agents"] - summary["effects"]["spawn"] - summary["effects"]["delegate"]
-    assert host_spawned == 50
+    assert host_spawned == 50 and summary["spawned_by_agents"] == summary["agents"] - 50
+    line = summary_lines(summary)[0]
+    assert f"50 agents (+{summary['spawned_by_agents']:,} spawned by their programs)" in line
     assert sum(summary["ended"].values()) == summary["agents"]
     assert summary["ended"].get("done", 0) >= 0.9 * summary["agents"]
     assert "failed" not in summary["ended"]

@@ -282,7 +282,8 @@ def _parse_operands(info: O.OpInfo, line: _Line) -> _Instr:
             raise line.error(f"unknown builtin {ins.operands[0]!r}", rest[0].column)
         if not b.min_args <= argc <= b.max_args:
             expect = str(b.min_args) if b.min_args == b.max_args else f"{b.min_args} to {b.max_args}"
-            raise line.error(f"builtin {b.name} takes {expect} arguments, not {argc}", rest[1].column)
+            noun = "argument" if b.max_args == 1 else "arguments"
+            raise line.error(f"builtin {b.name} takes {expect} {noun}, not {argc}", rest[1].column)
     return ins
 
 

@@ -74,7 +74,7 @@ def test_from_bytes_runs_the_validator():
         ("pop 1", "pop takes 0 operands, got 1", 1, 5),
         ("call upper", "call takes 2 operands, got 1", 1, 11),
         ("push 1\ncall nosuch 1", "unknown builtin 'nosuch'", 2, 6),
-        ("push 1\ncall upper 2", "builtin upper takes 1 arguments, not 2", 2, 12),
+        ("push 1\ncall upper 2", "builtin upper takes 1 argument, not 2", 2, 12),
         ("loop: push 1", "a label must be on its own line", 1, 7),
         ("push 1e999", "out of range", 1, 6),
         ('"push" 1', "expected an instruction", 1, 1),
