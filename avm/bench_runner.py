@@ -43,6 +43,9 @@ from rich.console import Console
 __all__ = ["QUICK_ARGS", "add_bench_parser", "default_bench_dir", "run_benches"]
 
 DEFAULT_TIMEOUT_S = 900.0  # seconds one script may run before it is killed and reported as failed
+# Scripts that take longer by design (unless --quick, or --timeout says otherwise): bench/agents.py runs
+# four systems at three fleet sizes and two latencies, each run up to 10 minutes.
+LONG_TIMEOUT_S: Mapping[str, float] = {"agents": 3 * 3600.0}
 # The usual order: the quick ones first. Other scripts follow in name order.
 ORDER = ("vm_ops", "memory", "llm_server", "io", "scheduler", "dashboard")
 # What --quick passes each script, option by option; an option is passed only if the script's source
@@ -252,7 +255,7 @@ def _rows(result: Mapping[str, Any]) -> list[list[str]]:
 
 
 def run_benches(names: Sequence[str] | None = None, *, as_json: bool = False, quick: bool = False,
-                console: Console | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+                console: Console | None = None, timeout_s: float | None = None,
                 bench_dir: str | os.PathLike[str] | None = None) -> int:
     """Run the bench scripts (all, or those named) and print their figures; the exit code.
 
@@ -261,7 +264,8 @@ def run_benches(names: Sequence[str] | None = None, *, as_json: bool = False, qu
     interrupted. User errors (no bench directory, an unknown name, a bad
     timeout) raise `avm.cli.CliError`.
     """
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s < math.inf:
+    if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float))
+                                  or not 0 < timeout_s < math.inf):
         raise _cli_error(f"--timeout {timeout_s!r}: must be a number of seconds > 0")
     where = Path(bench_dir) if bench_dir is not None else default_bench_dir()
     scripts = _select(where, names)
@@ -271,14 +275,16 @@ def run_benches(names: Sequence[str] | None = None, *, as_json: bool = False, qu
     interrupted = False
     for script in scripts:
         extra = _quick_args(script) if quick else []
+        limit = timeout_s if timeout_s is not None else (
+            DEFAULT_TIMEOUT_S if quick else LONG_TIMEOUT_S.get(script.stem, DEFAULT_TIMEOUT_S))
         shown = " ".join([f"{script.parent.name}/{script.name}", "--json", *extra])
         try:
             if console.is_terminal and not as_json:
                 with console.status(f"running {shown}"):
-                    result = _run_one(script, extra, timeout_s)
+                    result = _run_one(script, extra, limit)
             else:
                 print(f"avm bench: running {shown}", file=sys.stderr, flush=True)
-                result = _run_one(script, extra, timeout_s)
+                result = _run_one(script, extra, limit)
         except KeyboardInterrupt:
             interrupted = True
             print(f"avm bench: interrupted during {script.name}", file=sys.stderr, flush=True)
@@ -319,7 +325,8 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="NAME", help="benches to run (default: all), e.g. vm_ops memory")
     p.add_argument("--quick", action="store_true", help="short runs (smoke-test figures) where a script allows")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
-                   help=f"seconds each script may run (default {DEFAULT_TIMEOUT_S:g})")
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help=f"seconds each script may run (default {DEFAULT_TIMEOUT_S:g}; agents: "
+                        f"{LONG_TIMEOUT_S['agents']:g} unless --quick)")
     p.set_defaults(fn=_cmd_bench, func=_cmd_bench)
     return p  # type: ignore[no-any-return]
