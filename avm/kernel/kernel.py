@@ -89,6 +89,7 @@ class Kernel:
         self.messages = self._llm_errors = self.prompt_tokens = self.completion_tokens = 0
         self.tool_injections = 0  # LLM replies that called tools the agent was not granted (refused)
         self.deadlocked = 0  # agents ended STALLED waiting for a message no one could send (avm.kernel.stalls)
+        self.host_waits = 0  # the host's join() and result() calls waiting now
         self._llm_error_kinds: dict[str, int] = {}
         self._llm_first_errors: dict[str, str] = {}
         self.energy = 0  # milli-units
@@ -237,10 +238,14 @@ class Kernel:
 
     async def join(self) -> None:
         """Wait until no agent is alive (every one ended, or ran out of budget)."""
-        while self.live:
-            if self._idle is None:
-                self._idle = trio.Event()
-            await self._idle.wait()
+        self.host_waits += 1  # (the host spawns nothing more meanwhile: see avm.kernel.stalls)
+        try:
+            while self.live:
+                if self._idle is None:
+                    self._idle = trio.Event()
+                await self._idle.wait()
+        finally:
+            self.host_waits -= 1
 
     @property
     def live(self) -> int:
@@ -599,10 +604,14 @@ class Kernel:
 
     async def result(self, agent: Agent) -> None:
         """Wait for the agent to end."""
-        while agent.state not in TERMINAL:
-            if agent.done is None:
-                agent.done = trio.Event()
-            await agent.done.wait()
+        self.host_waits += 1
+        try:
+            while agent.state not in TERMINAL:
+                if agent.done is None:
+                    agent.done = trio.Event()
+                await agent.done.wait()
+        finally:
+            self.host_waits -= 1
 
     def _restart_task(self, agent: Agent) -> None:
         """An agent that ran out of budget got more: run it again."""

@@ -4,8 +4,9 @@ With ``VMSettings.host_sends`` false (`avm run`, `run_agents`: no message comes 
 kernel looks every `CHECK_EVERY_S` for such a fleet: each live agent waits in a ``recv`` with no timeout
 and an empty mailbox (awake or hibernated), or in a ``delegate`` for a child, and nothing else can happen
 (no agent runs or is ready, no LLM request, tool call or sleep is out, no timer will wake anyone, no send
-waits for room). Seen so twice, with no state change in between (a change in flight would show), those
-waiting in ``recv`` end STALLED: their delegating parents then get their results and go on.
+waits for room), and the host waits for agents to end (in ``join()`` or ``result()``: it is not spawning
+the agents that would send). Seen so twice, with no state change in between (a change in flight would
+show), those waiting in ``recv`` end STALLED: their delegating parents then get their results and go on.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def waiting_for_nothing(kernel: Kernel) -> list[Agent]:
     """The agents waiting in a recv no one can answer, if the whole fleet is stuck; else none."""
     counts = kernel.counts
     live = kernel.live
-    if not live or counts[S.WAITING_MESSAGE] + counts[S.HIBERNATED] != live:
+    if not live or not kernel.host_waits or counts[S.WAITING_MESSAGE] + counts[S.HIBERNATED] != live:
         return []
     stuck: list[Agent] = []
     for agent in kernel.agents.values():

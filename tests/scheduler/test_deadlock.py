@@ -61,3 +61,13 @@ async def test_while_the_host_may_send_an_agent_waits_for_it() -> None:
 def test_run_agents_ends_a_stuck_fleet() -> None:
     results = avm.run_agents(WAIT, count=2)
     assert all(isinstance(r, avm.AgentError) and r.state is avm.AgentState.STALLED for r in results)
+
+
+async def test_agents_waiting_while_the_host_is_still_spawning_are_not_stalled() -> None:
+    async with avm.VM(host_sends=False) as vm:
+        receiver = await vm.spawn(WAIT, name="r")
+        await trio.sleep(1)  # the host is busy (reading inputs, compiling): it has not said it waits
+        assert receiver.state is avm.AgentState.WAITING_MESSAGE
+        await vm.spawn('push "r"\npush "late"\nsend\nreturn\n')
+        with trio.fail_after(5):
+            assert await receiver.result() == "late"
