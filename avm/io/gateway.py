@@ -63,11 +63,11 @@ import itertools
 import logging
 import math
 import random
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from contextlib import AsyncExitStack
 from heapq import heappop, heappush
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import trio
 
@@ -146,7 +146,7 @@ class _Pending:
         self.attempts = 1
         self.tasks: list[trio.lowlevel.Task] = []  # the trio tasks waiting for it (not the owner)
         # while the task that made it sends it (`Gateway._send_now`): True, or the cancel scope bounding it
-        self.owner: trio.CancelScope | bool | None = None
+        self.owner: trio.CancelScope | Literal[True] | None = None
         self.done = False
         self.reply: Reply | None = None
         self.error: LLMError | None = None
@@ -355,7 +355,8 @@ class Gateway:
         self._in_flight_by_model[model] = self._in_flight_by_model.get(model, 0) + 1
         s = self.settings
         backend = self._backend
-        send = backend.send
+        # (a backend with `deadlines` takes a deadline too, which its `Backend` protocol cannot say)
+        send: Callable[..., Awaitable[Reply]] = backend.send
         if s.stream:
             send = backend.send_stream
             self._streamed += 1

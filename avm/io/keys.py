@@ -33,7 +33,7 @@ from typing import Any
 
 from blake3 import blake3
 
-from avm.io.request import ROLES, Filled, LLMRequest, RequestError
+from avm.io.request import ROLES, Filled, LLMRequest, Message, RequestError
 from avm.memory.ref import REF_SIZE, Ref
 from avm.memory.values import encode_value
 
@@ -127,7 +127,9 @@ class RequestKeyer:
         out = [head, _list_header(len(messages))]
         append = out.append
         for m in messages:
-            if type(m) is Ref:  # messages kept stored: keyed by their ref
+            # Messages kept stored: keyed by their ref. A plain Message (the common case) is told by
+            # its exact type alone; isinstance only for the rest (it narrows m for the type checker).
+            if type(m) is not Message and isinstance(m, Ref):
                 append(encode_value({"stored": m})[1:])
                 continue
             content = m.content

@@ -245,7 +245,7 @@ class LLMRequest:
             choice = "auto" if tools else "none"
         p["tool_choice"] = choice
         p["model"] = self.model
-        p["messages"] = [m.canonical() if type(m) is not Ref else {"stored": m} for m in self.messages]
+        p["messages"] = [{"stored": m} if isinstance(m, Ref) else m.canonical() for m in self.messages]
         for key, value in self.extra.items():
             if key in p:
                 raise RequestError(f"extra parameter {key!r} shadows a named one")

@@ -195,7 +195,9 @@ class WireEncoder:
         for i, m in enumerate(r.messages):
             if i:
                 pieces.append(b",")
-            if type(m) is Ref:  # messages kept stored as their JSON
+            # Messages kept stored as their JSON. A plain Message (the common case) is told by its
+            # exact type alone; isinstance only for the rest (it narrows m for the type checker).
+            if type(m) is not Message and isinstance(m, Ref):
                 pieces.append(self._stored(m))
             else:
                 message(m, pieces)

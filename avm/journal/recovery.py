@@ -73,32 +73,47 @@ def recover(store: ContentStore, run_id: str) -> list[Recovered]:
                 if type(result) is dict and type(result.get("child")) is int:
                     lent += budgets.get(result["child"], 0)
             elif e.kind == "refund":
-                refund = store.get_value(e.request)
+                refund = _value(store, rec.id, e, e.request, "request")
                 if refund.get("child") in rec.children:
                     refunded += refund["milli"]
         rec.own_energy = entries[-1].energy - lent + refunded
     return out
 
 
+def _value(store: ContentStore, agent_id: int, entry: Entry, ref: Ref | None, what: str) -> Any:
+    """The value ``entry`` names as its ``what`` (request or result), which an entry of its kind always
+    has; `JournalError` if it has none (a journal the writer did not write)."""
+    if ref is None:
+        raise JournalError(f"journal of agent {agent_id}: seq {entry.seq} ({entry.kind}) has no {what}")
+    return store.get_value(ref)
+
+
 def _recovered(store: ContentStore, agent_id: int, chain: list[tuple[Ref, Entry]]) -> Recovered:
     value = store.get_value
+
+    def request_of(e: Entry) -> Any:
+        return _value(store, agent_id, e, e.request, "request")
+
+    def result_of(e: Entry) -> Any:
+        return _value(store, agent_id, e, e.result, "result")
+
     entries = [e for _, e in chain]
     first = entries[0]
     if first.kind != "start":
         raise JournalError(f"journal of agent {agent_id} does not begin with its start")
     last_ref, last = chain[-1]
     snap_at = max((i for i, e in enumerate(entries) if e.kind == "snapshot"), default=None)
-    rec = Recovered(agent_id, value(first.request), last.energy,
+    rec = Recovered(agent_id, request_of(first), last.energy,
                     (last.seq, last_ref, entries[snap_at].seq if snap_at is not None else 0))
     # (what a child's end adds after the agent's own end: a notice or a refund, is no sign of life)
     final = next((e for e in reversed(entries) if e.kind not in ("mail", "refund")), last)
     if final.kind == "end":
-        rec.ended = value(final.result)
+        rec.ended = result_of(final)
     mails: list[Any] = []
     received = 0
     for e in entries:
         if e.kind == "mail":
-            mails.append(value(e.result))
+            mails.append(result_of(e))
             if e.request is not None:
                 key = value(e.request).get("from")
                 if type(key) is str:
@@ -106,19 +121,19 @@ def _recovered(store: ContentStore, agent_id: int, chain: list[tuple[Ref, Entry]
         elif e.kind == "recv" and e.result is not None:
             received += 1
         elif e.kind in ("spawn", "delegate"):
-            result = value(e.result)
+            result = result_of(e)
             if type(result) is dict and type(result.get("child")) is int:
                 rec.children.add(result["child"])
     rec.mailbox = mails[received:]
     # refunds of children whose transfer the journal holds (a child whose spawn or delegate the crash lost
     # is adopted again, and refunds its parent then: see Kernel._adopt)
-    refunds = [(i, value(e.request)) for i, e in enumerate(entries) if e.kind == "refund"]
+    refunds = [(i, request_of(e)) for i, e in enumerate(entries) if e.kind == "refund"]
     refunds = [(i, r) for i, r in refunds if r.get("child") in rec.children]
     rec.refunded_children = {r["child"] for _, r in refunds}
     if snap_at is None:
         tail = entries[1:]
     else:
-        rec.snapshot = value(entries[snap_at].result)
+        rec.snapshot = result_of(entries[snap_at])
         tail = entries[snap_at + 1:]
         if rec.snapshot.get("resumed_by") == "previous":  # the effect its frame waits on is the entry before
             tail = [next(e for e in reversed(entries[:snap_at]) if e.kind in EFFECT_KINDS), *tail]

@@ -162,7 +162,9 @@ class _Replayer:
                     frame.resume(result["value"])
                 if frame.status != "faulted":
                     continue
-                out = frame.outcome
+                ended = frame.outcome
+                assert ended is not None  # a faulted frame holds its Fault (Frame._fault sets both)
+                out = ended
             self._own_entries(frame, conversation, spent)
             if type(out) is Fault and self.at < len(self.entries) and self.entries[self.at].kind == "restart":
                 spent += frame.used

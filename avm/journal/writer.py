@@ -151,7 +151,7 @@ class Journal(Hook):
             result = self._put({"fault": list(outcome.fault)})
         elif outcome.reply is not None:
             reply = outcome.reply
-            text = (self.store.get(reply) if type(reply) is Ref else message_json(reply)).decode("utf-8")
+            text = (self.store.get(reply) if isinstance(reply, Ref) else message_json(reply)).decode("utf-8")
             result = self._put({"value": outcome.value, "reply": text})
         elif outcome.child is not None:
             result = self._put({"child": outcome.child.id, "value": outcome.value})

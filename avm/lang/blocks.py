@@ -551,10 +551,10 @@ class _Block:
             self.push(*item)
             self.push(*item)
         elif op == O.SWAP:
-            b = self.pop()
-            x = self.pop()
-            self.push(*b)
-            self.push(*x)
+            top = self.pop()
+            under = self.pop()
+            self.push(*top)
+            self.push(*under)
         elif op in _INT_BINARY:
             pyop, general = _INT_BINARY[op]
             b, kb = self.pop()

@@ -628,7 +628,7 @@ def _regex_match(pattern: Any, t: Any) -> list[Any] | None:
 @builtin("regex_find_all", 2, 3000, "every non-overlapping match of a pattern (RE2 syntax) in text, as texts")
 def _regex_find_all(pattern: Any, t: Any) -> list[str]:
     rx = _compile_pattern(pattern, "regex_find_all")
-    out = []
+    out: list[str] = []
     size = 0
     for m in rx.finditer(_searched(t, "regex_find_all", rx)):
         meter.spend(meter.MATCH_MILLI)

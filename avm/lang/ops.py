@@ -126,7 +126,7 @@ def _concat(frame: Any, stack: list, a: Any) -> None:
     b = stack[-1]
     if type(x) is list and type(b) is list:
         make_items(len(x) + len(b), "concat")
-        result = x + b
+        result: list[Any] | str = x + b
     else:
         left = x if type(x) is str else render(x)
         right = b if type(b) is str else render(b)

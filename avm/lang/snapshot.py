@@ -59,7 +59,7 @@ def _outcome_to_value(out: Any) -> Any:
 
 
 def encode_frame(frame: F.Frame) -> bytes:
-    pending = None
+    pending: list[Any] | None = None
     if frame.pending is not None:
         p = frame.pending
         pending = [p.kind, list(p.args), p.pc, p.line]
@@ -200,7 +200,7 @@ def decode_frame(cls: type[F.Frame], code: Code, data: bytes) -> F.Frame:
 
 
 def _outcome_from_value(v: Any, n: int) -> Any:
-    _want(type(v) is list and v and type(v[0]) is str, "outcome")
+    _want(type(v) is list and len(v) > 0 and type(v[0]) is str, "outcome")
     tag, *rest = v
     if tag == "done" and len(rest) == 1:
         _want(is_value(rest[0]), "done value")

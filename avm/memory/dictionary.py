@@ -92,7 +92,8 @@ class DictionaryTrainer:
     def train(self) -> bytes | None:
         """Train on the samples and start a new round; None if zstd could not train."""
         unpack = zstandard.ZstdDecompressor().decompress
-        samples = [unpack(sample) for sample in self._samples]
+        # typed as zstandard's stub wants it: its list[ByteString] is invariant, so list[bytes] is refused
+        samples: list[bytes | bytearray | memoryview] = [unpack(sample) for sample in self._samples]
         self._samples = []
         self._sample_bytes = self._seen = self._seen_bytes = 0
         size = min(self._dict_size, max(1024, sum(map(len, samples)) // 4))

@@ -6,6 +6,7 @@ private state.
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 
 __all__ = ["StoreCheck", "StoreStatistics", "TierStatistics"]
@@ -100,11 +101,12 @@ class StoreCheck:
     bytes: int
     recorded_objects: int
     recorded_bytes: int
-    corrupt: tuple[bytes, ...]
-    bad_keys: tuple[bytes, ...]
-    dangling_names: tuple[bytes, ...]
-    dangling_pins: tuple[bytes, ...]
-    missing_dictionaries: tuple[bytes, ...]
+    # builtins.bytes: in this class body, ``bytes`` names the field above
+    corrupt: tuple[builtins.bytes, ...]
+    bad_keys: tuple[builtins.bytes, ...]
+    dangling_names: tuple[builtins.bytes, ...]
+    dangling_pins: tuple[builtins.bytes, ...]
+    missing_dictionaries: tuple[builtins.bytes, ...]
     erased: int = 0  # tombstones (`ContentStore.erase`): not damage
 
     @property

@@ -214,7 +214,7 @@ class ConnectionPool:
         if ssl_context is not None:
             ssl_context.set_alpn_protocols(self._alpn())
         self._hosts: dict[Origin, _Host] = {}
-        self._fixed: dict[Any, tuple[Any, bytes]] = {}
+        self._fixed: dict[tuple[Any, ...], bytes] = {}  # (origin, method, target, headers) -> the head (`_headers`)
         self.opened = 0  # connections made so far (TCP: an HTTP/2 connection counts once)
         self.peak = 0  # the most open at once (all origins)
         self.reconnects = 0  # requests sent again because a reused connection had been closed (or refused them)
@@ -607,11 +607,13 @@ class ConnectionPool:
                             raise _Stale("the server closed the connection") from None
                         raise HTTPError("closed", f"the connection broke during the response: {_cause(exc)}") \
                             from None
+                    assert data is not None  # (a None read went round the loop again, above)
                     if data:
                         got_bytes = True
                     elif reused and not got_bytes:
                         raise _Stale("the server closed the connection")
-                    reader.receive(data)
+                    # (a TLS stream's read may be a bytearray, which the reader takes too: it appends to one)
+                    reader.receive(data)  # type: ignore[arg-type]  # h1's annotation says bytes only
                 elif event is RESPONSE:
                     streaming = on_data is not None and reader.status == 200 and reader.headers.get(
                         "content-type", "").startswith("text/event-stream")
@@ -620,6 +622,7 @@ class ConnectionPool:
                 elif not streaming:  # a piece of the body
                     chunks.append(event)  # type: ignore[arg-type]
                 elif not satisfied and on_data is not None:
+                    assert type(event) is bytes  # a piece of the body: the reader's str events are handled above
                     satisfied = bool(on_data(event))
             done = True
             return HTTPResponse(reader.status, reader.headers, b"".join(chunks) if len(chunks) != 1 else chunks[0])
@@ -672,7 +675,7 @@ def _joined(head: bytes, size: int, body: Sequence[bytes]) -> bytes:
     return b"".join([head, b"content-length: %d\r\n\r\n" % size, *body])
 
 
-async def _send(sock: Any, raw: Any, pieces: list[bytes], deadline: float = math.inf) -> None:
+async def _send(sock: Any, raw: Any, pieces: list[bytes | memoryview], deadline: float = math.inf) -> None:
     """Write ``pieces`` with ``sendmsg`` (scatter/gather): the kernel copies from the pieces themselves,
     so a body that waits for a slow server holds no copy of the shared parts (a 1,000-request burst of
     27 KB bodies joined first held 27 MB until the server read them).

@@ -134,6 +134,7 @@ class Readiness:
             raise self.late()
 
     def _start(self) -> Any:
+        assert _EPOLL is not None  # `wait` starts the loop only where there is epoll
         epoll = self._epoll = _EPOLL()
         self._closing = False
         self._scope = trio.CancelScope()
