@@ -330,7 +330,7 @@ async def _resume(vm: Any, spec: RunSpec, run_id: str) -> list[Any]:
     except StoreError as exc:  # a broken journal (JournalError), damaged objects: no guessing, no silent repair
         raise LaunchError(f"{spec.store}: cannot resume run {run_id}: {exc}") from None
     by_name = {h.name: h for h in resumed if h.name is not None}
-    handles = []
+    handles: list[Any] = []
     for group in spec.groups:
         missing = [i for i in range(group.count) if group.agent_name(i) not in by_name]
         for i, handle in zip(missing, await spawn_group(vm, group, only=missing), strict=True):
