@@ -27,6 +27,13 @@ THRESHOLDS: dict[str, tuple[float, float]] = {
     "budget_exhaustion_rate": (0.1, 0.3),  # agents ended BUDGET_EXCEEDED / agents ended
     "failure_rate": (0.1, 0.3),  # agents ended FAILED / agents ended
     "llm_error_rate": (0.05, 0.2),  # LLM requests that came back as errors / LLM requests
+    # Tool calls that came back as error values (raised, timed out, bad arguments...) / tool calls. An
+    # agent usually goes on after one (the error is a value it can handle), so a fleet whose tools all fail
+    # can end "done" with no agent failed: only this shows it.
+    "tool_error_rate": (0.1, 0.3),
+    # Tool calls that did not finish within their tool's timeout / tool calls: lower marks than errors, since
+    # each one held its agent for the whole timeout and charged it the tool's time.
+    "tool_timeout_rate": (0.05, 0.2),
 }
 
 # --- Snapshots -------------------------------------------------------------------------------
@@ -126,8 +133,8 @@ class Figures:
     llm_requests: int  # gateway complete() calls so far
     http_requests: int
     http_requests_per_s: float
-    batch_size_mean: float  # requests per batched HTTP request, so far
-    latency_p50_s: float
+    batch_size_mean: float  # requests per batched HTTP request, so far (0.0: none was batched; see `batched`)
+    latency_p50_s: float  # of replies from the network (0.0 until one came; see `has_latency`)
     latency_p99_s: float
     in_flight: int
     queued: int
@@ -152,11 +159,23 @@ class Figures:
     budget_exhaustion_rate: float
     failure_rate: float
     llm_error_rate: float
+    tool_error_rate: float
+    tool_timeout_rate: float
     alerts: dict[str, str]  # health signals at warn or critical: name -> "warn" | "critical"
     top_agents: tuple[tuple[int, str | None, str, float], ...] = ()  # (id, name, state, energy)
     recent_faults: tuple[tuple[int, str | None, int, str], ...] = ()  # (agent id, name, line, message), newest last
     has_gateway: bool = True
     has_store: bool = True
+
+    @property
+    def batched(self) -> bool:
+        """Whether any HTTP request carried a batch (else ``batch_size_mean`` is 0.0, not a size)."""
+        return self.batch_size_mean > 0
+
+    @property
+    def has_latency(self) -> bool:
+        """Whether a reply came from the network (the gateway's latencies are 0.0 until one did)."""
+        return max(self.latency_p50_s, self.latency_p99_s) > 0
 
     def health(self) -> dict[str, float]:
         """The health signals by name (the keys of `THRESHOLDS`)."""
@@ -228,6 +247,8 @@ def figures(prev: Snapshot | None, now: Snapshot) -> Figures:
         "budget_exhaustion_rate": ratio(dend("budget_exceeded"), completions),
         "failure_rate": ratio(dend("failed"), completions),
         "llm_error_rate": ratio(dv("llm_errors"), de("llm")),
+        "tool_error_rate": ratio(dv("tool_errors"), dv("tool_calls")),
+        "tool_timeout_rate": ratio(dv("tool_timeouts"), dv("tool_calls")),
     }
     alerts = {name: level for name, value in health.items() if (level := health_level(name, value)) != "ok"}
     energy_used = float(v.energy_used)

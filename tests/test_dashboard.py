@@ -11,6 +11,7 @@ import pytest
 import trio
 from rich.console import Console
 
+import avm
 from avm.dashboard import (
     MAX_REFRESH_PER_SECOND,
     THRESHOLDS,
@@ -18,6 +19,8 @@ from avm.dashboard import (
     Figures,
     Snapshot,
     figures,
+    health_level,
+    plural,
     progress_line,
     read_rss_bytes,
     render,
@@ -135,7 +138,7 @@ def test_render_shows_health_levels_and_fits_a_narrow_console():
                                  completions=8, ended={"done": 4, "stalled": 4}, effects={"tool": 10}, tool_repeats=9,
                                  recent_faults=tuple((i, None, 10 + i, "x" * 300) for i in range(9)), faults=9))
     f = figures(None, now)
-    console = Console(record=True, width=60, file=io.StringIO())
+    console = Console(record=True, width=60, height=60, file=io.StringIO())  # (the height: see test_dashboard_layout)
     console.print(render(now, f))
     text = console.export_text()
     assert all(len(line) <= 60 for line in text.splitlines())
@@ -360,3 +363,94 @@ async def test_an_error_in_the_block_passes_through_and_the_display_is_closed(au
         async with Dashboard(StandInVM(), console=console, mode="live") as board:
             await trio.sleep(10)
     assert board.summary is not None and not getattr(console, "_live_stack", None)
+
+
+# --- tool failures as health signals -----------------------------------------------------------------
+
+
+def test_tool_error_and_timeout_rates_over_the_window():
+    prev = Snapshot(1.0, vm_stats(tool_calls=100, tool_errors=90, tool_timeouts=50))
+    now = Snapshot(3.0, vm_stats(tool_calls=200, tool_errors=110, tool_timeouts=56))
+    f = figures(prev, now)
+    assert f.tool_error_rate == pytest.approx(20 / 100) and f.tool_timeout_rate == pytest.approx(6 / 100)
+    assert f.alerts == {"tool_error_rate": "warn", "tool_timeout_rate": "warn"}  # the window's, not the run's
+    assert THRESHOLDS["tool_timeout_rate"][0] < THRESHOLDS["tool_error_rate"][0]  # a timeout costs its whole wait
+    data = f.to_json()
+    assert data["tool_error_rate"] == pytest.approx(0.2) and data["tool_timeout_rate"] == pytest.approx(0.06)
+    assert "tool_error_rate=warn" in progress_line(f) and "tool_timeout_rate=warn" in progress_line(f)
+
+
+async def test_a_run_whose_tools_fail_shows_it_in_health_the_line_and_the_summary():
+    @avm.tool
+    def boom(x: str) -> str:
+        raise RuntimeError("kaput")
+
+    @avm.tool(timeout=0.05)
+    async def hang(x: str) -> str:
+        await trio.sleep(100)
+        return x
+
+    console = Console(record=True, width=400, file=io.StringIO())
+    async with VM(tools=[boom, hang]) as vm:
+        async with Dashboard(vm, console=console, mode="lines", line_every_s=60) as board:
+            handles = [await vm.spawn('push "a"\ntool boom 1\nreturn\n', tools=["boom"]) for _ in range(9)]
+            handles.append(await vm.spawn('push "a"\ntool hang 1\nreturn\n', tools=["hang"], budget=50))
+            for h in handles:
+                assert "error" in await h.result()  # the agents go on: the errors are values, none failed
+    f = board.summary
+    assert f.ended == {"done": 10} and f.failure_rate == 0.0
+    assert f.tool_error_rate == 1.0 and f.tool_timeout_rate == pytest.approx(0.1)
+    assert health_level("tool_error_rate", f.tool_error_rate) == "critical"
+    assert health_level("tool_timeout_rate", f.tool_timeout_rate) == "warn"
+    assert f.alerts == {"tool_error_rate": "critical", "tool_timeout_rate": "warn"}
+    line = console.export_text().splitlines()[-1]
+    assert line.endswith("| final") and "ALERT tool_error_rate=critical tool_timeout_rate=warn" in line
+    summary = json.loads(json.dumps(board.summary_json()))
+    assert summary["tool_error_rate"] == 1.0 and summary["tool_timeout_rate"] == pytest.approx(0.1)
+    frame = Console(record=True, width=150, height=60, file=io.StringIO())
+    frame.print(render(board.last, f, final=True))
+    text = frame.export_text()
+    assert re.search(r"tool errors +100\.0% +critical", text)
+    assert re.search(r"tool timeouts +10\.0% +warn", text)
+    assert re.search(r"agent failures +0\.0% +ok", text)  # agents' failures, not the tools'
+    assert "tool errors critical" in text.splitlines()[0]  # the title line's alerts
+
+
+# --- wording ---------------------------------------------------------------------------------------
+
+
+def test_no_batch_size_before_a_batch_and_no_latency_before_a_reply():
+    unbatched = Snapshot(2.0, vm_stats(agents=2, live=2, by_state={"waiting_llm": 2}),
+                         gw_stats(requests=2, http_requests=2, in_flight=2), None, 1 << 20)
+    f = figures(None, unbatched)
+    assert not f.batched and not f.has_latency
+    line = progress_line(f)
+    assert "batch single" in line and "batch 0.0" not in line
+    assert "p50" not in line and "p99" not in line and "0ms" not in line
+    console = Console(record=True, width=150, height=60, file=io.StringIO())
+    console.print(render(unbatched, f))
+    text = console.export_text()
+    assert re.search(r"mean batch +single", text) and not re.search(r"mean batch +0\.0", text)
+    assert re.search(r"latency p50 +-", text) and re.search(r"latency p99 +-", text) and "0.0 ms" not in text
+    replied = Snapshot(2.0, vm_stats(), gw_stats(requests=20, http_requests=2, batches=2, batch_size_mean=10.0,
+                                                 latency_p50_s=0.0042, latency_p99_s=0.25))
+    f = figures(None, replied)
+    assert f.batched and f.has_latency
+    line = progress_line(f)
+    assert "batch 10.0" in line and "p50 4.2ms p99 250ms" in line  # under 10 ms, a tenth: not "0ms"
+    console = Console(record=True, width=150, height=60, file=io.StringIO())
+    console.print(render(replied, f))
+    text = console.export_text()
+    assert re.search(r"mean batch +10\.0", text) and re.search(r"latency p50 +4\.2 ms", text)
+
+
+def test_counts_take_singular_or_plural():
+    assert plural(1, "block") == "1 block" and plural(3, "block") == "3 blocks"
+    assert plural(0, "object") == "0 objects" and plural(1000, "request") == "1,000 requests"
+    assert plural(2, "more block") == "2 more blocks" and plural(2, "reply", "replies") == "2 replies"
+    now = Snapshot(1.0, vm_stats(), None, store_stats(hot=TierStatistics("hot", 1, 10, 10, 0, 0)), 1 << 20)
+    console = Console(record=True, width=150, height=60, file=io.StringIO())
+    console.print(render(now, figures(None, now)))
+    text = console.export_text()
+    assert re.search(r"hot +1 object\b", text) and re.search(r"warm +4 objects\b", text)
+    assert " obj " not in text
