@@ -295,7 +295,8 @@ def cmd_serve_llm(args: argparse.Namespace) -> int:
             jitter_ms=args.jitter_ms, jitter=args.jitter, rate_429=args.rate_429, rate_500=args.rate_500,
             rate_timeout=args.rate_timeout, rate_malformed=args.rate_malformed, rate_drop=args.rate_drop,
             retry_after_s=args.retry_after_s, timeout_hold_s=args.timeout_hold_s, final_after=args.final_after,
-            models=tuple(args.model) if args.model else ServerSettings().models, dialect=args.dialect)
+            models=tuple(args.model) if args.model else ServerSettings().models, dialect=args.dialect,
+            any_model=args.any_model)
     except LLMServerError as exc:
         raise CliError(str(exc)) from None
 
@@ -405,7 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--final-after", type=int, default=3, metavar="N",
                    help="assistant/tool messages after which replies are final answers (default 3)")
     p.add_argument("--model", action="append", default=[], metavar="NAME",
-                   help="a model name to list (repeatable; default avm-embedded)")
+                   help="a model name to serve and list (repeatable; default avm-embedded); a request naming "
+                        "another gets 404 model_not_found, as from OpenAI")
+    p.add_argument("--any-model", action="store_true",
+                   help="serve a request whatever model it names (the name is echoed)")
     p.set_defaults(fn=cmd_serve_llm)
 
     from avm.bench_runner import add_bench_parser

@@ -76,6 +76,9 @@ class ServerSettings:
     timeout_hold_s: float = 60.0  # how long a "timeout" fault holds the request
     final_after: int = 3  # assistant + tool messages after which the reply is a final answer
     models: tuple[str, ...] = field(default=(DEFAULT_MODEL,))  # listed by /v1/models; first is the default
+    # Requests naming a model outside `models` get 404 model_not_found, as from OpenAI and vLLM; True
+    # serves any name (echoed), for clients whose model name is not worth configuring.
+    any_model: bool = False
     max_body_bytes: int = 64 << 20  # larger request bodies get 413
     # Connection limits, with the defaults of nginx's ngx_http_core_module (keepalive_timeout 75s,
     # client_header_timeout 60s, client_body_timeout 60s; uvicorn's timeout_keep_alive is 5 s, and its
@@ -111,6 +114,8 @@ class ServerSettings:
         if isinstance(self.models, str) or not self.models or not all(isinstance(m, str) and m for m in self.models):
             raise LLMServerError("models must be a non-empty sequence of names")
         object.__setattr__(self, "models", tuple(self.models))
+        if not isinstance(self.any_model, bool):
+            raise LLMServerError(f"any_model must be a boolean, not {self.any_model!r}")
         if not isinstance(self.max_body_bytes, int) or self.max_body_bytes < 1024:
             raise LLMServerError(f"max_body_bytes must be an int >= 1024, not {self.max_body_bytes!r}")
         for name in ("idle_timeout_s", "header_timeout_s", "body_timeout_s"):

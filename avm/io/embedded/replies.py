@@ -26,7 +26,9 @@ The reply is shaped so that demo agents make progress, checked in this order:
 
 Token counts use one documented approximation: **a token is 4 characters**,
 ``tokens(text) = ceil(len(text) / 4)``; a chat message adds 4 tokens, a
-conversation 3, an offered tool 8 plus its name and description. Text
+conversation 3, an offered tool 8 plus its name and description; a prompt of
+token ids (``/v1/completions``) counts its ids, and is read as the text
+`prompt_text` makes of them. Text
 replies honour ``max_tokens`` (cut at ``4 * max_tokens`` characters,
 finish_reason ``"length"``) and ``stop`` (cut before the first stop sequence,
 finish_reason ``"stop"``), whichever comes first. Tool calls are never cut.
@@ -480,10 +482,21 @@ def _want_int(body: dict[str, Any], name: str, lo: int, hi: int, where: str) -> 
         raise BadRequest(f"{where}{name} must be in {lo}..{hi}, not {value}", where + name, "invalid_value")
 
 
-def _want_number(body: dict[str, Any], name: str, where: str) -> None:
+# OpenAI's ranges of the sampling numbers (its API reference for chat and completions; a value outside
+# gets 400 there). vLLM bounds temperature below only; clients written against OpenAI stay in these.
+_NUMBER_RANGES = (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0), ("presence_penalty", -2.0, 2.0),
+                  ("frequency_penalty", -2.0, 2.0))
+
+
+def _want_number(body: dict[str, Any], name: str, lo: float, hi: float, where: str) -> None:
     value = body.get(name)
-    if value is not None and (type(value) not in (int, float)):
+    if value is None:
+        return
+    if type(value) not in (int, float):  # a bool is not a number here, as in OpenAI's API
         raise BadRequest(f"{where}{name} must be a number, not {_kind(value)}", where + name, "invalid_type")
+    if not lo <= value <= hi:  # (NaN and infinities never get here: the JSON parser refuses them)
+        raise BadRequest(f"{where}{name} must be between {lo:g} and {hi:g}, not {value!r}", where + name,
+                         "invalid_value")
 
 
 def _check_common(body: Any, where: str) -> None:
@@ -497,8 +510,8 @@ def _check_common(body: Any, where: str) -> None:
     _want_int(body, "max_completion_tokens", 1, 1 << 30, where)
     _want_int(body, "n", 1, 128, where)
     _want_int(body, "seed", -(1 << 63), (1 << 64) - 1, where)
-    for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
-        _want_number(body, name, where)
+    for name, lo, hi in _NUMBER_RANGES:
+        _want_number(body, name, lo, hi, where)
     stop = body.get("stop")
     if stop is not None and not isinstance(stop, str) and not (
             isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop)):
@@ -562,6 +575,12 @@ def check_chat(body: Any, where: str = "") -> None:
         content = message.get("content")
         if content is not None and not isinstance(content, (str, list)):
             raise BadRequest(f"{at}.content must be a string or an array of parts", at + ".content", "invalid_type")
+        if role == "tool":  # OpenAI and vLLM require it: it says which call of the assistant this answers
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str):
+                code = "missing_field" if call_id is None else "invalid_type"
+                raise BadRequest(f"{at}.tool_call_id is required in a tool message: the id of the tool call it "
+                                 f"answers (a string)", at + ".tool_call_id", code)
     _check_tools(body, where)
 
 
@@ -629,14 +648,74 @@ def check_batch(body: Any) -> list[dict[str, Any]]:
     return items
 
 
-def check_completion(body: Any) -> list[str]:
-    """Raise `BadRequest` unless `body` is a completions request; return its prompts."""
+# The prompt of /v1/completions is what OpenAI's API and vLLM take: a string, a list of strings, a list of
+# token ids, or a list of lists of token ids (vllm-project/vllm: vllm/entrypoints/openai/protocol.py,
+# CompletionRequest.prompt, now in vllm/entrypoints/openai/completion/protocol.py, where an id is an int >= 0).
+# A list of token ids is one prompt; each of the other lists holds one prompt per item.
+Prompt = str | list[int]
+MAX_TOKEN_ID = (1 << 31) - 1  # token ids are 32-bit in inference engines; the fake model has no vocabulary
+_PROMPT_FORMS = "a string, an array of strings, an array of token ids or an array of arrays of token ids"
+
+
+def _token_ids(ids: list[Any], at: str) -> list[int]:
+    """``ids`` if it is a non-empty list of token ids, else `BadRequest` naming ``at``."""
+    if not ids:
+        raise BadRequest(f"{at} must not be an empty array of token ids", at, "invalid_value")
+    for i, token in enumerate(ids):
+        if type(token) is not int:
+            raise BadRequest(f"{at}[{i}] must be a token id (an integer), not {_kind(token)}; prompt is "
+                             f"{_PROMPT_FORMS}", f"{at}[{i}]", "invalid_type")
+        if not 0 <= token <= MAX_TOKEN_ID:
+            raise BadRequest(f"{at}[{i}] must be a token id in 0..{MAX_TOKEN_ID}, not {token}", f"{at}[{i}]",
+                             "invalid_value")
+    return ids
+
+
+def check_completion(body: Any) -> list[Prompt]:
+    """Raise `BadRequest` unless `body` is a completions request; return its prompts (texts or token ids)."""
     _check_common(body, "")
     prompt = body.get("prompt")
     if prompt is None:
         raise BadRequest("prompt is required", "prompt", "missing_field")
     if isinstance(prompt, str):
         return [prompt]
-    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+    if not isinstance(prompt, list) or not prompt:
+        what = "an empty array" if isinstance(prompt, list) else _kind(prompt)
+        raise BadRequest(f"prompt must be {_PROMPT_FORMS}, not {what}", "prompt", "invalid_type")
+    first = prompt[0]
+    if type(first) is int:  # one prompt of token ids
+        return [_token_ids(prompt, "prompt")]
+    if isinstance(first, str):
+        for i, p in enumerate(prompt):
+            if not isinstance(p, str):
+                raise BadRequest(f"prompt[{i}] must be a string like prompt[0], not {_kind(p)}", f"prompt[{i}]",
+                                 "invalid_type")
         return prompt
-    raise BadRequest("prompt must be a string or a non-empty array of strings", "prompt", "invalid_type")
+    if isinstance(first, list):
+        for i, p in enumerate(prompt):
+            if not isinstance(p, list):
+                raise BadRequest(f"prompt[{i}] must be an array of token ids like prompt[0], not {_kind(p)}",
+                                 f"prompt[{i}]", "invalid_type")
+            _token_ids(p, f"prompt[{i}]")
+        return prompt
+    raise BadRequest(f"prompt must be {_PROMPT_FORMS}; prompt[0] is {_kind(first)}", "prompt[0]", "invalid_type")
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """The text the fake model reads in a prompt.
+
+    A prompt of token ids has no tokenizer to decode it with: id ``i`` reads
+    as the word ``_POOL[i % len(_POOL)]`` ("river", "signal", ...), the words
+    joined by spaces, so the reply takes up words of its prompt as it does
+    for a text. Only the reading is lossy: the reply's seed is the digest of
+    the ids themselves, so different ids get different replies.
+    """
+    if isinstance(prompt, str):
+        return prompt
+    pool = _POOL
+    return " ".join([pool[i % len(pool)] for i in prompt])
+
+
+def prompt_token_count(prompt: Prompt) -> int:
+    """The prompt tokens of a prompt: its ids counted exactly, or a text's approximation (`tokens`)."""
+    return tokens(prompt) if isinstance(prompt, str) else len(prompt)

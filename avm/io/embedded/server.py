@@ -32,22 +32,32 @@ Endpoints (HTTP/1.1, keep-alive, bodies always with Content-Length except stream
   for a body that is not one object (param ``body``), no conversations or an
   empty one, ``n`` other than 1, ``tool_choice`` other than ``"none"``,
   ``use_beam_search``, and (where vLLM 0.26 answers empty text) ``stream``;
-* ``POST /v1/completions``: ``prompt`` a string or a list of strings, one
-  choice per prompt (``n`` per prompt: index ``prompt * n + j``); as in
-  OpenAI's API, ``max_tokens`` defaults to 16 here.
+* ``POST /v1/completions``: ``prompt`` a string, a list of strings, a list of
+  token ids or a list of lists of token ids (as OpenAI's API and vLLM take
+  it; `avm.io.embedded.replies.prompt_text` says how the fake model reads
+  ids), ``n`` choices per prompt (index ``prompt * n + j``); as in OpenAI's
+  API, ``max_tokens`` defaults to 16 here.
 
 Other errors are OpenAI-style ``{"error": {"message", "type", "param", "code"}}``:
 400 for malformed JSON or bad fields, 404 for unknown paths, 405 (with
 ``Allow``) for wrong methods, 413 for bodies above ``max_body_bytes``.
 Replies are described in `avm.io.embedded.replies`, latency and faults (which apply to
 the three completion endpoints, one decision per HTTP request) in
-`avm.io.embedded.faults`. ``model`` may be omitted or name any model; it is echoed.
+`avm.io.embedded.faults`.
+
+``model`` is echoed. It may be omitted (or empty: vLLM's rule), for the first
+of the ``models`` setting; a request that names another model is answered as
+OpenAI answers it, 404 with code ``model_not_found`` (the batch endpoint:
+vLLM's 404), after the body is found well formed (a 400 comes first), unless
+the server was started with ``any_model=True`` (``avm serve-llm --any-model``),
+which serves any name, ``/v1/models/{id}`` included.
 """
 
 # The batch format is vLLM's /v1/chat/completions/batch (vLLM 0.19+, PR #38011), from
 # vllm-project/vllm: vllm/entrypoints/openai/chat_completion/protocol.py (BatchChatCompletionRequest,
 # ChatCompletionResponse), vllm/entrypoints/openai/chat_completion/batch_serving.py (the fan-out, the
-# summed usage), vllm/entrypoints/serve/exception_handling/handlers/validation.py (the 400 body).
+# summed usage), vllm/entrypoints/serve/exception_handling/handlers/validation.py (the 400 body),
+# vllm/entrypoints/openai/engine/serving.py (OpenAIServing._check_model: the 404 for an unknown model).
 
 from __future__ import annotations
 
@@ -78,7 +88,8 @@ from avm.io.embedded.replies import (
     check_completion,
     completion_choice,
     digest,
-    tokens,
+    prompt_text,
+    prompt_token_count,
 )
 from avm.io.json_codec import dumps, loads
 
@@ -130,6 +141,18 @@ def _error_body(message: str, kind: str, code: str | None, param: str | None = N
 def _vllm_error_body(message: str, param: str | None) -> bytes:
     """vLLM's answer to a request that fails validation (always with status 400)."""
     return dumps({"error": {"message": message, "type": "Bad Request", "param": param, "code": 400}})
+
+
+def _model_not_found(name: str) -> bytes:
+    """OpenAI's answer (status 404) to a request naming a model it does not serve."""
+    return _error_body(f"The model `{name}` does not exist or you do not have access to it.",
+                       "invalid_request_error", "model_not_found")
+
+
+def _vllm_model_not_found(name: str) -> bytes:
+    """vLLM's (status 404; OpenAIServing._check_model)."""
+    return dumps({"error": {"message": f"The model `{name}` does not exist.", "type": "NotFoundError",
+                            "param": "model", "code": 404}})
 
 
 def _raw_response(status: bytes, body: bytes, extra: bytes = b"") -> bytes:
@@ -201,6 +224,7 @@ class LLMServer:
         self._cap = settings.max_connections or _default_cap()  # set again when the server starts
         self._refusal = b""
         self._batch_items = self._prompts = self._prompt_tokens = self._completion_tokens = 0
+        self._served = frozenset(settings.models)
 
     # ---------------------------------------------------------------- surface
 
@@ -471,10 +495,13 @@ class LLMServer:
         await self._send(c, 200, dumps(data))
 
     async def _model(self, c: _Peer, name: str) -> None:
-        if name not in self.settings.models:
-            body = _error_body(f"the model {name!r} does not exist", "invalid_request_error", "model_not_found")
-            return await self._send(c, 404, body)
+        if not self._serves(name):
+            return await self._send(c, 404, _model_not_found(name))
         await self._send(c, 200, dumps(self._model_card(name)))
+
+    def _serves(self, name: str | None) -> bool:
+        """True if a request naming this model (a string or None: validated) is answered."""
+        return not name or name in self._served or self.settings.any_model
 
     @staticmethod
     def _parse(raw: bytes) -> Any:
@@ -511,6 +538,8 @@ class LLMServer:
     async def _chat(self, c: _Peer, raw: bytes) -> None:
         body = self._parse(raw)
         check_chat(body)
+        if not self._serves(body.get("model")):
+            return await self._send(c, 404, _model_not_found(body["model"]))
         seed = digest(canonical(body))
         plan = self._faults.decide(seed)
         streaming = body.get("stream") is True
@@ -536,6 +565,8 @@ class LLMServer:
             items = check_batch(body)
         except BadRequest as exc:
             return await self._send(c, 400, _vllm_error_body(exc.message, exc.param))
+        if not self._serves(body.get("model")):
+            return await self._send(c, 404, _vllm_model_not_found(body["model"]))
         seeds = [digest(canonical(item)) for item in items]
         whole = digest(b"".join(seeds))
         if c.request_id:
@@ -577,6 +608,8 @@ class LLMServer:
     async def _completions(self, c: _Peer, raw: bytes) -> None:
         body = self._parse(raw)
         prompts = check_completion(body)
+        if not self._serves(body.get("model")):
+            return await self._send(c, 404, _model_not_found(body["model"]))
         base = canonical(body, UNSEEDED + ("prompt",)) + b"\n"
         seeds = [digest(base + dumps(p)) for p in prompts]
         plan = self._faults.decide(digest(b"".join(seeds)))
@@ -587,18 +620,19 @@ class LLMServer:
         n = body.get("n") or 1
         choices: list[Choice] = []
         for prompt, seed in zip(prompts, seeds):
-            choices.extend(completion_choice(body, prompt, seed, j, COMPLETIONS_DEFAULT_MAX_TOKENS) for j in range(n))
-        prompt_tokens = sum(tokens(p) for p in prompts)
+            text = prompt_text(prompt)
+            choices.extend(completion_choice(body, text, seed, j, COMPLETIONS_DEFAULT_MAX_TOKENS) for j in range(n))
+        prompt_count = sum(prompt_token_count(p) for p in prompts)
         completion_tokens = sum(c.tokens for c in choices)
         self._prompts += len(prompts)
-        self._prompt_tokens += prompt_tokens
+        self._prompt_tokens += prompt_count
         self._completion_tokens += completion_tokens
         response = {"id": ident, "object": "text_completion", "created": int(time.time()),
                     "model": body.get("model") or self.settings.models[0], "system_fingerprint": FINGERPRINT,
                     "choices": [{"text": c.content, "index": i, "logprobs": None, "finish_reason": c.finish_reason}
                                 for i, c in enumerate(choices)],
-                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                              "total_tokens": prompt_tokens + completion_tokens}}
+                    "usage": {"prompt_tokens": prompt_count, "completion_tokens": completion_tokens,
+                              "total_tokens": prompt_count + completion_tokens}}
         if streaming:
             return await self._stream(c, _completion_events(response), plan, _include_usage(body),
                                       response)
