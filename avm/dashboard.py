@@ -266,7 +266,7 @@ class _Block:
         last = len(self.widths) - 1
         for i, width in enumerate(self.widths):
             cell = row[i] if i < len(row) else ""
-            value, style = (cell, default_style) if type(cell) is str else cell
+            value, style = (cell, default_style) if isinstance(cell, str) else cell
             out.add(value.rjust(width) if self.right[i] else value.ljust(width), style)
             used += width
             if i < last:
@@ -720,9 +720,9 @@ class Dashboard:
             now = self._snapshot(self.top)
         except Exception as err:  # the run's own outcome matters more than the dashboard's
             self.error = self.error or err
-            now = self.last
-            if now is None:
+            if self.last is None:
                 return
+            now = self.last
         self._ended = trio.current_time()
         self.last = now
         self.summary = figures(self._first, now)
@@ -766,7 +766,7 @@ class Dashboard:
         if rank:
             self._top_at = trio.current_time()
             self._top_agents = now.vm.top_agents
-        elif live and self._top_agents and is_dataclass(now.vm):
+        elif live and self._top_agents and is_dataclass(now.vm) and not isinstance(now.vm, type):
             # between rankings (each reads every live agent), show the last one
             now = replace(now, vm=replace(now.vm, top_agents=self._top_agents))
         window = self._window

@@ -52,8 +52,8 @@ async def search(query: str, limit: int = 3) -> str:
     return search_notes(query, limit)
 
 
-_OPS: dict[type, Callable[..., float]] = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-        ast.USub: operator.neg, ast.UAdd: operator.pos}
+_OPS: dict[type, Callable[..., float]] = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+                                          ast.Div: operator.truediv, ast.USub: operator.neg, ast.UAdd: operator.pos}
 
 
 def _eval(node: ast.AST) -> float:

@@ -33,8 +33,9 @@
 The interpreter's own signals never leave a frame and are not in the tree:
 `avm.lang.values.VMFault` becomes the program's `Fault`, `avm.lang.meter.OutOfEnergy` its
 `BudgetExceeded`; the HTTP client's transport signals (`avm.io.client.h1.ProtocolError`,
-`avm.io.client.http.HTTPError`, `avm.io.client.h2.Refused`) become a `Failure` there. Errors raised by the libraries AVM uses (lmdb, zstandard, httpx) are caught at
-the edge and re-raised as one of these with ``raise ... from exc``.
+`avm.io.client.http.HTTPError`, `avm.io.client.h2.Refused`) become a `Failure` there. Errors
+raised by the libraries AVM uses (lmdb, zstandard, httpx) are caught at the edge and re-raised as
+one of these with ``raise ... from exc``.
 """
 
 from __future__ import annotations

@@ -389,8 +389,9 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         line += f" (mean batch {batch:.1f})" if batch else ""
         if requests:
             line += (f", cache hit rate {100 * summary.get('cache_hit_rate', 0):.1f}%, p50 "
-                     f"{1000 * summary.get('latency_p50_s', 0):.1f} ms, p99 {1000 * summary.get('latency_p99_s', 0):.1f}"
-                     f" ms, tokens {summary.get('prompt_tokens', 0):,} prompt + "
+                     f"{1000 * summary.get('latency_p50_s', 0):.1f} ms, p99 "
+                     f"{1000 * summary.get('latency_p99_s', 0):.1f} ms, tokens "
+                     f"{summary.get('prompt_tokens', 0):,} prompt + "
                      f"{summary.get('completion_tokens', 0):,} completion")
         lines.append(line + f", {_count(summary.get('llm_errors', 0), 'error')}")
     if summary.get("unique_objects") is not None:

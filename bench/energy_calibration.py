@@ -36,7 +36,8 @@ _LIST = ("push 20000\ncall range 1\nstore l\nload l\ncall reverse 1\nstore r\n"
          "load r\ncall reverse 1\nstore l2\n")  # l2: equal to l, not the same list; r: l reversed
 _WIDE = f'push "\\u00df"\npush {128 * _KI}\ncall repeat 2\nstore w\n'  # non-ASCII text
 _STRS = 'push "word"\nlist 1\npush 20000\ncall repeat 2\nstore l\n'
-_MAP = f"push {json.dumps(json.dumps({f'k{(i * 7919) % 20011}': i for i in range(20000)}))}\ncall json_parse 1\nstore m\n"
+_MAP = (f"push {json.dumps(json.dumps({f'k{(i * 7919) % 20011}': i for i in range(20000)}))}\n"
+        "call json_parse 1\nstore m\n")
 
 
 def _doubled(k: int) -> str:
@@ -82,8 +83,8 @@ OPERATIONS: dict[str, tuple[str, str, int]] = {
     "json_dump_tree": (_doubled(14), "load x\ncall json_dump 1\npop\n", 20),
     "json_parse_ints": (_LIST + "load l\ncall json_dump 1\nstore j\n", "load j\ncall json_parse 1\npop\n", 20),
     "json_parse_texts": (_STRS + "load l\ncall json_dump 1\nstore j\n", "load j\ncall json_parse 1\npop\n", 20),
-    "json_parse_nested": ('push "[1,2],"\npush 4000\ncall repeat 2\npush "["\nswap\nconcat\npush "1]"\nconcat\nstore j\n',
-                          "load j\ncall json_parse 1\npop\n", 20),
+    "json_parse_nested": (('push "[1,2],"\npush 4000\ncall repeat 2\npush "["\nswap\nconcat\npush "1]"\nconcat\n'
+                           "store j\n"), "load j\ncall json_parse 1\npop\n", 20),
     "repeat_text": ('push "ab"\nstore t\n', f"load t\npush {128 * _KI}\ncall repeat 2\npop\n", 40),
     "repeat_list": ("push 1\nlist 1\nstore l\n", "load l\npush 20000\ncall repeat 2\npop\n", 40),
     "upper_text": (_TEXT, "load t\ncall upper 1\npop\n", 40),
@@ -91,7 +92,8 @@ OPERATIONS: dict[str, tuple[str, str, int]] = {
     "lower_non_ascii": (_WIDE, "load w\ncall lower 1\npop\n", 10),
     "regex_non_ascii": (_WIDE, 'push "b+"\nload w\ncall regex_match 2\npop\n', 10),
     "find_non_ascii": (_WIDE, 'load w\npush "\u00dfb"\ncall find 2\npop\n', 10),
-    "split_non_ascii": ('push "\u00e9\u00e9 "\npush 20000\ncall repeat 2\nstore t\n', "load t\ncall split 1\npop\n", 20),
+    "split_non_ascii": ('push "\u00e9\u00e9 "\npush 20000\ncall repeat 2\nstore t\n',
+                        "load t\ncall split 1\npop\n", 20),
     "strip_text": (_TEXT, "load t\ncall strip 1\npop\n", 40),
     "split_text": ('push "ab "\npush 20000\ncall repeat 2\nstore t\n', "load t\ncall split 1\npop\n", 20),
     "join_texts": (_STRS, 'load l\npush ","\ncall join 2\npop\n', 20),

@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     results["server"] = "in-process" if args.in_process else "subprocess"
 
     print(f"embedded LLM server ({results['server']}), zero latency, one httpx.AsyncClient, ~1 KB requests")
-    for name, concurrency, batch in SCENARIOS:
+    for name, _concurrency, batch in SCENARIOS:
         line = f"  {name:<11} {results[f'{name}_req_per_s']:>9,.0f} chat requests/s"
         if batch:
             line += f"  ({results[f'{name}_batches_per_s']:,.0f} batches/s of {batch})"

@@ -172,8 +172,8 @@ class CorpusGenerator:
     def page(self) -> str:
         """A fetched web page, converted to markdown as agent browsers do."""
         rng = self.rng
-        parts = [f"# {self.sentence()[:-1]}", "", f"*{rng.choice(['Updated', 'Published'])} 2025-{rng.randint(1, 12):02d}-"
-                 f"{rng.randint(1, 28):02d}*", ""]
+        parts = [f"# {self.sentence()[:-1]}", "",
+                 f"*{rng.choice(['Updated', 'Published'])} 2025-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}*", ""]
         for _ in range(rng.randint(2, 7)):
             parts += [f"## {self.noun_phrase().capitalize()}", ""]
             for _ in range(rng.randint(1, 4)):
@@ -187,7 +187,8 @@ class CorpusGenerator:
     def tool_call(self) -> tuple[str, dict[str, Any]]:
         name = self.rng.choice([t["name"] for t in _TOOLS])
         if name == "search_web":
-            args: dict[str, Any] = {"query": self.words(self.rng.randint(3, 8)), "max_results": self.rng.choice([5, 8, 10])}
+            args: dict[str, Any] = {"query": self.words(self.rng.randint(3, 8)),
+                                    "max_results": self.rng.choice([5, 8, 10])}
         elif name == "read_file":
             start = self.rng.randint(1, 200)
             args = {"path": self.path(), "start_line": start, "end_line": start + self.rng.randint(40, 200)}
@@ -219,7 +220,8 @@ class CorpusGenerator:
                 outcomes = ["PASSED", "PASSED", "PASSED", "FAILED", "SKIPPED"]
                 lines = [f"tests/test_{rng.choice(_NAMES)}.py::test_{rng.choice(_NAMES)} {rng.choice(outcomes)}"
                          for _ in range(rng.randint(10, 80))]
-                lines.append(f"{rng.randint(10, 300)} passed, {rng.randint(0, 5)} failed in {rng.uniform(0.5, 40):.2f}s")
+                lines.append(f"{rng.randint(10, 300)} passed, {rng.randint(0, 5)} failed in "
+                             f"{rng.uniform(0.5, 40):.2f}s")
             elif args["command"].startswith("git"):
                 lines = [f"{self.ident(7).lower()} {self.sentence()[:-1]}" for _ in range(20)]
             elif args["command"].startswith("ls"):
@@ -242,7 +244,8 @@ class CorpusGenerator:
         body = {"id": self.ident(12), "items": [{"key": rng.choice(_WORDS), "value": rng.randint(0, 10**6),
                                                  "updated": f"2025-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"}
                                                 for _ in range(rng.randint(2, 30))], "next": None}
-        return json.dumps({"status": 200, "headers": {"content-type": "application/json", "x-request-id": self.ident(16)},
+        return json.dumps({"status": 200,
+                           "headers": {"content-type": "application/json", "x-request-id": self.ident(16)},
                            "body": json.dumps(body)})
 
     def conversation(self, system: str) -> list[dict[str, Any]]:
@@ -406,9 +409,10 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     print(f"hot:  get {tiers['hot_get_us']:.2f} us (target <= 2 us), put {tiers['hot_put_per_s']:,.0f}/s")
-    print(f"warm: get {tiers['warm_get_us']:.2f} us (zstd decode + blake3 verify), put {tiers['warm_put_per_s']:,.0f}/s")
-    print(f"cold: get {tiers['cold_get_us']:.2f} us (LMDB read + decode + verify), put {tiers['cold_put_per_s']:,.0f}/s "
-          "(batched transactions, fsync on commit)")
+    print(f"warm: get {tiers['warm_get_us']:.2f} us (zstd decode + blake3 verify), "
+          f"put {tiers['warm_put_per_s']:,.0f}/s")
+    print(f"cold: get {tiers['cold_get_us']:.2f} us (LMDB read + decode + verify), "
+          f"put {tiers['cold_put_per_s']:,.0f}/s (batched transactions, fsync on commit)")
     print(f"put:  {put_per_s:,.0f} puts/s into a default on-disk store (all tiers, flush included)")
     print(f"dedup: {dedup['agents']:,} agents x (50 KB system prompt + 20 KB tool spec + 2 own messages): "
           f"logical {dedup['logical_bytes'] / 1e6:.1f} MB, unique {dedup['unique_bytes'] / 1e6:.2f} MB "

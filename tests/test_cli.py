@@ -131,7 +131,8 @@ def test_results_file_has_a_line_per_agent_and_the_summary_says_where(tmp_path):
                      "--max-tokens", "64")
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(lines) >= 30 and {"id", "name", "state", "energy_used", "prompt_tokens", "completion_tokens"} <= set(lines[0])
+    assert (len(lines) >= 30
+            and {"id", "name", "state", "energy_used", "prompt_tokens", "completion_tokens"} <= set(lines[0]))
     assert f"all of them are in {out}" in result.stdout
     assert any(line["prompt_tokens"] > 0 for line in lines)
     assert "tokens" in result.stdout

@@ -36,7 +36,8 @@ def busy() -> tuple[Snapshot, Figures]:
                                     ended=ended, energy_used=1_234_567.8, energy_budget=10_000_000.0,
                                     effects={"llm": 460_000, "tool": 99_000, "sleep": 5000}, llm_errors=3000,
                                     tool_calls=99_000, tool_errors=4000, tool_timeouts=1000, faults=1234,
-                                    recent_faults=tuple((70_000 + i, f"researcher-{i}", 40 + i, "ToolError: " + "x" * 200)
+                                    recent_faults=tuple((70_000 + i, f"researcher-{i}", 40 + i,
+                                                         "ToolError: " + "x" * 200)
                                                         for i in range(8)),
                                     top_agents=tuple((60_000 + i, f"researcher-{60_000 + i}", "waiting_llm", 999.5 - i)
                                                      for i in range(5))),

@@ -699,7 +699,7 @@ class Gateway:
             self._settle([(p, outcomes) for p in items])
         else:
             self._count_batch(items)
-            self._settle(list(zip(items, outcomes)))
+            self._settle(list(zip(items, outcomes, strict=True)))  # (one outcome per item)
 
     def _conv(self, p: _Pending) -> list[bytes]:
         """The pieces of ``p``'s messages, encoded again if an earlier attempt gave them up."""

@@ -15,7 +15,8 @@ dictionary id or checksum (the frame keeps its content size). A dictionary is tr
 first 512 samples offered (`avm.memory.dictionary.DictionaryTrainer`, which also trains the
 store's) and again, twice, on the 2,048 after each training (a fleet's first messages are its
 tasks; its tool calls and results come after); each is kept for the process's life, so packed
-bytes never outlive the dictionary they need. Packing takes a few microseconds, unpacking about one; both may run in any thread.
+bytes never outlive the dictionary they need. Packing takes a few microseconds, unpacking about
+one; both may run in any thread.
 """
 
 from __future__ import annotations

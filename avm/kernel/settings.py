@@ -53,7 +53,8 @@ class VMSettings:
     hibernate_after_s: float | None = 10.0  # a recv idle this long hibernates the agent; None: never
     mailbox_capacity: int = DEFAULT_CAPACITY  # messages queued per agent; senders wait beyond it
     send_timeout_s: float = 30.0  # how long a send waits for space in a full mailbox, then returns false
-    stall_limit: int = DEFAULT_STALL_LIMIT  # identical effects with identical results that end an agent as STALLED (0: off)
+    # Identical effects with identical results that end an agent as STALLED (0: off)
+    stall_limit: int = DEFAULT_STALL_LIMIT
     # Bytes of values one agent may hold (its stack and variables; shared parts once); past it the
     # instruction that made them faults with MemoryLimit. None: no ceiling. spawn(memory_limit=) per agent.
     agent_memory_bytes: int | None = 8 << 20

@@ -61,7 +61,8 @@ class Builtin:
 REGISTRY: dict[str, Builtin] = {}
 
 
-def builtin(name: str, args: int | tuple[int, int], cost: int, doc: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def builtin(name: str, args: int | tuple[int, int], cost: int,
+            doc: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     lo, hi = (args, args) if isinstance(args, int) else args
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -509,10 +510,12 @@ def _check_parsed(value: Any) -> None:
             if depth >= MAX_DEPTH:
                 raise VMFault("LimitError", f"json_parse: value nested more than {MAX_DEPTH} levels deep")
             if len(v) > MAX_ITEMS:
-                raise VMFault("LimitError", f"json_parse: a {type_name(v)} of {len(v)} items exceeds the limit of {MAX_ITEMS}")
+                raise VMFault("LimitError", f"json_parse: a {type_name(v)} of {len(v)} items exceeds the limit "
+                                            f"of {MAX_ITEMS}")
             todo.extend((x, depth + 1) for x in (v if t is list else v.values()))
         elif t is int and v.bit_length() > MAX_INT_BITS:  # as big as no instruction may make
-            raise VMFault("LimitError", f"json_parse: integer of {v.bit_length()} bits exceeds the limit of {MAX_INT_BITS}")
+            raise VMFault("LimitError", f"json_parse: integer of {v.bit_length()} bits exceeds the limit "
+                                        f"of {MAX_INT_BITS}")
         elif t is float and not math.isfinite(v):
             continue  # NaN and Infinity are floats here too
     meter.visit(nodes)
@@ -612,7 +615,8 @@ def _searched(t: Any, name: str, rx: Any) -> str:
     # RE2 scans in linear time, but the constant grows with the pattern: where it must track capture
     # groups its time per character is about 0.2 ns x program size x (groups + 1) (measured: "(.*)$" 8.6 ns,
     # "(.*)" x 20 then "$" 870 ns a character), so the scan is charged that many times over.
-    meter.scan(scan_factor(rx) * (len(t) if t.isascii() else 4 * len(t)))  # other text is encoded to UTF-8: ~4 ns a char
+    meter.scan(scan_factor(rx)
+               * (len(t) if t.isascii() else 4 * len(t)))  # other text is encoded to UTF-8: ~4 ns a char
     return t
 
 

@@ -129,7 +129,8 @@ def _decode_const(data: bytes, pos: int) -> tuple[Any, int]:
 class Code:
     """A compiled agent program. Immutable; share one Code among any number of frames."""
 
-    __slots__ = ("bytecode", "consts", "lines", "id", "digest", "warnings", "max_stack", "depths", "ninstrs", "_decoded", "__weakref__")
+    __slots__ = ("bytecode", "consts", "lines", "id", "digest", "warnings", "max_stack", "depths", "ninstrs",
+                 "_decoded", "__weakref__")
 
     bytecode: bytes
     consts: tuple[Any, ...]

@@ -251,7 +251,7 @@ def compile_source(source: str) -> Code:
     out = bytearray()
     for ins in instrs:
         out.append(ins.info.code)
-        for kind, value in zip(ins.info.operands, ins.operands):
+        for kind, value in zip(ins.info.operands, ins.operands, strict=True):
             if kind in (O.CONST, O.NAME, O.BUILTIN, O.TOOL, O.MESSAGE):
                 put_uvarint(out, const(value))
             elif kind == O.FIELD:
@@ -273,7 +273,7 @@ def _parse_operands(info: O.OpInfo, line: _Line) -> _Instr:
         where = rest[want].column if len(rest) > want else len(line.raw.rstrip()) + 1
         plural = "s" if want != 1 else ""
         raise line.error(f"{info.name} takes {want} operand{plural}, got {len(rest)}", where)
-    for kind, tok in zip(info.operands, rest):
+    for kind, tok in zip(info.operands, rest, strict=True):
         ins.operands.append(_operand(info, kind, tok, line, ins))
     if info.code == O.CALL:
         b = lookup_builtin(ins.operands[0])

@@ -57,7 +57,7 @@ def disassemble(code: Code, *, with_lines: bool = False) -> str:
         if i in names:
             out.append(f"{names[i]}:")
         parts = [info.name]
-        for kind, value in zip(info.operands, operands):
+        for kind, value in zip(info.operands, operands, strict=True):
             if kind == O.CONST:
                 parts.append(literal(value))
             elif kind == O.LABEL:

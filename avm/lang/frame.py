@@ -191,7 +191,8 @@ class Frame:
         self.used = self.budget
         if self.status == READY:
             self.status = EXHAUSTED
-            self.outcome = BudgetExceeded(self.used / 1000, self.budget / 1000, milli / 1000, self.pc, self.line_at(self.pc))
+            self.outcome = BudgetExceeded(self.used / 1000, self.budget / 1000, milli / 1000, self.pc,
+                                          self.line_at(self.pc))
         return False
 
     def refund(self, units: float) -> None:
@@ -290,7 +291,8 @@ class Frame:
         used = self.used
         budget = self.budget
         # A quantum below the next instruction's cost still runs that instruction: progress is guaranteed.
-        stop = budget if quantum <= 0 else min(budget, used + max(quantum, self.code.decoded()[2][pc] if pc < len(ops) else 0))
+        stop = (budget if quantum <= 0
+                else min(budget, used + max(quantum, self.code.decoded()[2][pc] if pc < len(ops) else 0)))
         table = H.TABLE
         metered = _METERED
         LOAD, STORE, PUSH, ADD, SUB, LT, JUMP_IF, JUMP, JUMP_UNLESS, EQ, POP, DUP = (

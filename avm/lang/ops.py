@@ -362,7 +362,8 @@ def effect_args(op: int, a: Any, stack: list) -> tuple[Any, ...]:
         program = stack.pop()
         kind = O.OPS[op].name
         if type(program) is not str and type_name(program) != "ref":
-            raise VMFault("TypeError", f"{kind}: the program must be source text or a code ref, not {type_name(program)}")
+            raise VMFault("TypeError", f"{kind}: the program must be source text or a code ref, "
+                                       f"not {type_name(program)}")
         if inputs is not None and type(inputs) is not dict:
             raise VMFault("TypeError", f"{kind}: inputs must be a map or null, not {type_name(inputs)}")
         _number_at_least(budget, "the budget", kind)

@@ -94,7 +94,8 @@ def validate(
                 j += 1
             line = lines[i] if i < len(lines) else 0
             count = j - i + 1
-            result.warnings.append((line, f"unreachable code: {count} instruction{'s' if count != 1 else ''} never run"))
+            result.warnings.append((line, f"unreachable code: {count} instruction{'s' if count != 1 else ''} "
+                                          "never run"))
             i = j + 1
         else:
             i += 1

@@ -231,7 +231,7 @@ def equal(a: Any, b: Any, limit: int = MAX_NODES) -> bool:
                     return False
                 todo.extend((v, y[k]) for k, v in x.items())
             else:
-                todo.extend(zip(x, y))
+                todo.extend(zip(x, y, strict=True))
         else:
             if tx is str:
                 _text_compare(x, y)
@@ -460,7 +460,8 @@ def _lone_in(text: str) -> str | None:
 
 def check_items(container: Any) -> Any:
     if len(container) > MAX_ITEMS:
-        raise VMFault("LimitError", f"{type_name(container)} of {len(container)} items exceeds the limit of {MAX_ITEMS}")
+        raise VMFault("LimitError", f"{type_name(container)} of {len(container)} items exceeds the limit "
+                                    f"of {MAX_ITEMS}")
     return container
 
 

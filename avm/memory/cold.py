@@ -322,7 +322,8 @@ class ColdTier:
         return len(self._pending) + len(self._pending_pins) + len(self._pending_meta) + len(self._pending_names)
 
     def _maybe_flush(self) -> None:
-        if len(self._pending) + len(self._pending_pins) + len(self._pending_names) >= self._batch_count or self.pending_bytes >= self._batch_bytes:
+        if (len(self._pending) + len(self._pending_pins) + len(self._pending_names) >= self._batch_count
+                or self.pending_bytes >= self._batch_bytes):
             self.flush()
 
     def flush(self) -> None:

@@ -208,7 +208,8 @@ class RunSpec:
             spec = dataclasses.replace(spec, groups=groups)
         if budget is not None:
             if not _positive(budget):
-                raise SpecError(self.source, "--budget", f"must be a positive number up to {MAX_BUDGET:g}, not {budget!r}")
+                raise SpecError(self.source, "--budget", f"must be a positive number up to {MAX_BUDGET:g}, "
+                                                         f"not {budget!r}")
             spec = dataclasses.replace(spec, budget=float(budget),
                                        groups=tuple(dataclasses.replace(g, budget=float(budget))
                                                     for g in spec.groups))

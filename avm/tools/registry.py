@@ -246,7 +246,7 @@ class Tool:
             if len(arguments) > len(self.order):
                 raise ToolError(f"{self.name} takes at most {len(self.order)} arguments, got {len(arguments)}",
                                 "ArgumentError")
-            arguments = dict(zip(self.order, arguments))
+            arguments = dict(zip(self.order, arguments, strict=False))  # (the first ones, by position)
         if type(arguments) is not dict:
             raise ToolError(f"{self.name}: arguments must be a list or a map", "ArgumentError")
         problem = validate(arguments, self.parameters)

@@ -216,7 +216,8 @@ async def test_malformed_replies_become_errors_naming_the_request_and_the_gatewa
 
 
 async def test_a_server_that_never_answers_times_out_each_attempt():
-    async with serve_llm(port=0, rate_timeout=1.0, timeout_hold_s=30) as server, Gateway(OpenAIBackend(server.url), attempt_timeout_s=0.05, max_retries=1, backoff_s=0.001) as gw:
+    async with serve_llm(port=0, rate_timeout=1.0, timeout_hold_s=30) as server, \
+            Gateway(OpenAIBackend(server.url), attempt_timeout_s=0.05, max_retries=1, backoff_s=0.001) as gw:
         with pytest.raises(LLMError, match="after 2 attempts") as info:
             await gw.complete(ask("hello"))
         assert info.value.kind == "timeout"

@@ -163,7 +163,7 @@ async def test_retries_back_off_exponentially_with_jitter(autojump_clock):
     times = backend.attempts["flaky"]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert reply.text == "re: flaky" and stats.retries == 3 and len(times) == 4
-    for gap, base in zip(gaps, (1.0, 2.0, 4.0)):
+    for gap, base in zip(gaps, (1.0, 2.0, 4.0), strict=True):
         assert base / 2 <= gap <= base
 
 
@@ -201,7 +201,8 @@ async def test_retryable_failures_give_up_after_max_retries_and_others_at_once(a
 
 
 async def test_one_failed_batch_item_fails_only_its_request(autojump_clock):
-    backend = ScriptedBackend(delay=0.1, script=lambda name, n: Failure("bad_request", "refused") if name == "x2" else None)
+    backend = ScriptedBackend(delay=0.1,
+                              script=lambda name, n: Failure("bad_request", "refused") if name == "x2" else None)
     results: dict[str, object] = {}
     async with Gateway(backend, batch_size=8) as gw:
 

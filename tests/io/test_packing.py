@@ -40,13 +40,13 @@ def test_packing_round_trips_before_and_after_the_dictionary_and_the_dictionary_
     samples = [_result(rng) for _ in range(3000)]
     packed = [pack(s) for s in samples]
     assert len(packing._dicts) == 3, "trained on the first 512 samples, and again on the 2,048 after"
-    assert all(p is not None and unpack(p) == s for p, s in zip(packed, samples))
+    assert all(p is not None and unpack(p) == s for p, s in zip(packed, samples, strict=True))
     late = [p for p in packed[-400:] if p is not None]
     assert {p[0] for p in late} == {2}  # packed with the latest dictionary
     more = [_result(rng) for _ in range(6000)]
     again = [pack(s) for s in more]
     assert len(packing._dicts) == packing._MAX_DICTS  # three trained, then no more
-    assert all(p is not None and unpack(p) == s for p, s in zip(packed + again, samples + more))
+    assert all(p is not None and unpack(p) == s for p, s in zip(packed + again, samples + more, strict=True))
     plain = packing._compressor(None)
     assert sum(map(len, late)) * 2 < sum(len(plain(s)) for s in samples[-500:])  # at least twice as small
 

@@ -84,7 +84,9 @@ async def test_a_journal_survives_the_process_in_the_cold_tier(tmp_path: Path) -
 
 
 async def test_snapshots_come_every_cadence_and_at_hibernation(autojump_clock) -> None:
-    loop = "push 0\nstore i\nloop:\nload i\npush 10\nlt\njump_unless out\npush 0\nsleep\npop\nload i\npush 1\nadd\nstore i\njump loop\nout:\npush null\nrecv\nreturn\n"
+    loop = ("push 0\nstore i\n"
+            "loop:\nload i\npush 10\nlt\njump_unless out\npush 0\nsleep\npop\nload i\npush 1\nadd\nstore i\njump loop\n"
+            "out:\npush null\nrecv\nreturn\n")
     async with avm.VM(journal=True, snapshot_every=4, hibernate_after_s=1.0) as vm:
         h = await vm.spawn(loop)
         await trio.sleep(5)
@@ -115,7 +117,9 @@ async def test_a_child_names_its_parent_and_the_parent_journals_its_id() -> None
         assert vm.store.get_value(chains[h.id][1].result) == {"child": child_id, "value": child_id}
         assert vm.store.get_value(chains[child_id][0].request)["parent"] == h.id
         assert [e.kind for e in chains[child_id]] == ["start", "end"]
-        assert [e.kind for e in chains[h.id]] == ["start", "spawn", "refund", "mail", "recv", "end"]  # its end: budget, notice
+        assert [e.kind for e in chains[h.id]] == ["start", "spawn",
+                                                  "refund", "mail",  # its end: budget, notice
+                                                  "recv", "end"]
 
 
 async def test_no_journal_unless_asked() -> None:

@@ -49,7 +49,8 @@ async def test_a_request_that_failed_still_joins_the_conversation_on_replay(tmp_
     assert value["error"]["tool"] == "llm"  # type: ignore[index]
 
 
-SPAWN_THEN_WAIT = 'push "push 7\\nreturn\\n"\npush null\npush 5\nspawn\npop\npush 0.5\nsleep\npop\npush null\nrecv\nreturn\n'
+SPAWN_THEN_WAIT = ('push "push 7\\nreturn\\n"\npush null\npush 5\nspawn\npop\npush 0.5\nsleep\npop\npush null\n'
+                   "recv\nreturn\n")
 
 
 async def test_a_child_refund_after_the_last_effect_is_not_lost(tmp_path: Path) -> None:
@@ -85,14 +86,16 @@ async def _finished(path: Path, *programs: str) -> str:
 
 
 async def test_a_child_whose_end_notice_was_lost_notifies_its_parent_on_resume(tmp_path: Path) -> None:
-    run_id = await _finished(tmp_path, 'push "push 7\\nreturn\\n"\npush null\npush 5\nspawn\npop\npush 1\nrecv\nreturn\n')
+    run_id = await _finished(tmp_path,
+                             'push "push 7\\nreturn\\n"\npush null\npush 5\nspawn\npop\npush 1\nrecv\nreturn\n')
     _rewind(tmp_path, {1: "spawn"})  # the child's end committed, the parent's notice not
     values = await _resumed(tmp_path, run_id)
     assert values[0] == {"child": 2, "state": "done", "value": 7, "error": None}
 
 
 async def test_a_child_whose_spawn_was_lost_is_adopted_with_its_notice(tmp_path: Path) -> None:
-    run_id = await _finished(tmp_path, 'push "push 7\\nreturn\\n"\npush null\npush 5\nspawn\npop\npush 2\nrecv\nreturn\n')
+    run_id = await _finished(tmp_path,
+                             'push "push 7\\nreturn\\n"\npush null\npush 5\nspawn\npop\npush 2\nrecv\nreturn\n')
     _rewind(tmp_path, {1: "start", 2: "end"})  # the child's life committed, the parent's spawn not
     values = await _resumed(tmp_path, run_id)
     assert values[0] == {"child": 2, "state": "done", "value": 7, "error": None}

@@ -97,7 +97,8 @@ def programs(draw: Any, max_segments: int = 5, max_ops: int = 12, effects: bool 
         if ending == 0:
             lines.append(f"jump {target}")
         elif ending <= 2:
-            lines.append(f"load {draw(st.sampled_from(NAMES))}" if draw(st.booleans()) else f"push {_lit(draw(literals))}")
+            lines.append(f"load {draw(st.sampled_from(NAMES))}" if draw(st.booleans())
+                         else f"push {_lit(draw(literals))}")
             lines.append(f"{draw(st.sampled_from(['jump_if', 'jump_unless']))} {target}")
         elif ending == 3:
             lines.append(f"push {_lit(draw(literals))}")
@@ -109,4 +110,5 @@ def programs(draw: Any, max_segments: int = 5, max_ops: int = 12, effects: bool 
     return "\n".join(lines) + "\n"
 
 
-inputs = st.fixed_dictionaries({}, optional={"a": st.integers(-3, 9), "b": st.sampled_from(["t", "u v"]), "c": st.lists(st.integers(0, 3), max_size=3)})
+inputs = st.fixed_dictionaries({}, optional={"a": st.integers(-3, 9), "b": st.sampled_from(["t", "u v"]),
+                                             "c": st.lists(st.integers(0, 3), max_size=3)})

@@ -52,7 +52,7 @@ def test_a_metered_instruction_that_runs_out_leaves_its_operands(name, runner):
     before = list(frame.stack)
     out = runner(frame)
     assert isinstance(out, BudgetExceeded) and out.pc == last == frame.pc
-    assert len(frame.stack) == len(before) and all(x is y for x, y in zip(frame.stack, before))
+    assert len(frame.stack) == len(before) and all(x is y for x, y in zip(frame.stack, before, strict=True))
     frame.add_budget(10_000)  # it starts over, and finishes
     assert isinstance(runner(frame), avm.Done)
 
@@ -68,7 +68,7 @@ def test_single_stepping_never_loses_an_operand(source, inp, results):
         out = frame.run()
         if isinstance(out, BudgetExceeded):
             if out.pc == pc:
-                assert len(frame.stack) == len(before) and all(x is y for x, y in zip(frame.stack, before))
+                assert len(frame.stack) == len(before) and all(x is y for x, y in zip(frame.stack, before, strict=True))
             frame.add_budget(out.needed)
         elif isinstance(out, avm.Effect):
             frame.resume(results[frame.effects % len(results)])

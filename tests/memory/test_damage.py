@@ -36,7 +36,8 @@ def _store(path: Path, objects: int = 2000) -> None:
 
 
 def _open_in_child(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", OPEN, str(path)], check=False, capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-c", OPEN, str(path)], check=False, capture_output=True, text=True,
+                          timeout=60)
 
 
 def test_the_meta_page_reader_agrees_with_lmdb(tmp_path: Path) -> None:

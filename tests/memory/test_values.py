@@ -25,7 +25,8 @@ from avm.memory.values import MAX_DEPTH
 refs = st.binary(min_size=32, max_size=32).map(Ref)
 scalars = (st.none() | st.booleans() | st.integers() | st.integers(min_value=-(2**200), max_value=2**200)
            | st.floats(allow_nan=False) | st.text() | st.binary() | refs)
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
+values = st.recursive(scalars,
+                      lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
                       max_leaves=30)
 
 
@@ -138,7 +139,8 @@ def test_depth_and_cycles() -> None:
 @pytest.mark.parametrize("data", [
     b"", b"\x00", b"\xa1", b"\xa1z", b"\xa1n\x00", b"\xa1i\x80", b"\xa1i\x80\x00",
     b"\xa1s\x05ab", b"\xa1s\x02\xff\xfe", b"\xa1l\xff\xff\xff\xff\x0f", b"\xa1m\x02\x01bn\x01an",
-    b"\xa1I\x00\x01\x05", b"\xa1I\x02\x09" + b"\x01" * 9, b"\xa1d\x7f\xf8\x00\x00\x00\x00\x00\x01", b"\xa1r" + b"\x00" * 31,
+    b"\xa1I\x00\x01\x05", b"\xa1I\x02\x09" + b"\x01" * 9, b"\xa1d\x7f\xf8\x00\x00\x00\x00\x00\x01",
+    b"\xa1r" + b"\x00" * 31,
 ])
 def test_specific_malformed_inputs(data: bytes) -> None:
     with pytest.raises(ValueFormatError) as info:

@@ -62,7 +62,7 @@ def test_damage_is_named_by_verify_and_refused_by_resume(tmp_path: Path, damage:
     _objects(store, change)
     verify = avm_cmd("verify", str(store))
     assert verify.returncode == 1
-    line = next(l for l in verify.stdout.splitlines() if l.startswith("problem: broken journal"))
+    line = next(t for t in verify.stdout.splitlines() if t.startswith("problem: broken journal"))
     assert f"journal {key}" in line
     if damage == "bit_flip_in_a_value":
         assert f"seq {llm.seq} (llm): its result {llm.result.hex()[:16]}" in line and "corrupt" in line

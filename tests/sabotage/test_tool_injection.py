@@ -16,7 +16,7 @@ import avm
 from avm.journal import check_journal, journals
 
 hypercorn_trio = pytest.importorskip("hypercorn.trio")
-from hypercorn.config import Config
+from hypercorn.config import Config  # noqa: E402 - after the skip: hypercorn is a test extra
 
 WIPED: list[str] = []
 

@@ -43,7 +43,8 @@ BOMBS: dict[str, tuple[str, tuple[str, ...]]] = {
     "regex_spaces": (_loop('push " "\npush 1048575\ncall repeat 2\nstore t\n',
                            'push "\\\\s*\\\\s*\\\\s*x"\nload t\ncall regex_match 2\npop\n'), ("budget",)),
     "regex_many_matches": (_loop('push "ab "\npush 300000\ncall repeat 2\nstore t\n',
-                                 'push "(\\\\w+)\\\\s"\nload t\ncall regex_find_all 2\npop\n'), ("budget", "LimitError")),
+                                 'push "(\\\\w+)\\\\s"\nload t\ncall regex_find_all 2\npop\n'),
+                           ("budget", "LimitError")),
     # structural equality and containment over shared parts
     "eq_shared_19": (_doubled(19, "load x\nload x\neq\npop\n"), ("budget", "LimitError")),
     "contains_65536_copies": (_loop(f"{_BIG_LIST}", "load l\npush 1\ncall contains 2\npop\n"), ("budget",)),
@@ -86,7 +87,8 @@ BOMBS: dict[str, tuple[str, tuple[str, ...]]] = {
     # json
     "json_items": (('push "0,"\npush 524287\ncall repeat 2\npush "["\nswap\nconcat\npush "0]"\nconcat\n'
                     "call json_parse 1\nreturn\n"), ("LimitError",)),
-    "json_deep": ('push "["\npush 349525\ncall repeat 2\ncall json_parse 1\nreturn\n', ("ValueError", "LimitError", "budget")),
+    "json_deep": ('push "["\npush 349525\ncall repeat 2\ncall json_parse 1\nreturn\n',
+                  ("ValueError", "LimitError", "budget")),
     "json_101_deep": (('push "["\npush 101\ncall repeat 2\npush "]"\npush 101\ncall repeat 2\nconcat\n'
                        "call json_parse 1\nreturn\n"), ("LimitError",)),
     "json_parse_loop": (_loop('push "1,"\npush 30000\ncall repeat 2\npush "["\nswap\nconcat\npush "1]"\nconcat\n'

@@ -251,4 +251,5 @@ def test_ordering_and_comparing_texts_is_charged_by_what_the_comparisons_read(ch
                         ("load a\nload b\nge\nreturn\n", n >> shift),
                         ("load a\nload b\neq\nreturn\n", n >> 5)):  # equality is a memcmp whatever the kind
         for run in (Frame.run, run_blocks):
-            assert cost(body, run) - base >= least - M.FREE, (body, run)  # the first FREE milli-units are in the fixed cost
+            # The first FREE milli-units are in the fixed cost
+            assert cost(body, run) - base >= least - M.FREE, (body, run)

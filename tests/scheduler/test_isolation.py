@@ -22,7 +22,8 @@ WAITER = "load t\nrecv\nreturn\n"
 
 async def test_a_too_deep_value_fails_its_agent_where_it_is_made_beside_healthy_ones(autojump_clock):
     async with VM(hibernate_after_s=0.2) as vm:
-        deep = await vm.spawn(DEEP_RECV, inputs={"t": None}, budget=5000)  # 100 levels: ~1,000 energy of depth checks to build
+        # 100 levels: ~1,000 energy of depth checks to build
+        deep = await vm.spawn(DEEP_RECV, inputs={"t": None}, budget=5000)
         healthy = [await vm.spawn(HEALTHY, budget=1000) for _ in range(20)]
         for h in healthy:
             assert await h.result() == 1
@@ -38,7 +39,8 @@ async def test_an_agent_whose_frame_cannot_be_snapshotted_stays_awake_beside_hea
     async with VM(hibernate_after_s=0.2) as vm:
         stuck = await vm.spawn(WAITER, inputs={"t": None}, budget=1000)
         timed = await vm.spawn(WAITER, inputs={"t": 3.0}, budget=1000)
-        refused = {id(stuck._agent.frame), id(timed._agent.frame)}  # whatever makes a snapshot impossible: the encoder refuses
+        # Whatever makes a snapshot impossible: the encoder refuses
+        refused = {id(stuck._agent.frame), id(timed._agent.frame)}
         snapshot = Frame.snapshot
 
         def refusing_snapshot(frame: Frame) -> bytes:
@@ -155,7 +157,8 @@ async def test_text_with_a_lone_surrogate_fails_the_agent_as_a_fault_never_a_hos
     async def garbled() -> str:
         return "bad \ud800 text"
 
-    made = 'push "[\\"push 1\\\\nreturn \\\\ud800\\"]"\ncall json_parse 1\npush 0\nget\nmap 0\npush 5\ndelegate\nreturn\n'
+    made = ('push "[\\"push 1\\\\nreturn \\\\ud800\\"]"\ncall json_parse 1\npush 0\nget\nmap 0\npush 5\ndelegate\n'
+            "return\n")
     async with VM(tools=[garbled]) as vm:
         parsed = await vm.spawn(made, budget=100)
         told = await vm.spawn("tool garbled 0\nreturn\n", tools=["garbled"], budget=100)

@@ -63,7 +63,8 @@ async def test_a_shared_system_prompt_is_stored_once_and_templates_render_per_ag
         body = json.loads(vm.gateway._encoder.body(request))
         assert body["messages"][0]["content"] == fill(template, {"topic": "tides", "name": "agent-7"})
         plain = await vm.spawn(ASK, system=prompt, inputs={"topic": "x"})
-        assert isinstance(vm._kernel.shared.request(plain._agent, []).messages[0].content, avm.Ref)  # no placeholders: sent as its ref
+        # No placeholders: sent as its ref
+        assert isinstance(vm._kernel.shared.request(plain._agent, []).messages[0].content, avm.Ref)
 
 
 async def test_a_tool_call_reply_is_a_map_the_program_can_run():

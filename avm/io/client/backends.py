@@ -136,7 +136,8 @@ def parse_chat(obj: Any) -> Reply:
 
 
 def parse_choice(choice: Any, usage: Usage) -> Reply:
-    """One choice of a ``chat.completion`` as a `Reply` with ``usage``; `Failure` ("malformed") if fields are missing."""
+    """One choice of a ``chat.completion`` as a `Reply` with ``usage``; `Failure` ("malformed") if fields
+    are missing."""
     if not isinstance(choice, dict):
         raise Failure("malformed", "a choice is not an object")
     message = choice.get("message")

@@ -292,7 +292,8 @@ def _number_bounds(schema: dict[str, Any]) -> tuple[float, float]:
     if lo is None and hi is None:
         return 1, 10
     if lo is None:
-        return min(1, hi - 10), hi  # type: ignore[operator]
+        assert hi is not None  # (both None returned above)
+        return min(1, hi - 10), hi
     if hi is None:
         return lo, lo + 10
     return lo, max(lo, hi)
@@ -530,7 +531,8 @@ def _check_tools(body: dict[str, Any], where: str) -> None:
         for i, tool in enumerate(tools):
             at = f"{where}tools[{i}]"
             function = tool.get("function") if isinstance(tool, dict) else None
-            if not isinstance(tool, dict) or tool.get("type", "function") != "function" or not isinstance(function, dict):
+            if (not isinstance(tool, dict) or tool.get("type", "function") != "function"
+                    or not isinstance(function, dict)):
                 raise BadRequest(f"{at} must be a function tool: {{\"type\": \"function\", \"function\": {{...}}}}",
                                  at, "invalid_type")
             name = function.get("name")

@@ -581,7 +581,7 @@ class LLMServer:
         created = int(time.time())
         longest = prompt_tokens = completion_tokens = 0
         out = []
-        for i, (item, seed) in enumerate(zip(items, seeds)):
+        for i, (item, seed) in enumerate(zip(items, seeds, strict=True)):
             (choice,), item_prompt, item_completion = self._chat_choices(item, seed)
             prompt_tokens += item_prompt
             completion_tokens += item_completion
@@ -619,7 +619,7 @@ class LLMServer:
             return await self._fault(c, plan, streaming, ident)
         n = body.get("n") or 1
         choices: list[Choice] = []
-        for prompt, seed in zip(prompts, seeds):
+        for prompt, seed in zip(prompts, seeds, strict=True):
             text = prompt_text(prompt)
             choices.extend(completion_choice(body, text, seed, j, COMPLETIONS_DEFAULT_MAX_TOKENS) for j in range(n))
         prompt_count = sum(prompt_token_count(p) for p in prompts)

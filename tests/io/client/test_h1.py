@@ -13,7 +13,7 @@ from avm.io.client.h1 import END, NEED_DATA, RESPONSE, ProtocolError, ResponseRe
 
 def _ours(data: bytes, cuts: list[int], eof: bool, head: bool = False):
     reader = ResponseReader(no_body=head)
-    pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])] + ([b""] if eof else [])
+    pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)] + ([b""] if eof else [])
     body = b""
     response = None
     for piece in pieces:

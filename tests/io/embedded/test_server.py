@@ -109,7 +109,8 @@ async def test_chat_completion_shape_and_usage(client):
     r = await client.post("/chat/completions", json=chat())  # (other model names: test_strictness.py)
     assert r.status_code == 200
     body = r.json()
-    assert body["object"] == "chat.completion" and body["model"] == "avm-embedded" and body["id"].startswith("chatcmpl-")
+    assert body["object"] == "chat.completion" and body["model"] == "avm-embedded"
+    assert body["id"].startswith("chatcmpl-")
     (choice,) = body["choices"]
     assert choice["index"] == 0 and choice["finish_reason"] == "stop"
     assert choice["message"]["role"] == "assistant" and len(choice["message"]["content"]) > 20
@@ -212,7 +213,7 @@ async def test_batch_choice_i_is_conversation_i_sent_alone(client, shared):
     assert batch["model"] == shared.get("model", "avm-embedded") and isinstance(batch["created"], int)
     assert batch["system_fingerprint"] == alone[0]["system_fingerprint"]
     assert [c["index"] for c in batch["choices"]] == list(range(len(convs)))
-    for choice, single in zip(batch["choices"], alone):
+    for choice, single in zip(batch["choices"], alone, strict=True):
         (expected,) = single["choices"]
         assert choice["message"]["content"] == expected["message"]["content"]
         assert choice["finish_reason"] == expected["finish_reason"]
@@ -262,7 +263,8 @@ async def test_batch_ignores_tools_as_vllm_does(client):
         "messages": convs, "seed": 4, "parallel_tool_calls": True})).json()
     assert with_tools["choices"] == without["choices"] and with_tools["usage"] == without["usage"]
     assert all(c["finish_reason"] == "stop" and c["message"]["content"] for c in with_tools["choices"])
-    for choice, conv in zip(with_tools["choices"], convs):  # the same conversation alone, without the tools
+    # the same conversation alone, without the tools
+    for choice, conv in zip(with_tools["choices"], convs, strict=True):
         alone = (await client.post("/chat/completions", json={
             "messages": conv, "seed": 4, "parallel_tool_calls": True})).json()["choices"][0]
         assert choice["message"]["content"] == alone["message"]["content"]
@@ -782,7 +784,7 @@ async def test_clean_shutdown_with_open_and_held_connections():
             with pytest.raises(httpx.ConnectError):
                 await c.get(url + "/models")
     with pytest.raises(LLMServerError):
-        server.url
+        _ = server.url  # (the property raises once the server has stopped)
 
 
 async def test_a_port_in_use_and_errors_of_the_block_come_out_plainly(server):
