@@ -212,6 +212,10 @@ class BlockProgram:
                 leader[p + 1] = True
             if op == O.OBSERVE:
                 leader[p] = True
+            if (op == O.GUARD or op == O.END_GUARD) and p + 1 < n:
+                # they change the frame itself (in_guard): a fault later in their block would roll the
+                # block back to its start, but not that change, and the interpreter would run them twice
+                leader[p + 1] = True
         # A format reads the variables: no store may be pending when it runs.
         stored = False
         for p, op in enumerate(ops):

@@ -500,3 +500,17 @@ def test_a_value_of_exponentially_many_shared_parts_is_compared_without_walking_
     trace = differential(doubling, {}, 20_000_000, [0], [], [0, 1, 2])
     assert isinstance(trace[-1], Fault) and trace[-1].kind == "LimitError" and "nested" in trace[-1].error
 
+
+
+def test_a_fault_after_an_end_guard_in_its_block_does_not_run_the_end_guard_twice():
+    # found by hypothesis: entering at pc 4 (inside the section, after a budget ran out), a block held
+    # end_guard and a faulting load; the fault rolled the block back but not in_guard
+    source = 'load a\nload a\nL0:\npop\nguard\nload a\nend_guard\nload a\nload a\nload b\nreturn\n'
+    code = avm.compile(source)
+    f1, f2 = Frame(code, budget=0.335, inputs={"a": 0}), Frame(code, budget=0.335, inputs={"a": 0})
+    _same(f1, f2, f1.run(), run_blocks(f2))
+    f1.add_budget(0.465)
+    f2.add_budget(0.465)
+    out = f1.run()
+    _same(f1, f2, out, run_blocks(f2))
+    assert out.kind == "NameError"
