@@ -33,9 +33,10 @@ processes); peak RSS and RSS per agent ((peak - before) / N, sampled every
 the first agent finished and the 99th percentile of agents' finish times. For
 AVM also: HTTP requests and connections, the dedup ratio (what the agents
 would hold each keeping its own copy of the prompt, the tool specs and its
-turns, over what the store holds), the store's compression ratio, energy used, and a second pass at temperature 0 whose repeated
-prompts the gateway's cache answers (its hit rate). A run that does not end
-within ``--timeout`` (10 minutes) is stopped and reports how far it got.
+turns, over what the store holds), the store's compression ratio, energy
+used, and a second pass at temperature 0 whose repeated prompts the
+gateway's cache answers (its hit rate). A run that does not end within
+``--timeout`` (10 minutes) is stopped and reports how far it got.
 
 Targets on a 2-core machine, N = 1,000 and L = 1 s, ratios from one run: AVM's
 efficiency >= 3x asyncio's, its RSS per agent <= 1/4 of asyncio's, its client
@@ -691,10 +692,14 @@ def run_all(args: argparse.Namespace) -> int:
             server, url = start_server("openai", latency, final_after)
             for agents in args.agents:
                 for system in args.systems:
+                    head = {"system": system, "agents": agents, "latency_s": latency, "turns": args.turns,
+                            "complete": False}
                     if system == "processes" and agents > args.max_processes:
-                        run = {"system": system, "agents": agents, "latency_s": latency, "turns": args.turns,
-                               "complete": False, "errors": [f"not run: a process per agent above "
-                                                             f"--max-processes {args.max_processes} does not fit"]}
+                        run = {**head, "errors": [f"not run: a process per agent above --max-processes "
+                                                  f"{args.max_processes} does not fit in memory"]}
+                    elif system != "avm" and latency < 1 and agents > args.short_latency_max:
+                        run = {**head, "errors": [f"not run: above N = {args.short_latency_max:,} at a latency "
+                                                  f"under 1 s the baselines are CPU-bound as at 1 s (see there)"]}
                     else:
                         run = run_child(url, system, agents, latency, args)
                     runs.append(run)
@@ -754,6 +759,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="per run: a run still going is stopped and reports how far it got (default 600)")
     parser.add_argument("--max-processes", type=int, default=100, metavar="N",
                         help="the largest N the process-per-agent system runs at (default 100)")
+    parser.add_argument("--short-latency-max", type=int, default=1000, metavar="N",
+                        help="the largest N the baselines run at below 1 s of latency (default 1000: each run "
+                             "above it would take the whole --timeout, as at 1 s)")
     parser.add_argument("--cache-pass-max", type=int, default=1000, metavar="N",
                         help="AVM's cache pass (temperature 0, the same agents twice) up to this N (default 1000)")
     parser.add_argument("--quick", action="store_true", help="N=100 only, latency 0.2 s, a 120 s timeout")
