@@ -18,6 +18,7 @@ import ast
 import operator
 import re
 from collections.abc import Callable
+from typing import Annotated
 
 from avm.tools.registry import ToolError, tool
 
@@ -85,7 +86,9 @@ def evaluate(expression: str) -> float:
 
 
 @tool
-async def calculate(expression: str) -> float:
+async def calculate(expression: Annotated[str, {
+        "description": "arithmetic on numbers with + - * / and parentheses",
+        "examples": ["(12 + 30) / 7", "3.5 * 4 - 2", "100 / (5 + 3)", "2 * (7 - 4.5)", "1250 * 0.08"]}]) -> float:
     """Evaluate arithmetic: numbers, + - * / and parentheses."""
     return evaluate(expression)
 

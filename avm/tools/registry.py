@@ -4,7 +4,10 @@ A tool has a name, a description and an argument schema (a JSON-schema
 subset: object with typed properties, required, enum, array items, nested
 objects; unknown properties are refused). `@avm.tool` turns a function, async
 or sync (run in a worker thread), into a `Tool`, deriving the schema from its
-signature and the description from its docstring.
+signature and the description from its docstring. A parameter annotated
+``Annotated[str, "what it is"]`` gets that description, and
+``Annotated[str, {"examples": [...]}]`` those JSON-schema keywords: what a
+model reads to fill it in.
 
 `ToolRegistry.invoke(name, arguments, granted=...)`:
 
@@ -23,12 +26,13 @@ signature and the description from its docstring.
 from __future__ import annotations
 
 import contextvars
+import json
 import inspect
 import time
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Union, get_args, get_origin, overload
+from typing import Annotated, Any, Callable, Literal, Union, get_args, get_origin, overload
 
 import trio
 
@@ -88,6 +92,22 @@ def _schema_for(annotation: Any, where: str) -> dict[str, Any]:
     if annotation is type(None):
         return {"type": "null"}
     origin = get_origin(annotation)
+    if origin is Annotated:  # Annotated[T, "its description"] or Annotated[T, {JSON-schema keywords}]
+        base, *extras = get_args(annotation)
+        schema = dict(_schema_for(base, where))
+        for extra in extras:
+            if isinstance(extra, str):
+                schema["description"] = extra
+            elif isinstance(extra, dict) and all(isinstance(k, str) for k in extra):
+                try:
+                    json.dumps(extra)
+                except (TypeError, ValueError) as exc:
+                    raise ToolDefinitionError(f"{where}: schema keywords that are not JSON: {exc}") from None
+                schema.update(extra)
+            else:
+                raise ToolDefinitionError(f"{where}: Annotated takes a description (str) or JSON-schema keywords "
+                                          f"(a dict), not {extra!r}")
+        return schema
     if annotation is list or origin is list:
         args = get_args(annotation)
         return {"type": "array", **({"items": _schema_for(args[0], where)} if args else {})}
@@ -110,7 +130,7 @@ def _schema_for(annotation: Any, where: str) -> dict[str, Any]:
 def schema_from_signature(fn: Callable[..., Any]) -> tuple[dict[str, Any], list[str]]:
     """(JSON schema of the arguments, parameter names in order)."""
     try:
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)
     except Exception as exc:  # unresolvable forward references
         raise ToolDefinitionError(f"{fn.__name__}: cannot read type hints: {exc}") from exc
     properties: dict[str, Any] = {}

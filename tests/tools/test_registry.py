@@ -231,3 +231,29 @@ async def test_one_map_argument_is_the_arguments_by_name_unless_the_tool_takes_a
     assert by_name.ok and by_name.value == "tides:5"
     a_map = await registry.invoke("keys_of", [{"b": 1, "a": 2}], granted)
     assert a_map.ok and a_map.value == ["a", "b"]
+
+
+def test_annotated_parameters_carry_a_description_and_schema_keywords_a_model_reads():
+    import random
+    from typing import Annotated
+
+    from avm.io.embedded.replies import value_for
+
+    @avm.tool
+    def area(shape: Annotated[str, "the shape's name"],
+             formula: Annotated[str, {"examples": ["3 * 4"], "description": "arithmetic"}]) -> str:
+        return shape + formula
+
+    properties = area.parameters["properties"]
+    assert properties["shape"] == {"type": "string", "description": "the shape's name"}
+    assert properties["formula"] == {"type": "string", "examples": ["3 * 4"], "description": "arithmetic"}
+    # the embedded model follows the examples, as a model reading the schema would
+    assert value_for(area.parameters, random.Random(1), ["words"])["formula"] == "3 * 4"
+    with pytest.raises(ToolDefinitionError, match="Annotated takes a description"):
+        @avm.tool
+        def bad(x: Annotated[str, 42]) -> str:
+            return x
+    with pytest.raises(ToolDefinitionError, match="not JSON"):
+        @avm.tool
+        def worse(x: Annotated[str, {"examples": [object()]}]) -> str:
+            return x

@@ -307,6 +307,8 @@ def value_for(schema: Any, rng: random.Random, topic: Sequence[str], depth: int 
         return schema["const"]
     if isinstance(schema.get("enum"), list) and schema["enum"]:
         return rng.choice(schema["enum"])
+    if isinstance(schema.get("examples"), list) and schema["examples"]:  # as a model would, it follows them
+        return rng.choice(schema["examples"])
     for key in ("anyOf", "oneOf", "allOf"):
         options = schema.get(key)
         if isinstance(options, list) and options:
