@@ -1,5 +1,5 @@
 """python -m avm"""
 
-from avm.cli import main
+from avm.app.cli import main
 
 raise SystemExit(main())

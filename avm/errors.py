@@ -25,9 +25,9 @@
     ├── LLMError                  an LLM request the gateway could not answer (avm.io.gateway)
     ├── LLMServerError            the embedded LLM server cannot start or serve (avm.io.embedded.faults)
     │   └── BadRequest            a request it answers 400 (avm.io.embedded.replies)
-    ├── SpecError                 a run spec that cannot be run, naming the file and place (avm.spec.model)
-    ├── LaunchError               `avm run` cannot start: the store, the endpoint, the model (avm.launcher)
-    ├── CliError                  a user's mistake on the command line: one line, exit 2 (avm.cli)
+    ├── SpecError                 a run spec that cannot be run, naming the file and place (avm.app.spec.model)
+    ├── LaunchError               `avm run` cannot start: the store, the endpoint, the model (avm.app.launcher)
+    ├── CliError                  a user's mistake on the command line: one line, exit 2 (avm.app.cli)
     └── InternalError             a bug in AVM itself: an invariant that did not hold
 
 The interpreter's own signals never leave a frame and are not in the tree:

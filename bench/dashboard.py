@@ -1,4 +1,4 @@
-"""What the live dashboard (avm.dashboard) costs a run of 1,000 agents.
+"""What the live dashboard (avm.app.dashboard) costs a run of 1,000 agents.
 
 Run ``python bench/dashboard.py`` for readable lines, ``--json`` to also print
 one JSON object as the last line.
@@ -71,7 +71,7 @@ except ModuleNotFoundError:  # run from a checkout without installing
 from _measure import GcTimer  # bench/ is on sys.path when a bench runs
 from rich.console import Console
 
-from avm.dashboard import MAX_REFRESH_PER_SECOND, Dashboard
+from avm.app.dashboard import MAX_REFRESH_PER_SECOND, Dashboard
 from avm.runtime import VM
 
 TARGET = 0.02  # the dashboard may cost at most 2% of the run

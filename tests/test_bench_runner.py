@@ -1,4 +1,4 @@
-"""`avm bench` (avm.bench_runner) against a tiny fake bench directory: the real benches are not run here."""
+"""`avm bench` (avm.app.bench_runner) against a tiny fake bench directory: the real benches are not run here."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from avm.bench_runner import add_bench_parser, default_bench_dir, run_benches
-from avm.cli import CliError
+from avm.app.bench_runner import add_bench_parser, default_bench_dir, run_benches
+from avm.app.cli import CliError
 
 GOOD = '''
     import argparse, json

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import avm
-from avm.launcher import summary_lines
+from avm.app.launcher import summary_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 

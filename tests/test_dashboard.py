@@ -12,7 +12,7 @@ import trio
 from rich.console import Console
 
 import avm
-from avm.dashboard import (
+from avm.app.dashboard import (
     MAX_REFRESH_PER_SECOND,
     THRESHOLDS,
     Dashboard,

@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 import avm
-from avm.dashboard import Dashboard, Figures, Snapshot, figures, render, take_snapshot
+from avm.app.dashboard import Dashboard, Figures, Snapshot, figures, render, take_snapshot
 from avm.runtime import VM
 from tests.test_dashboard import gw_stats, store_stats, vm_stats
 

@@ -73,5 +73,5 @@ def test_every_error_avm_raises_on_purpose_is_in_the_one_tree():
         assert any(hasattr(importlib.import_module(m), name) for m in
                    ("avm", "avm.errors", "avm.lang.code", "avm.conversation", "avm.tools.registry", "avm.journal.entry",
                     "avm.memory.values", "avm.kernel.settings", "avm.kernel.record", "avm.lang.frame", "avm.io.request",
-                    "avm.io.client.backends", "avm.io.embedded.faults", "avm.io.embedded.replies", "avm.spec.model",
-                    "avm.launcher", "avm.cli")), name
+                    "avm.io.client.backends", "avm.io.embedded.faults", "avm.io.embedded.replies", "avm.app.spec.model",
+                    "avm.app.launcher", "avm.app.cli")), name

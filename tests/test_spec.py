@@ -8,7 +8,7 @@ import pytest
 
 import avm
 from avm import demo
-from avm.spec import (
+from avm.app.spec import (
     DEMO_SOURCE,
     AgentGroup,
     Program,
@@ -224,8 +224,8 @@ def test_count_and_inputs_must_agree(spec_dir):
 def test_unknown_tool_import_paths(spec_dir):
     path = write_spec(spec_dir, 'tools = ["no_such_pkg.tools:search"]\n[agents.a]\nprogram = "p.avm"\n')
     assert error_of(path) == f"{path}: tools[0]: cannot import 'no_such_pkg.tools': No module named 'no_such_pkg'"
-    path = write_spec(spec_dir, 'tools = ["avm.demo_tools:serch"]\n[agents.a]\nprogram = "p.avm"\n')
-    assert error_of(path) == f"{path}: tools[0]: 'avm.demo_tools' has no 'serch'"
+    path = write_spec(spec_dir, 'tools = ["avm.demo.tools:serch"]\n[agents.a]\nprogram = "p.avm"\n')
+    assert error_of(path) == f"{path}: tools[0]: 'avm.demo.tools' has no 'serch'"
     path = write_spec(spec_dir, 'tools = ["search"]\n[agents.a]\nprogram = "p.avm"\n')
     assert error_of(path) == (f'{path}: tools[0]: \'search\' is not an import path (write "package.module:function" '
                               f'or "file.py:function")')
@@ -237,13 +237,13 @@ def test_unknown_tool_import_paths(spec_dir):
 
 
 def test_an_import_path_that_is_not_a_tool(spec_dir):
-    path = write_spec(spec_dir, 'tools = ["avm.demo_tools.NOTES"]\n[agents.a]\nprogram = "p.avm"\n')
-    assert error_of(path) == (f"{path}: tools[0]: avm.demo_tools.NOTES is a tuple, not an avm tool "
+    path = write_spec(spec_dir, 'tools = ["avm.demo.tools.NOTES"]\n[agents.a]\nprogram = "p.avm"\n')
+    assert error_of(path) == (f"{path}: tools[0]: avm.demo.tools.NOTES is a tuple, not an avm tool "
                               f"(decorate the function with @avm.tool)")
-    path = write_spec(spec_dir, 'tools = ["avm.demo_tools:search_notes"]\n[agents.a]\nprogram = "p.avm"\n')
-    assert error_of(path) == (f"{path}: tools[0]: avm.demo_tools:search_notes is a function, not an avm tool "
+    path = write_spec(spec_dir, 'tools = ["avm.demo.tools:search_notes"]\n[agents.a]\nprogram = "p.avm"\n')
+    assert error_of(path) == (f"{path}: tools[0]: avm.demo.tools:search_notes is a function, not an avm tool "
                               f"(decorate the function with @avm.tool)")
-    path = write_spec(spec_dir, 'tools = ["avm.demo_tools:search", "avm.demo_tools.search"]\n'
+    path = write_spec(spec_dir, 'tools = ["avm.demo.tools:search", "avm.demo.tools.search"]\n'
                                 '[agents.a]\nprogram = "p.avm"\n')
     assert error_of(path) == f"{path}: tools[1]: a second tool named 'search' (tools[0] is one already)"
 
@@ -252,6 +252,11 @@ def test_granting_a_tool_the_spec_does_not_register(spec_dir):
     path = write_spec(spec_dir, '[agents.a]\nprogram = "p.avm"\ntools = ["search", "browse"]\n')
     assert error_of(path) == (f"{path}: agents.a.tools[1]: 'browse' is not a registered tool (registered: "
                               f"calculate, search; register more in the top-level tools)")
+
+
+def test_a_spec_naming_the_demo_tools_by_their_old_module_still_loads(spec_dir):
+    path = write_spec(spec_dir, 'tools = ["avm.demo_tools:search"]\n[agents.a]\nprogram = "p.avm"\ntools = ["search"]\n')
+    assert load_spec(path).tool_names == ("search",)
 
 
 def test_demo_tools_may_be_granted_without_being_listed(spec_dir):
@@ -325,7 +330,7 @@ def test_agents_override_scales_groups_in_proportion(spec_dir):
 
 
 def test_apportioning_keeps_one_agent_per_group_and_the_total():
-    from avm.spec.model import _apportion
+    from avm.app.spec.model import _apportion
 
     assert _apportion([1, 1, 1000], 3) == [1, 1, 1]
     assert _apportion([1, 1, 1000], 10) == [1, 1, 8]

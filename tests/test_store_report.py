@@ -1,4 +1,4 @@
-"""`avm inspect STORE` (avm.store_report) on a real store written by a VM that records its agents."""
+"""`avm inspect STORE` (avm.app.store_report) on a real store written by a VM that records its agents."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import trio
 from rich.console import Console
 
 import avm
-from avm.bench_runner import add_bench_parser
-from avm.cli import CliError
+from avm.app.bench_runner import add_bench_parser
+from avm.app.cli import CliError
 from avm.runtime import VM, AgentError
-from avm.store_report import add_inspect_parser, inspect_store, load_report
+from avm.app.store_report import add_inspect_parser, inspect_store, load_report
 from tests.agent_programs import COUNT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -289,13 +289,13 @@ def test_parser_helpers_register_inspect_and_bench(recorded, capsys):
 
 
 def _cli_has_inspect() -> bool:
-    from avm.cli import build_parser
+    from avm.app.cli import build_parser
 
     actions = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
     return any("inspect" in a.choices for a in actions)
 
 
-@pytest.mark.skipif(not _cli_has_inspect(), reason="avm.cli does not register `inspect` yet")
+@pytest.mark.skipif(not _cli_has_inspect(), reason="avm.app.cli does not register `inspect` yet")
 def test_python_m_avm_inspect(recorded, tmp_path):
     path, info = recorded
 

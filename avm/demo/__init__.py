@@ -20,7 +20,7 @@ inputs) and the offline tools ``search`` and ``calculate``:
   summary shows them as budget_exceeded.
 
 Workers, analysts and coordinators check their energy before each model turn
-and wrap up early rather than run out. `avm.spec.demo_spec` builds the
+and wrap up early rather than run out. `avm.app.spec.demo_spec` builds the
 `RunSpec`; this module holds the paths, the layout, the inputs and budgets.
 """
 

@@ -58,7 +58,7 @@ _RECORD_FIELDS = ("id", "name", "parent", "program", "state", "value", "error", 
 
 
 def _cli_error(message: str) -> Exception:
-    from avm.cli import CliError  # imported here: avm.cli imports this module
+    from avm.app.cli import CliError  # imported here: avm.app.cli imports this module
 
     return CliError(message)
 
@@ -173,7 +173,7 @@ def _check_state(state: str) -> str:
 
 def load_report(path: str | os.PathLike[str], *, run: str | None = None, state: str | None = None,
                 limit: int = 20) -> dict[str, Any]:
-    """Everything `inspect_store` shows, as one JSON-ready dict (user errors raise `avm.cli.CliError`)."""
+    """Everything `inspect_store` shows, as one JSON-ready dict (user errors raise `avm.app.cli.CliError`)."""
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise _cli_error(f"--limit {limit!r}: must be a whole number >= 0 (0 shows every agent)")
     wanted_state = _check_state(state) if state is not None else None
@@ -495,13 +495,13 @@ def inspect_store(path: str | os.PathLike[str], *, run: str | None = None, state
     """Print the report of the store at ``path``; the exit code (0, or 1 if records are damaged).
 
     User errors (no such directory, not a store, an unknown run or state, a
-    negative limit) raise `avm.cli.CliError`, which the launcher prints as one
+    negative limit) raise `avm.app.cli.CliError`, which the launcher prints as one
     line with exit code 2. ``isolated``: read the store in a child process
     (as ``avm inspect`` does), so that a damaged file that kills its reader
-    is a `CliError` too (see `avm.store_check`).
+    is a `CliError` too (see `avm.app.store_check`).
     """
     if isolated:
-        from avm.store_check import in_child
+        from avm.app.store_check import in_child
 
         report = in_child("report", path, run=run, state=state, limit=limit)
     else:
@@ -520,8 +520,8 @@ def inspect_store(path: str | os.PathLike[str], *, run: str | None = None, state
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     if args.agent is not None:
-        from avm.journal_report import print_journal
-        from avm.store_check import in_child
+        from avm.app.journal_report import print_journal
+        from avm.app.store_check import in_child
 
         report = in_child("journal", args.store, agent=args.agent)
         if args.json:

@@ -10,7 +10,7 @@ before any agent runs; every mistake is one `SpecError` line,
 A spec file::
 
     description = "Researchers on a few topics"
-    tools = ["avm.demo_tools:search", "tools.py:glossary"]   # import paths of @avm.tool functions
+    tools = ["avm.demo.tools:search", "tools.py:glossary"]   # import paths of @avm.tool functions
     budget = 60                 # energy per agent, for groups that set none (default 100)
     llm = "http://host:8000/v1" # default: the embedded LLM server
     model = "some-model"        # default: the embedded server's, or OPENAI_MODEL for an llm URL
@@ -36,7 +36,7 @@ Rules:
 - Tool import paths are ``package.module:function``, ``package.module.function``
   or ``path/to/file.py:function``; a module not found on ``sys.path`` is
   looked for in the spec's directory too. Each must name an `avm.Tool`. The
-  offline demo tools (`avm.demo_tools`: ``search``, ``calculate``) may be
+  offline demo tools (`avm.demo.tools`: ``search``, ``calculate``) may be
   granted without being listed; a listed tool of the same name wins.
 - Inputs: a list of tables, or a JSONL file (one JSON object per line; blank
   lines are skipped). With inputs, a group runs one agent per input and
@@ -53,9 +53,9 @@ Rules:
   ``default_budget`` are set by the top-level ``model`` and ``budget``.
 """
 
-from avm.spec.demo import demo_spec
-from avm.spec.loader import load_spec
-from avm.spec.model import (
+from avm.app.spec.demo import demo_spec
+from avm.app.spec.loader import load_spec
+from avm.app.spec.model import (
     AUTO_INPUTS,
     DEFAULT_BUDGET,
     DEMO_SOURCE,

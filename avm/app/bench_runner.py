@@ -62,13 +62,13 @@ ERROR_CHARS = 160  # a failure's message (exit code and last stderr line) is cut
 
 
 def _cli_error(message: str) -> Exception:
-    from avm.cli import CliError  # imported here: avm.cli imports this module
+    from avm.app.cli import CliError  # imported here: avm.app.cli imports this module
 
     return CliError(message)
 
 
 def _package_root() -> Path:
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]  # (avm/app/bench_runner.py: the checkout is three up)
 
 
 def default_bench_dir() -> Path:
@@ -262,7 +262,7 @@ def run_benches(names: Sequence[str] | None = None, *, as_json: bool = False, qu
     0 when every script ran and reported its targets met, 1 when any failed or
     missed a target (its ``targets_met``, or ``ok`` false), 130 when
     interrupted. User errors (no bench directory, an unknown name, a bad
-    timeout) raise `avm.cli.CliError`.
+    timeout) raise `avm.app.cli.CliError`.
     """
     if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float))
                                   or not 0 < timeout_s < math.inf):
@@ -299,7 +299,7 @@ def run_benches(names: Sequence[str] | None = None, *, as_json: bool = False, qu
         console.out(json.dumps({"ok": ok, "quick": quick, "targets_missed": missed, "benches": results}),
                     highlight=False)
     else:
-        from avm.store_report import print_table
+        from avm.app.store_report import print_table
 
         rows = [row for r in results for row in _rows(r)]
         title = "avm bench" + (" (quick: smoke-test figures)" if quick else "")

@@ -20,7 +20,7 @@ from avm.lang.compiler import IDENT, compile_source
 from avm.lang.values import is_value
 from avm.scheduler.states import PRIORITIES
 from avm.scheduler.supervision import MODES
-from avm.spec.model import (
+from avm.app.spec.model import (
     _GROUP_NAME,
     AUTO_INPUTS,
     DEFAULT_BUDGET,
@@ -486,7 +486,7 @@ def _split_import_path(spec: str) -> tuple[str | None, str]:
 
 def _available_tools(registered: tuple[Tool, ...]) -> dict[str, Tool]:
     """Tools a group may be granted: the registered ones, and the demo tools not shadowed by one."""
-    from avm.demo_tools import TOOLS
+    from avm.demo.tools import TOOLS
 
     available = {t.name: t for t in TOOLS}
     available.update((t.name, t) for t in registered)

@@ -159,8 +159,8 @@ def _parse_inputs(pairs: Sequence[str]) -> dict[str, Any]:
 def _program_spec(path: str, inputs: dict[str, Any], tools: str | None) -> Any:
     """A spec of one group running the program file ``path``: granted no tools, or with ``tools`` "demo"
     the offline demo tools (every request then carries their schemas)."""
-    from avm.demo_tools import TOOLS
-    from avm.spec import DEFAULT_BUDGET, AgentGroup, Program, RunSpec
+    from avm.demo.tools import TOOLS
+    from avm.app.spec import DEFAULT_BUDGET, AgentGroup, Program, RunSpec
 
     code = _compile_file(path)
     name = "".join(c if c.isascii() and (c.isalnum() or c in "_-") else "_" for c in Path(path).stem) or "agent"
@@ -173,7 +173,7 @@ def _program_spec(path: str, inputs: dict[str, Any], tools: str | None) -> Any:
 
 
 def _load_run_spec(args: argparse.Namespace) -> Any:
-    from avm.spec import SpecError, demo_spec, load_spec
+    from avm.app.spec import SpecError, demo_spec, load_spec
 
     try:
         if args.spec is None:
@@ -224,7 +224,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run a spec, a program file or the built-in demo; exit 0, 130 after Ctrl+C, 2 for a user error."""
     from rich.console import Console
 
-    from avm.launcher import LaunchError, RunOptions, run_fleet, summary_lines
+    from avm.app.launcher import LaunchError, RunOptions, run_fleet, summary_lines
 
     spec = _load_run_spec(args)
     if args.no_dashboard:
@@ -412,10 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve a request whatever model it names (the name is echoed)")
     p.set_defaults(fn=cmd_serve_llm)
 
-    from avm.bench_runner import add_bench_parser
-    from avm.journal_report import add_erase_parser, add_replay_parser
-    from avm.store_check import add_verify_parser
-    from avm.store_report import add_inspect_parser
+    from avm.app.bench_runner import add_bench_parser
+    from avm.app.journal_report import add_erase_parser, add_replay_parser
+    from avm.app.store_check import add_verify_parser
+    from avm.app.store_report import add_inspect_parser
 
     add_inspect_parser(sub)
     add_verify_parser(sub)

@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.console import Console
 
-from avm.store_report import (
+from avm.app.store_report import (
     _cli_error,
     _energy,
     _one_line,

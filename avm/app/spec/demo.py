@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from avm.lang.compiler import compile_source
-from avm.spec.model import DEMO_SOURCE, AgentGroup, Program, RunSpec, SpecError
+from avm.app.spec.model import DEMO_SOURCE, AgentGroup, Program, RunSpec, SpecError
 
 __all__ = ["demo_spec"]
 
@@ -13,7 +13,7 @@ __all__ = ["demo_spec"]
 def demo_spec(agents: int = 1000) -> RunSpec:
     """The built-in demo fleet of ``agents`` agents (see `avm.demo`)."""
     from avm import demo
-    from avm.demo_tools import TOOLS
+    from avm.demo.tools import TOOLS
 
     if type(agents) is not int or agents < 1:
         raise SpecError(DEMO_SOURCE, "--agents", f"must be a whole number >= 1, not {agents!r}")

@@ -2,7 +2,7 @@
 
 `take_snapshot` reads the records (`vm.statistics()`, the gateway's and the
 store's, and the process RSS) and nothing else; `figures` derives the rates,
-ratios and health signals between two snapshots. `avm.dashboard` renders
+ratios and health signals between two snapshots. `avm.app.dashboard` renders
 them; `avm run --json` prints `Figures.to_json()`.
 """
 

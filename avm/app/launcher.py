@@ -5,7 +5,7 @@
 `run_fleet` opens the store the spec names (or none: the VM keeps an
 in-memory one), checks an LLM endpoint given by URL answers and takes the key
 before any agent depends on it, spawns every group, shows the dashboard
-(`avm.dashboard`) until no agent is alive, and returns a `RunOutcome`: the
+(`avm.app.dashboard`) until no agent is alive, and returns a `RunOutcome`: the
 final figures as one JSON-able dict and whether the run was interrupted.
 
 Ctrl+C (SIGINT) or SIGTERM stops the run cleanly: the first one stops the
@@ -41,9 +41,9 @@ from rich.console import Console
 
 from avm.errors import AvmError, LLMError, StoreError, lone_exception
 from avm.memory.ref import Ref
-from avm.spec import RunSpec, spawn_all, spawn_group
+from avm.app.spec import RunSpec, spawn_all, spawn_group
 
-log = logging.getLogger("avm.launcher")
+log = logging.getLogger("avm.app.launcher")
 
 __all__ = ["LaunchError", "RunOptions", "RunOutcome", "run_fleet", "summary_lines"]
 
@@ -122,7 +122,7 @@ async def _probe(spec: RunSpec) -> None:
 
 async def run_fleet(spec: RunSpec, options: RunOptions | None = None) -> RunOutcome:
     """Run every agent of ``spec`` to its end (or until Ctrl+C); the outcome."""
-    from avm.dashboard import Dashboard
+    from avm.app.dashboard import Dashboard
     from avm.memory.store import ContentStore
     from avm.runtime import VM, VMError
 

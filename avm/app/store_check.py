@@ -9,7 +9,7 @@ a page that lies about itself can still end the reading process: a zeroed
 page trips LMDB's ``Assertion 'IS_LEAF(mp)'`` (SIGABRT), a page number past
 the end of the file is a SIGBUS or SIGSEGV. No Python code can catch those.
 So ``avm inspect`` and ``avm verify`` read the store in a child process
-(``python -m avm.store_check``) that prints its result as one JSON document;
+(``python -m avm.app.store_check``) that prints its result as one JSON document;
 the parent prints the report. A child killed by a signal becomes one line
 naming the file (exit code 2), never a dead ``avm``.
 
@@ -36,7 +36,7 @@ SHOWN = 5  # problems of one kind listed by name
 
 
 def _cli_error(message: str) -> Exception:
-    from avm.cli import CliError  # imported here: avm.cli imports this module
+    from avm.app.cli import CliError  # imported here: avm.app.cli imports this module
 
     return CliError(message)
 
@@ -53,13 +53,13 @@ def _package_root() -> str:
 def in_child(command: str, path: str | os.PathLike[str], **options: Any) -> Any:
     """Run ``command`` ("report" or "verify") on the store at ``path`` in a child process; its result.
 
-    User errors and damage the child reports raise `avm.cli.CliError` with its one line; a child that
+    User errors and damage the child reports raise `avm.app.cli.CliError` with its one line; a child that
     dies (a signal from LMDB, an unexpected error) raises `CliError` naming the data file.
     """
     where = os.fspath(path)
     env = dict(os.environ)  # the child imports this very avm, wherever it was imported from
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH")) if p)
-    argv = [sys.executable, "-m", "avm.store_check", command, where, json.dumps(options)]
+    argv = [sys.executable, "-m", "avm.app.store_check", command, where, json.dumps(options)]
     proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, env=env, check=False)
     stderr = proc.stderr.decode("utf-8", "replace").strip()
     if proc.returncode == 0:
@@ -81,18 +81,18 @@ def in_child(command: str, path: str | os.PathLike[str], **options: Any) -> Any:
 
 
 def _child_main(argv: list[str]) -> int:
-    from avm.cli import CliError
+    from avm.app.cli import CliError
 
     command, path, options = argv[0], argv[1], json.loads(argv[2])
     try:
         if command == "report":
-            from avm.store_report import load_report
+            from avm.app.store_report import load_report
 
             result = load_report(path, **options)
         elif command == "verify":
             result = verify_report(path)
         elif command == "journal":
-            from avm.journal_report import load_journal
+            from avm.app.journal_report import load_journal
 
             result = load_journal(path, **options)
         else:
@@ -111,7 +111,7 @@ def verify_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What `ContentStore.verify` finds in the store at ``path``, as one JSON-ready dict (in this process)."""
     from avm.errors import StoreError
     from avm.journal.reader import check_journals
-    from avm.store_report import _one_line, _open_store
+    from avm.app.store_report import _one_line, _open_store
 
     where = os.fspath(path)
     store = _open_store(where)

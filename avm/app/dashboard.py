@@ -53,7 +53,7 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.text import Span, Text
 
-from avm.figures import (
+from avm.app.figures import (
     THRESHOLDS,
     Figures,
     Snapshot,
