@@ -381,17 +381,25 @@ class ContentStore:
                 return self._cold.names(key)
             return {k: v for k, v in self._names.items() if k.startswith(key)}
 
-    def gc(self) -> int:
+    def gc(self, *, drop_journals: bool = False) -> int:
         """Remove every unpinned object from every tier; the number removed.
 
         Dictionaries that some remaining blob needs (and the current one) are
-        kept; the others are dropped with the objects.
+        kept; the others are dropped with the objects. Only pinned and bound
+        objects survive, so a store holding journals (``journal/...`` names,
+        see `avm.journal`) is refused with `StoreError`: their older entries
+        and what they name would go, and no run could be resumed or replayed
+        from them; ``drop_journals=True`` says that is meant.
         """
         with self._lock:
             if self._closed:
                 raise StoreError("the store is closed")
+            names = self._cold.names() if self._cold is not None else self._names
+            if not drop_journals and any(name.startswith(b"journal/") for name in names):
+                raise StoreError("the store holds journals: gc() keeps only pinned and bound objects, so it would "
+                                 "remove their entries and what they name (gc(drop_journals=True) if that is meant)")
             pins, is_dict = self._pins, self._codec.is_dictionary
-            bound = set((self._cold.names() if self._cold is not None else self._names).values())
+            bound = set(names.values())
 
             def keep(ref: Ref) -> bool:
                 return ref in pins or ref in bound or is_dict(ref)

@@ -211,3 +211,13 @@ def test_an_object_that_is_no_entry_is_refused(data: bytes) -> None:
     store = avm.ContentStore()
     with pytest.raises(JournalError, match="not a journal entry"):
         read_journal(store, store.put(data))
+
+
+async def test_gc_refuses_a_store_holding_journals_unless_told(tmp_path: Path) -> None:
+    with avm.ContentStore(tmp_path) as store:
+        async with avm.VM(store, journal=True) as vm:
+            await (await vm.spawn('push 0.01\nsleep\nreturn\n')).result()
+        with pytest.raises(avm.StoreError, match="holds journals"):
+            store.gc()
+        assert journals(store)  # nothing went
+        store.gc(drop_journals=True)
