@@ -582,7 +582,7 @@ class Kernel:
 
     def stall(self, agent: Agent, detail: str) -> None:
         """End an agent STALLED (see `avm.kernel.stalls`): at its next await, or at once if hibernated."""
-        if agent.state in TERMINAL:
+        if agent.state in TERMINAL or agent.cancel_requested or self.stopping:  # (a cancel or a stop came first)
             return
         if agent.scope is not None:
             agent.cancel_requested = detail  # (live() ends it so, not CANCELLED)

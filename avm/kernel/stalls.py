@@ -70,7 +70,11 @@ async def watch(kernel: Kernel) -> None:
         if seen != kernel.transitions:  # seen once: look again, to see that nothing moved meanwhile
             seen = kernel.transitions
             continue
-        for agent in stuck:
+        # a parent waiting for the end notice of a child that is stuck too gets it once the child ends:
+        # the children first (the parent, if still stuck, in a later round)
+        parents = {a.parent.id for a in stuck if a.parent is not None and not a.delegated}
+        leaves = [a for a in stuck if a.id not in parents]
+        for agent in leaves:
             kernel.stall(agent, DETAIL)
-        kernel.deadlocked += len(stuck)
+        kernel.deadlocked += len(leaves)
         seen = -1

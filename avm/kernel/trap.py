@@ -104,7 +104,8 @@ def replayed(kernel: Kernel, agent: Agent, effect: Effect) -> tuple[Outcome, boo
     if in_snapshot:
         kernel.in_snapshot.discard(agent.id)
     if not queue:
-        agent.replay = None
+        agent.replay = None  # the last entry replayed: what children gave back after it is due too
+        agent.refund_due += kernel.refund_tail.pop(agent.id, 0)
     if ("tool" if interrupted else entry.kind) != effect.kind or entry.request != request:
         asked = _short(store.get_value(entry.request)) if entry.request is not None else "nothing"
         return faulted("ReplayDiverged", f"{effect.kind} {_short(list(effect.args))} at line {effect.line}, but "
@@ -118,8 +119,6 @@ def replayed(kernel: Kernel, agent: Agent, effect: Effect) -> tuple[Outcome, boo
     if diff < 0:  # a child's unspent energy came back before the crash
         agent.refund_due -= diff
         diff = 0
-    if agent.replay is None:  # the last entry replayed: what children gave back after it is due too
-        agent.refund_due += kernel.refund_tail.pop(agent.id, 0)
     if entry.result is None:  # a recv that timed out
         return Outcome(None, charge=diff / 1000, timeout=True), False
     try:
@@ -320,6 +319,7 @@ def _restart(kernel: Kernel, agent: Agent) -> None:
         replay.popleft()
         if not replay:
             agent.replay = None
+            agent.refund_due += kernel.refund_tail.pop(agent.id, 0)
         return
     for hook in kernel.hooks:
         hook.restarted(agent)

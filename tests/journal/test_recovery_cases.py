@@ -294,3 +294,31 @@ async def test_an_agent_that_runs_on_after_an_interrupt_spawns_no_child(tmp_path
         await vm.join()
         assert p.state is avm.AgentState.CANCELLED
         assert vm.statistics().agents == 1 and vm.statistics().effects["spawn"] == 0
+
+
+async def test_a_refund_whose_entry_was_lost_is_paid_when_the_replay_ends_on_an_interrupted_call(
+        tmp_path: Path) -> None:
+    @avm.tool(side_effects=True)
+    async def slow(x: str) -> str:
+        await trio.sleep(0.5)
+        return x
+
+    child = "push 0.2\\nsleep\\npop\\npush 7\\nreturn\\n"
+    parent = f'push "{child}"\npush null\npush 5\nspawn\npop\npush "a"\ntool slow 1\nreturn\n'
+    with avm.ContentStore(tmp_path) as store:
+        async with avm.VM(store, journal=True, tools=[slow]) as vm:
+            whole = await vm.spawn(parent, tools=["slow"])
+            await whole.result()
+            run_id = vm.run_id
+        (_key, head), *_ = sorted(journals(store).items())
+        kinds = [e.kind for _, e in read_journal(store, head)]
+        assert kinds.index("intent") < kinds.index("refund")  # the child ended while the call was out
+    _rewind(tmp_path, {1: "intent"})  # the crash: the intent committed, the refund and the result not
+    with avm.ContentStore(tmp_path) as store:
+        async with avm.VM(store, journal=True, tools=[slow]) as vm:
+            resumed, _child = await vm.resume(run_id)
+            value = await resumed.result()
+            assert value["error"]["type"] == "Interrupted"  # type: ignore[index]
+            # the child's unspent budget came back (lost, the parent would have used ~3 more than the
+            # whole run, which also paid the call's 0.5 s)
+            assert resumed.energy_used <= whole.energy_used

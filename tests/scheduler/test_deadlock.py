@@ -71,3 +71,12 @@ async def test_agents_waiting_while_the_host_is_still_spawning_are_not_stalled()
         await vm.spawn('push "r"\npush "late"\nsend\nreturn\n')
         with trio.fail_after(5):
             assert await receiver.result() == "late"
+
+
+async def test_a_parent_waiting_for_a_stuck_childs_end_notice_gets_it() -> None:
+    parent = 'push "push null\\nrecv\\nreturn\\n"\npush null\npush 5\nspawn\npop\npush null\nrecv\nreturn\n'
+    async with avm.VM(host_sends=False) as vm:
+        h = await vm.spawn(parent)
+        with trio.fail_after(5):
+            notice = await h.result()
+        assert notice["state"] == "stalled" and DETAIL in notice["error"]  # type: ignore[index]
