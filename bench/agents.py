@@ -18,9 +18,11 @@ system alike. Each (system, N, L) runs in a FRESH process (``--one``):
 2. **asyncio**: the official ``openai`` SDK as its users write a tool-calling
    loop: one ``AsyncOpenAI`` client, one coroutine per agent holding its own
    ``messages`` list (the tool calls run by name from a dict of functions),
-   ``asyncio.gather`` over the agents.
-3. **threads**: the SDK's synchronous ``OpenAI`` client, one thread per agent
-   (a pool as wide as N).
+   ``asyncio.gather`` over the agents. Its connection pool is made as wide as
+   the fleet, as AVM's (the SDK's default keeps 100 connections alive of at
+   most 1,000: a fleet would reconnect or wait, and pay for it).
+3. **threads**: the SDK's synchronous ``OpenAI`` client shared by one thread
+   per agent (a pool as wide as N), its connection pool as wide as N too.
 4. **processes**: ``multiprocessing`` (fork), one process per agent with its
    own synchronous client; only at small N (``--max-processes``: a process
    costs tens of MiB, so 1,000 of them do not fit in memory).
@@ -29,7 +31,8 @@ Per run, measured from the first agent started to the last one ended, after a
 one-agent warm-up: wall time; efficiency = K * L / wall; LLM calls per second;
 client CPU per LLM call (getrusage of the process, and of its children for
 processes); peak RSS and RSS per agent ((peak - before) / N, sampled every
-50 ms from /proc, children included); spawn time per agent; GC time; the time
+50 ms from /proc; for processes the proportional set sizes of the parent and
+its children summed, so their shared pages count once); spawn time per agent; GC time; the time
 the first agent finished and the 99th percentile of agents' finish times. For
 AVM also: HTTP requests and connections, the dedup ratio (what the agents
 would hold each keeping its own copy of the prompt, the tool specs and its
@@ -110,38 +113,48 @@ async def _run_tool(call: Any) -> str:
         return f"error: {type(exc).__name__}: {exc}"
 
 
-async def async_agent(client: Any, i: int, specs: list[dict[str, Any]]) -> int:
-    """One agent of the asyncio baseline; the LLM calls it made."""
+async def async_agent(client: Any, i: int, specs: list[dict[str, Any]], calls: list[int] | None = None) -> None:
+    """One agent of the asyncio baseline; ``calls[i]`` counts its LLM calls as they return."""
     messages = _first_messages(i)
-    calls = 0
     while True:
         response = await client.chat.completions.create(model=DEFAULT_MODEL, messages=messages, tools=specs,
                                                         max_tokens=512)
-        calls += 1
+        if calls is not None:
+            calls[i] += 1
         message = response.choices[0].message
         messages.append(message.model_dump(exclude_none=True))
         if not message.tool_calls:
-            return calls
+            return
         for call in message.tool_calls:
             messages.append({"role": "tool", "tool_call_id": call.id, "content": await _run_tool(call)})
 
 
-def sync_agent(client: Any, i: int, specs: list[dict[str, Any]], stop_flag: threading.Event | None = None) -> int:
-    """One agent of the threads and processes baselines (the tools' coroutines run to completion here)."""
+def sync_agent(client: Any, i: int, specs: list[dict[str, Any]], calls: list[int],
+               stop_flag: threading.Event | None = None) -> bool:
+    """One agent of the threads and processes baselines (the tools' coroutines run to completion here);
+    ``calls[i]`` counts its LLM calls as they return (a slot per agent: no two threads write one). Whether
+    it finished (False: stopped)."""
     messages = _first_messages(i)
-    calls = 0
     while stop_flag is None or not stop_flag.is_set():
         response = client.chat.completions.create(model=DEFAULT_MODEL, messages=messages, tools=specs,
                                                   max_tokens=512)
-        calls += 1
+        calls[i] += 1
         message = response.choices[0].message
         messages.append(message.model_dump(exclude_none=True))
         if not message.tool_calls:
-            return calls
+            return True
         for call in message.tool_calls:
             content = _drive(_run_tool(call))
             messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
-    return calls
+    return False
+
+
+def _limits(agents: int) -> Any:
+    """The SDK client's connection pool as wide as the fleet, as AVM's (its default keeps 100 connections
+    alive of at most 1,000: a fleet would reconnect, or wait for a connection, and pay for it)."""
+    import httpx
+
+    return httpx.Limits(max_connections=max(agents, 100), max_keepalive_connections=max(agents, 100))
 
 
 def _drive(coroutine: Any) -> Any:
@@ -159,16 +172,22 @@ def _drive(coroutine: Any) -> Any:
 # ----------------------------------------------------------------------------------------
 
 
-def _rss_of(pid: int) -> int:
+def _pss_of(pid: int | str) -> int:
+    """The proportional set size: pages shared with other processes (a forked child's copy-on-write pages)
+    counted in part, so summed over a family of processes each page counts once."""
     try:
-        with open(f"/proc/{pid}/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
     except (OSError, IndexError, ValueError):
-        return 0
+        pass
+    return 0
 
 
 class PeakRss:
-    """The peak RSS of this process (and of ``children``, summed), sampled every 50 ms by a thread."""
+    """The peak RSS of this process, sampled every 50 ms by a thread; with ``children``, the peak of the
+    proportional set sizes of this process and its children summed (every 0.5 s: reading them costs more)."""
 
     def __init__(self) -> None:
         self.children: list[int] = []
@@ -177,12 +196,15 @@ class PeakRss:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def now(self) -> int:
-        return rss_bytes() + sum(_rss_of(pid) for pid in list(self.children))
+        children = list(self.children)
+        if not children:
+            return rss_bytes()
+        return _pss_of("self") + sum(_pss_of(pid) for pid in children)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, self.now())
-            self._stop.wait(0.05)
+            self._stop.wait(0.5 if self.children else 0.05)
 
     def __enter__(self) -> PeakRss:
         self.peak = self.now()
@@ -310,18 +332,18 @@ def run_avm(url: str, agents: int, turns: int, latency: float, timeout: float, c
 
 
 def run_asyncio(url: str, agents: int, turns: int, latency: float, timeout: float) -> dict[str, Any]:
-    from openai import AsyncOpenAI
+    from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
     async def main() -> dict[str, Any]:
-        client = AsyncOpenAI(base_url=url, api_key="not-needed")
+        client = AsyncOpenAI(base_url=url, api_key="not-needed",
+                             http_client=DefaultAsyncHttpxClient(limits=_limits(agents)))
         specs = tool_specs()
         await async_agent(client, agents, specs)  # warm-up
         clock = Clock()
-        calls = [0]
+        calls = [0] * agents
 
         async def agent(i: int) -> None:
-            made = await async_agent(client, i, specs)
-            calls[0] += made  # (after the await: `calls[0] += await ...` would read calls[0] before it)
+            await async_agent(client, i, specs, calls)
             clock.ended()
 
         base, cpu0 = _calm()
@@ -351,27 +373,26 @@ def run_asyncio(url: str, agents: int, turns: int, latency: float, timeout: floa
 
 
 def run_threads(url: str, agents: int, turns: int, latency: float, timeout: float) -> dict[str, Any]:
-    from openai import OpenAI
+    from openai import DefaultHttpxClient, OpenAI
 
-    client = OpenAI(base_url=url, api_key="not-needed")
+    client = OpenAI(base_url=url, api_key="not-needed", http_client=DefaultHttpxClient(limits=_limits(agents)))
     specs = tool_specs()
-    sync_agent(client, agents, specs)  # warm-up
+    sync_agent(client, agents, specs, [0] * (agents + 1))  # warm-up
     clock = Clock()
-    calls = [0]
+    calls = [0] * agents
     errors: list[str] = []
     lock = threading.Lock()
     stop_flag = threading.Event()
 
     def agent(i: int) -> None:
         try:
-            made = sync_agent(client, i, specs, stop_flag)
+            finished = sync_agent(client, i, specs, calls, stop_flag)
         except Exception as exc:  # noqa: BLE001 - counted, the others go on
             with lock:
                 errors.append(f"{type(exc).__name__}: {exc}")
             return
-        with lock:
-            calls[0] += made
-            if not stop_flag.is_set():
+        if finished:
+            with lock:
                 clock.ended()
 
     base, cpu0 = _calm()
@@ -389,7 +410,7 @@ def run_threads(url: str, agents: int, turns: int, latency: float, timeout: floa
             errors.insert(0, f"stopped after {timeout:g} s")
         wall = time.perf_counter() - clock.start
         cpu = cpu_seconds() - cpu0
-    return figures(agents, turns, latency, calls[0], len(clock.ends), wall, cpu, base, rss.peak, clock,
+    return figures(agents, turns, latency, sum(calls), len(clock.ends), wall, cpu, base, rss.peak, clock,
                    timer.seconds, errors)
 
 
@@ -400,8 +421,9 @@ def _process_agent(url: str, i: int, results: Any) -> None:
     from openai import OpenAI
 
     try:
-        calls = sync_agent(OpenAI(base_url=url, api_key="not-needed"), i, tool_specs())
-        results.put((i, calls, time.perf_counter(), None))
+        calls = [0] * (i + 1)
+        sync_agent(OpenAI(base_url=url, api_key="not-needed"), i, tool_specs(), calls)
+        results.put((i, calls[i], time.perf_counter(), None))
     except Exception as exc:  # noqa: BLE001 - reported by the parent
         results.put((i, 0, time.perf_counter(), f"{type(exc).__name__}: {exc}"))
 
@@ -411,7 +433,7 @@ def run_processes(url: str, agents: int, turns: int, latency: float, timeout: fl
 
     from openai import OpenAI
 
-    sync_agent(OpenAI(base_url=url, api_key="not-needed"), agents, tool_specs())  # warm-up (imports, in the parent)
+    sync_agent(OpenAI(base_url=url, api_key="not-needed"), agents, tool_specs(), [0] * (agents + 1))  # warm-up
     context = multiprocessing.get_context("fork")
     results = context.Queue()
     clock = Clock()
@@ -480,12 +502,13 @@ def run_child(url: str, system: str, agents: int, latency: float, args: argparse
                "--timeout", f"{args.timeout:g}"]
     if system == "avm" and agents <= args.cache_pass_max:
         command.append("--cache-pass")
+    limit = 3 * args.timeout + 300  # (AVM's run, then its cache pass's two: each stops itself at the timeout)
     child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     head = {"system": system, "agents": agents, "latency_s": latency, "turns": args.turns}
     try:
-        stdout, _ = child.communicate(timeout=2 * args.timeout + 300)
+        stdout, _ = child.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
-        return {**head, "errors": [f"killed after {2 * args.timeout + 300:g} s"], "complete": False}
+        return {**head, "errors": [f"killed after {limit:g} s"], "complete": False}
     finally:
         stop(child)
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
