@@ -138,3 +138,9 @@ def test_results_file_has_a_line_per_agent_and_the_summary_says_where(tmp_path):
     assert "tokens" in result.stdout
     bad = avm_cmd("run", "--temperature", "3")
     assert bad.returncode == 2 and "between 0 and 2" in bad.stderr
+
+
+def test_a_results_file_that_cannot_be_written_is_refused_before_the_run(tmp_path):
+    result = avm_cmd("run", "examples/fizzbuzz.avm", "--results", str(tmp_path / "no" / "such" / "dir.jsonl"))
+    assert result.returncode == 2 and "--results" in result.stderr and "cannot write" in result.stderr
+    assert "run " not in result.stdout  # nothing ran

@@ -409,3 +409,16 @@ async def test_example_specs_run_as_they_are(name):
         assert stats.effects["delegate"] > 0 and stats.messages == 3
         leads = groups[0][1]
         assert all(h.value["tally"]["from"].startswith("tally-") for h in leads)
+
+
+async def test_agents_spawned_before_a_cancel_are_kept(spec_dir):
+    import trio
+
+    (spec_dir / "wait.avm").write_text("push 30\nsleep\nreturn\n")
+    spec = load_spec(write_spec(spec_dir, '[agents.a]\nprogram = "wait.avm"\ncount = 2500\n'))
+    handles: list = []
+    async with avm.VM() as vm:
+        with trio.CancelScope() as scope:
+            scope.cancel()  # (as Ctrl+C does: at spawning's first checkpoint, after 1,000 agents)
+            await spawn_all(vm, spec, into=handles)
+        assert len(handles) == 1000 and vm.statistics().agents == 1000

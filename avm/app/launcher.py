@@ -127,6 +127,8 @@ async def run_fleet(spec: RunSpec, options: RunOptions | None = None) -> RunOutc
     from avm.runtime import VM, VMError
 
     options = options or RunOptions()
+    if options.results is not None:  # a path that cannot be written is found now, not after the run
+        _check_writable(options.results)
     if spec.llm is not None:
         await _probe(spec)
     if options.announce:
@@ -179,8 +181,7 @@ async def run_fleet(spec: RunSpec, options: RunOptions | None = None) -> RunOutc
                                 else:
                                     if store is not None:  # what the run is, for a --resume to check it is given again
                                         store.bind(f"{RUN_SPECS}{vm.run_id}", store.put_value(_shape(spec)))
-                                    for _, group_handles in await spawn_all(vm, spec):
-                                        handles.extend(group_handles)
+                                    await spawn_all(vm, spec, into=handles)  # (kept as they come: see Ctrl+C)
                             if sigint.seen is not None:
                                 vm.interrupt()  # (it came while they were spawned: those spawned since)
                             with trio.move_on_at(deadline) as waited:
@@ -234,6 +235,16 @@ async def run_fleet(spec: RunSpec, options: RunOptions | None = None) -> RunOutc
     finally:
         if store is not None:
             store.close()
+
+
+def _check_writable(path: str) -> None:
+    partial = f"{path}.partial"
+    try:
+        with open(partial, "w", encoding="utf-8"):
+            pass
+        os.remove(partial)
+    except OSError as exc:
+        raise LaunchError(f"--results {path}: cannot write: {exc.strerror or exc}") from None
 
 
 def _write_results(path: str, handles: list[Any]) -> None:

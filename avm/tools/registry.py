@@ -104,9 +104,7 @@ def _schema_for(annotation: Any, where: str) -> dict[str, Any]:
                 except (TypeError, ValueError) as exc:
                     raise ToolDefinitionError(f"{where}: schema keywords that are not JSON: {exc}") from None
                 schema.update(extra)
-            else:
-                raise ToolDefinitionError(f"{where}: Annotated takes a description (str) or JSON-schema keywords "
-                                          f"(a dict), not {extra!r}")
+            # (other metadata, a pydantic Field or an annotated_types bound, is another library's: left alone)
         return schema
     if annotation is list or origin is list:
         args = get_args(annotation)
@@ -159,7 +157,7 @@ def validate(value: Any, schema: dict[str, Any], where: str = "arguments") -> st
     if kind is None:
         return None
     t = type(value)
-    ok = {
+    is_a = {
         "string": t is str,
         "integer": t is int,
         "number": t is int or t is float,
@@ -167,9 +165,12 @@ def validate(value: Any, schema: dict[str, Any], where: str = "arguments") -> st
         "array": t is list,
         "object": t is dict,
         "null": value is None,
-    }.get(kind, False)
-    if not ok:
-        return f"{where} must be {kind}, not {_json_type(value)}"
+    }
+    kinds = kind if isinstance(kind, list) else [kind]  # ("type": ["string", "null"] is JSON Schema too)
+    matched = [k for k in kinds if isinstance(k, str) and is_a.get(k, False)]
+    if not matched:
+        return f"{where} must be {' or '.join(map(str, kinds))}, not {_json_type(value)}"
+    kind = matched[0]
     if kind == "array" and "items" in schema:
         for i, item in enumerate(value):
             problem = validate(item, schema["items"], f"{where}[{i}]")

@@ -249,11 +249,27 @@ def test_annotated_parameters_carry_a_description_and_schema_keywords_a_model_re
     assert properties["formula"] == {"type": "string", "examples": ["3 * 4"], "description": "arithmetic"}
     # the embedded model follows the examples, as a model reading the schema would
     assert value_for(area.parameters, random.Random(1), ["words"])["formula"] == "3 * 4"
-    with pytest.raises(ToolDefinitionError, match="Annotated takes a description"):
-        @avm.tool
-        def bad(x: Annotated[str, 42]) -> str:
-            return x
+
+    @avm.tool
+    def other(x: Annotated[str, 42]) -> str:  # another library's metadata: left alone
+        return x
+
+    assert other.parameters["properties"]["x"] == {"type": "string"}
     with pytest.raises(ToolDefinitionError, match="not JSON"):
         @avm.tool
         def worse(x: Annotated[str, {"examples": [object()]}]) -> str:
             return x
+
+
+async def test_a_list_of_types_in_a_parameter_schema_is_validated_as_json_schema_says():
+    from typing import Annotated
+
+    @avm.tool
+    def maybe(x: Annotated[str | None, {"type": ["string", "null"]}] = None) -> str:
+        return str(x)
+
+    registry = ToolRegistry([maybe])
+    assert (await registry.invoke("maybe", {"x": None}, {"maybe"})).value == "None"
+    assert (await registry.invoke("maybe", {"x": "a"}, {"maybe"})).value == "a"
+    refused = (await registry.invoke("maybe", {"x": 3}, {"maybe"})).value
+    assert "must be string or null, not" in refused["error"]["message"]

@@ -263,12 +263,13 @@ def _check_url(source: str, where: str, url: Any) -> str:
 # --- running ---------------------------------------------------------------------------------
 
 
-async def spawn_group(vm: Any, group: AgentGroup, only: Any = None) -> list[Any]:
+async def spawn_group(vm: Any, group: AgentGroup, only: Any = None, into: list[Any] | None = None) -> list[Any]:
     """Spawn a group's agents in ``vm`` (an entered `avm.VM`), or those of ``only`` (their indexes); their
-    handles, in order."""
+    handles, in order. ``into``: a list the handles are appended to as they come (so that a caller whose
+    spawning is cancelled midway keeps those spawned)."""
     refs = {key: vm.program_ref(p.code) for key, p in group.programs.items()}
     spawn = vm.spawn
-    handles = []
+    handles = [] if into is None else into
     for i in (range(group.count) if only is None else only):
         handles.append(await spawn(**group.spawn_kwargs(i, refs)))
         if i % 1000 == 999:
@@ -276,6 +277,13 @@ async def spawn_group(vm: Any, group: AgentGroup, only: Any = None) -> list[Any]
     return handles
 
 
-async def spawn_all(vm: Any, spec: RunSpec) -> list[tuple[AgentGroup, list[Any]]]:
-    """Spawn every group of the spec, in order; each group with its handles."""
-    return [(g, await spawn_group(vm, g)) for g in spec.groups]
+async def spawn_all(vm: Any, spec: RunSpec, into: list[Any] | None = None) -> list[tuple[AgentGroup, list[Any]]]:
+    """Spawn every group of the spec, in order; each group with its handles (``into``: every handle is
+    also appended there as it comes, see `spawn_group`)."""
+    every: list[Any] = [] if into is None else into
+    out = []
+    for g in spec.groups:
+        start = len(every)
+        await spawn_group(vm, g, into=every)
+        out.append((g, every[start:]))
+    return out
