@@ -255,7 +255,8 @@ def test_granting_a_tool_the_spec_does_not_register(spec_dir):
 
 
 def test_a_spec_naming_the_demo_tools_by_their_old_module_still_loads(spec_dir):
-    path = write_spec(spec_dir, 'tools = ["avm.demo_tools:search"]\n[agents.a]\nprogram = "p.avm"\ntools = ["search"]\n')
+    path = write_spec(spec_dir, 'tools = ["avm.demo_tools:search"]\n'
+                                '[agents.a]\nprogram = "p.avm"\ntools = ["search"]\n')
     assert load_spec(path).tool_names == ("search",)
 
 
