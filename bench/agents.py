@@ -18,11 +18,11 @@ system alike. Each (system, N, L) runs in a FRESH process (``--one``):
 2. **asyncio**: the official ``openai`` SDK as its users write a tool-calling
    loop: one ``AsyncOpenAI`` client, one coroutine per agent holding its own
    ``messages`` list (the tool calls run by name from a dict of functions),
-   ``asyncio.gather`` over the agents. Its connection pool is made as wide as
-   the fleet, as AVM's (the SDK's default keeps 100 connections alive of at
-   most 1,000: a fleet would reconnect or wait, and pay for it).
+   ``asyncio.gather`` over the agents. Its connection pool keeps every
+   connection it opens alive, up to the SDK's ceiling of 1,000 (by default
+   it keeps 100, so a fleet of 1,000 would reconnect for most calls).
 3. **threads**: the SDK's synchronous ``OpenAI`` client shared by one thread
-   per agent (a pool as wide as N), its connection pool as wide as N too.
+   per agent (a pool as wide as N), its connection pool as the asyncio one.
 4. **processes**: ``multiprocessing`` (fork), one process per agent with its
    own synchronous client; only at small N (``--max-processes``: a process
    costs tens of MiB, so 1,000 of them do not fit in memory).
@@ -150,11 +150,13 @@ def sync_agent(client: Any, i: int, specs: list[dict[str, Any]], calls: list[int
 
 
 def _limits(agents: int) -> Any:
-    """The SDK client's connection pool as wide as the fleet, as AVM's (its default keeps 100 connections
-    alive of at most 1,000: a fleet would reconnect, or wait for a connection, and pay for it)."""
+    """The SDK client's connection pool: its default opens at most 1,000 connections and keeps 100 of them
+    alive, so a fleet of 1,000 reconnects for most calls; here every connection it opens is kept. Up to
+    1,000 of them (the SDK's own ceiling): measured, 10,000 at once made it return no call in 10 minutes."""
     import httpx
 
-    return httpx.Limits(max_connections=max(agents, 100), max_keepalive_connections=max(agents, 100))
+    width = min(max(agents, 100), 1000)
+    return httpx.Limits(max_connections=width, max_keepalive_connections=width)
 
 
 def _drive(coroutine: Any) -> Any:
@@ -657,22 +659,26 @@ def readme_table(report: dict[str, Any], json_name: str) -> str:
              f"process. Efficiency = K x L / wall (1.0: no overhead); a dash: did not complete (see the JSON).",
              "",
              "| system | N | L (s) | wall (s) | efficiency | LLM calls/s | CPU ms/call | RSS KiB/agent | "
-             "spawn us/agent | p99 done (s) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "spawn us/agent | p99 done (s) | note |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for run in report["runs"]:
+        errors = run.get("errors") or []
         if "wall_s" not in run:
-            lines.append(f"| {run['system']} | {run['agents']:,} | {run['latency_s']:g} | did not run: "
-                         f"{'; '.join(run.get('errors', []))[:60]} | | | | | | |")
+            why = errors[0].removeprefix("not run: ") if errors else "not run"
+            lines.append(f"| {run['system']} | {run['agents']:,} | {run['latency_s']:g} | | | | | | | | "
+                         f"not run: {why} |")
             continue
+        note = "" if run.get("complete") else (f"{'; '.join(errors)}: {run['done']:,} of {run['agents']:,} done, "
+                                                f"{run['llm_calls']:,} LLM calls")
         lines.append(f"| {run['system']} | {run['agents']:,} | {run['latency_s']:g} | {_cell(run['wall_s'], 2)} | "
                      f"{_cell(run['efficiency'])} | {_cell(run['llm_calls_per_s'], 0)} | "
                      f"{_cell(run['cpu_ms_per_call'])} | {_cell(run['rss_kib_per_agent'], 1)} | "
-                     f"{_cell(run['spawn_us_per_agent'], 1)} | {_cell(run['p99_done_s'], 2)} |")
+                     f"{_cell(run['spawn_us_per_agent'], 1)} | {_cell(run['p99_done_s'], 2)} | {note} |")
     targets = report["summary"].get("targets_met", {})
     if targets:
-        lines += ["", "Targets (N = 1,000, L = 1 s, ratios from the same run): " + "; ".join(
-            f"{name} {t.get('value', '')} (target {t['target']}): {'met' if t['met'] else 'missed'}"
-            for name, t in targets.items()) + "."]
+        lines += ["", "Targets (N = 1,000, L = 1 s, ratios of AVM's figure to asyncio's from the same run): "
+                  + "; ".join(f"{name}" + (f" {t['value']}" if "value" in t else "") + f" (target {t['target']}): "
+                              f"{'met' if t['met'] else 'missed'}" for name, t in targets.items()) + "."]
     for chart in report.get("charts", []):
         lines += ["", f"![{chart}](bench/results/{chart})"]
     lines.append(TABLE_END)
@@ -729,15 +735,30 @@ def run_all(args: argparse.Namespace) -> int:
                     print(describe(run), flush=True)
         finally:
             stop(server)
+    seconds = round(time.perf_counter() - started, 1)
+    date = datetime.date.today().isoformat()
+    if args.update:  # these runs replace the same (system, N, latency) of the newest report; the rest stay
+        earlier_path = newest_report()
+        if earlier_path is None:
+            raise SystemExit("agents: --update needs a bench/results/agents-*.json to update")
+        earlier = json.loads(earlier_path.read_text())
+        fresh = {(r["system"], r["agents"], r["latency_s"]): r for r in runs}
+        merged = [fresh.pop((r["system"], r["agents"], r["latency_s"]), r) for r in earlier["runs"]]
+        runs = merged + list(fresh.values())
+        for run in fresh.values():
+            print(f"agents: {run['system']} N={run['agents']} L={run['latency_s']:g} was not in {earlier_path.name}")
+        print(f"agents: {len(runs) - len(fresh)} runs of {earlier_path.name}, the ones just made in their place")
+        seconds += earlier.get("seconds", 0)
+        args.agents, args.latencies = earlier["agents"], earlier["latencies"]
+        args.systems = earlier["systems"]
     summary = summarize(runs)
     print("targets:")
     for name, target in summary["targets_met"].items():
         print(f"  {name} {target.get('value', '')} (target {target['target']}): "
               f"{'met' if target['met'] else 'MISSED'}")
-    date = datetime.date.today().isoformat()
     report = {"date": date, "machine": machine(), "turns": args.turns, "latencies": args.latencies,
               "agents": args.agents, "systems": args.systems, "runs": runs, "summary": summary,
-              "seconds": round(time.perf_counter() - started, 1)}
+              "seconds": seconds}
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)
         stem = RESULTS / f"agents-{date}"
@@ -789,6 +810,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="AVM's cache pass (temperature 0, the same agents twice) up to this N (default 1000)")
     parser.add_argument("--quick", action="store_true", help="N=100 only, latency 0.2 s, a 120 s timeout")
     parser.add_argument("--no-save", action="store_true", help="write no JSON or charts under bench/results")
+    parser.add_argument("--update", action="store_true",
+                        help="run only the given systems, sizes and latencies, and put these runs in place of the "
+                             "same ones in the newest bench/results/agents-*.json (the report is saved under "
+                             "today's date)")
     parser.add_argument("--readme", action="store_true",
                         help="only rewrite README.md's table from the newest bench/results/agents-*.json")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
