@@ -216,12 +216,12 @@ class BlockProgram:
                 # they change the frame itself (in_guard): a fault later in their block would roll the
                 # block back to its start, but not that change, and the interpreter would run them twice
                 leader[p + 1] = True
-        # A format reads the variables: no store may be pending when it runs.
+        # A format or a load_or reads the variables: no store may be pending when it runs.
         stored = False
         for p, op in enumerate(ops):
             if leader[p]:
                 stored = False
-            if op == O.FORMAT and stored:
+            if (op == O.FORMAT or op == O.LOAD_OR) and stored:
                 leader[p] = True
                 stored = False
             elif op == O.STORE:

@@ -120,6 +120,8 @@ SLEEP = _op("sleep", (), 1, 1, 200, "pop seconds; push null after sleeping", eff
 # end_guard not reached through its guard (a frame brought into the middle of a section).
 GUARD = _op("guard", (), 0, 0, 50, "begin a guarded section: what follows, up to end_guard, runs in order")
 END_GUARD = _op("end_guard", (), 0, 0, 50, "end the guarded section (fault if it was not entered at its guard)")
+# An input that may not be given: `push "tides"` then `load_or topic` is the input topic, or "tides".
+LOAD_OR = _op("load_or", (NAME,), 1, 1, 100, "pop a default; push the variable if it is set, else the default")
 
 OPS: tuple[OpInfo, ...] = tuple(_TABLE)
 BY_NAME: dict[str, OpInfo] = {info.name: info for info in OPS}
@@ -133,7 +135,6 @@ OBSERVE_FIELDS: tuple[str, ...] = (
     "pc",  # index of this instruction
     "depth",  # operand stack depth before this instruction
     "effects",  # effects performed so far
-    "variables",  # a map of the variables now (inputs included): `call get_default 3` gives an input or a default
 )
 
 

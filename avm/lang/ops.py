@@ -108,6 +108,16 @@ def _assert(frame: Any, stack: list, a: Any) -> None:
         raise VMFault("AssertionFailed", a or "assertion failed")
 
 
+def _load_or(frame: Any, stack: list, a: Any) -> None:
+    """The variable ``a`` in place of the default on the stack, if it is set (an input given)."""
+    value = frame.variables.get(a, _UNSET)
+    if value is not _UNSET:
+        stack[-1] = value
+
+
+_UNSET = object()
+
+
 def _guard(frame: Any, stack: list, a: Any) -> None:
     if frame.in_guard:
         raise VMFault("GuardError", "guard reached inside a guarded section (a section entered twice)")
@@ -313,8 +323,6 @@ def observe(frame: Any, field: str, pc: int) -> Any:
         return len(frame.stack)
     if field == "effects":
         return frame.effects
-    if field == "variables":  # (the values are shared, not copied: the map holds one entry per variable)
-        return dict(sorted(frame.variables.items()))  # (keys in the store's order: as after a snapshot)
     raise VMFault("ValueError", f"unknown observe field {field!r}")
 
 
@@ -400,6 +408,7 @@ for _code, _fn in {
     O.LEN: _len,
     O.APPEND: _append,
     O.GUARD: _guard,
+    O.LOAD_OR: _load_or,
     O.END_GUARD: _end_guard,
     # The loop inlines these; handlers here serve the block compiler and keep the table whole.
     O.ADD: _binary(add),

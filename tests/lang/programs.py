@@ -81,6 +81,8 @@ def programs(draw: Any, max_segments: int = 5, max_ops: int = 12, effects: bool 
                 operands = [str(draw(st.integers(0, 2)))]
             elif info.code == O.ENERGY_CHECK:
                 operands = [draw(st.sampled_from(["0", "1.5", "50"]))]
+            elif info.code == O.LOAD_OR:
+                operands = [draw(st.sampled_from(NAMES))]
             elif info.code == O.OBSERVE:
                 operands = [draw(st.sampled_from(O.OBSERVE_FIELDS))]
             elif info.code == O.ASSERT:

@@ -438,6 +438,8 @@ def _grid_ops() -> list[tuple[str, int]]:
         elif info.code in (O.LIST, O.MAP):
             for n in range(3):
                 out.append((f"{info.name} {n}", n * (2 if info.code == O.MAP else 1)))
+        elif info.code == O.LOAD_OR:
+            out += [("load_or p", 1), ("load_or unset", 1)]  # a variable that is set, and one that is not
         else:
             operands = ["msg"] if info.code == O.ASSERT else []
             out.append((" ".join([info.name, *operands]), O.stack_effect(info, ())[0]))

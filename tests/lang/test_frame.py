@@ -381,11 +381,10 @@ def test_a_value_that_shares_its_parts_is_checked_in_linear_work():
     assert frame.run() == avm.Done(x)
 
 
-def test_observe_variables_gives_the_inputs_and_variables_in_key_order():
-    code = avm.compile('push 3\nstore c\nobserve variables\nreturn\n')
-    out = Frame(code, budget=10, inputs={"b": 1, "a": [2]}).run()
-    assert out.value == {"a": [2], "b": 1, "c": 3} and list(out.value) == ["a", "b", "c"]
-    # an input, or a default: what the examples do
-    code = avm.compile('observe variables\npush "topic"\npush "tides"\ncall get_default 3\nreturn\n')
+def test_load_or_gives_the_variable_if_it_is_set_else_the_default():
+    code = avm.compile('push "tides"\nload_or topic\nreturn\n')
     assert Frame(code, budget=10).run().value == "tides"
     assert Frame(code, budget=10, inputs={"topic": "bees"}).run().value == "bees"
+    assert Frame(code, budget=10, inputs={"topic": None}).run().value is None  # set, to null
+    code = avm.compile('push 1\nstore x\npush 2\nload_or x\nreturn\n')
+    assert Frame(code, budget=10).run().value == 1
