@@ -52,16 +52,25 @@ def _started(args: list[str]) -> tuple[subprocess.Popen[str], str]:
     return proc, seen
 
 
-def test_one_ctrl_c_draws_the_stop_in_the_last_frame(tmp_path: Path) -> None:
+def _interrupted(tmp_path: Path, times: int) -> tuple[subprocess.Popen[str], str]:
+    """2,000 agents asleep in a run, then Ctrl+C ``times`` times, 10 ms apart; the process and its stderr."""
     program = tmp_path / "s.avm"
     program.write_text("push 60\nsleep\nreturn\n")
     proc, _ = _started([str(program), "--agents", "2000"])
     try:
-        proc.send_signal(signal.SIGINT)
+        for i in range(times):
+            if i:
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
+    return proc, err
+
+
+def test_one_ctrl_c_draws_the_stop_in_the_last_frame(tmp_path: Path) -> None:
+    proc, err = _interrupted(tmp_path, 1)
     assert proc.returncode == 130, err
     last = [line for line in err.splitlines() if line.startswith("[")][-1]
     assert "live 0 (cancelled 2,000)" in last and "final" in last
@@ -69,17 +78,7 @@ def test_one_ctrl_c_draws_the_stop_in_the_last_frame(tmp_path: Path) -> None:
 
 
 def test_a_second_ctrl_c_stops_at_once_in_one_line(tmp_path: Path) -> None:
-    program = tmp_path / "s.avm"
-    program.write_text("push 60\nsleep\nreturn\n")
-    proc, _ = _started([str(program), "--agents", "2000"])
-    try:
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.01)
-        proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc, err = _interrupted(tmp_path, 2)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "Exception" not in err, err
     assert err.strip().splitlines()[-1].startswith("avm run: interrupted")

@@ -11,8 +11,25 @@ import trio
 import avm
 from avm.journal import journals, read_journal
 from avm.journal.replay import replay_journal
+from avm.kernel.hooks import Hook
 
 LLM_TWICE = 'push "a"\nllm\npop\npush 0.5\nsleep\npop\npush "b"\nllm\nreturn\n'
+
+
+class StopAt(Hook):
+    """Interrupt the VM at a moment a host's interrupt can land: after an agent's effect of a kind, or at a
+    child's end."""
+
+    def __init__(self, vm: avm.VM, effect: str | None = None, child_end: bool = False):
+        self.vm, self.kind, self.child_end = vm, effect, child_end
+
+    def effect(self, agent, effect, outcome):  # type: ignore[no-untyped-def]
+        if effect.kind == self.kind:
+            self.vm.interrupt()
+
+    def ended(self, agent):  # type: ignore[no-untyped-def]
+        if self.child_end and agent.parent is not None:
+            self.vm.interrupt()
 
 
 async def _interrupted(path: Path, program: str, after: float, **settings: object) -> str:
@@ -137,8 +154,6 @@ async def test_agents_cancelled_after_an_interrupt_are_cancelled_for_good(tmp_pa
 
 
 async def test_a_delegate_that_ends_as_the_vm_stops_refunds_its_parent_once(tmp_path: Path) -> None:
-    from avm.kernel.hooks import Hook
-
     child = "push 0.05\\nsleep\\npop\\npush 7\\nreturn\\n"
     parent = f'push 0.001\nsleep\npop\npush "{child}"\npush null\npush 15\ndelegate\nreturn\n'
     async with avm.VM() as vm:
@@ -146,11 +161,7 @@ async def test_a_delegate_that_ends_as_the_vm_stops_refunds_its_parent_once(tmp_
         assert await whole.result() == 7
     with avm.ContentStore(tmp_path) as store:
         async with avm.VM(store, journal=True, snapshot_every=1) as vm:
-            class StopAtTheChildsEnd(Hook):  # the moment a host's interrupt can land
-                def ended(self, agent):  # type: ignore[no-untyped-def]
-                    if agent.parent is not None:
-                        vm.interrupt()
-            vm.add_hook(StopAtTheChildsEnd())
+            vm.add_hook(StopAt(vm, child_end=True))  # the moment a host's interrupt can land
             await vm.spawn(parent, budget=40)
             await vm.join()
             run_id = vm.run_id
@@ -182,16 +193,10 @@ async def test_an_agent_that_runs_on_after_an_interrupt_sends_nothing_to_a_stopp
     # the interrupt lands while the sender is between two effects (here: in a hook, as a host's can);
     # the hibernated receiver is stopped at once. Were the send performed, it would find no receiver and
     # its NoSuchAgent would be journaled: the resumed receiver would then wait for ever.
-    from avm.kernel.hooks import Hook
-
     sender = 'push 0.2\nsleep\npop\npush "b"\npush "hi"\nsend\nreturn\n'
     with avm.ContentStore(tmp_path) as store:
         async with avm.VM(store, journal=True, hibernate_after_s=0.01) as vm:
-            class StopAfterTheSleep(Hook):
-                def effect(self, agent, effect, outcome):  # type: ignore[no-untyped-def]
-                    if effect.kind == "sleep":
-                        vm.interrupt()
-            vm.add_hook(StopAfterTheSleep())
+            vm.add_hook(StopAt(vm, effect="sleep"))
             b = await vm.spawn("push null\nrecv\nreturn\n", name="b")
             await trio.sleep(0.1)
             assert b.state is avm.AgentState.HIBERNATED
@@ -239,8 +244,6 @@ async def test_a_parent_keeps_the_energy_it_ended_with_when_a_child_ends_later(t
 
 
 async def test_a_spawned_child_that_ends_as_the_vm_stops_refunds_its_parent_once(tmp_path: Path) -> None:
-    from avm.kernel.hooks import Hook
-
     child = "push 0.05\\nsleep\\npop\\npush 7\\nreturn\\n"
     parent = f'push "{child}"\npush null\npush 15\nspawn\npop\npush null\nrecv\nreturn\n'
     async with avm.VM() as vm:
@@ -250,11 +253,7 @@ async def test_a_spawned_child_that_ends_as_the_vm_stops_refunds_its_parent_once
         path = tmp_path / str(hibernate)
         with avm.ContentStore(path) as store:
             async with avm.VM(store, journal=True, hibernate_after_s=hibernate) as vm:
-                class StopAtTheChildsEnd(Hook):
-                    def ended(self, agent):  # type: ignore[no-untyped-def]
-                        if agent.parent is not None:
-                            vm.interrupt()
-                vm.add_hook(StopAtTheChildsEnd())
+                vm.add_hook(StopAt(vm, child_end=True))  # the moment a host's interrupt can land
                 await vm.spawn(parent, budget=40)
                 await vm.join()
                 run_id = vm.run_id
@@ -266,8 +265,6 @@ async def test_a_spawned_child_that_ends_as_the_vm_stops_refunds_its_parent_once
 
 
 async def test_a_hook_that_cancels_an_agent_as_it_hibernates_ends_it_cancelled(tmp_path: Path) -> None:
-    from avm.kernel.hooks import Hook
-
     async with avm.VM(hibernate_after_s=0.01) as vm:
         class CancelAtHibernation(Hook):
             def effect(self, agent, effect, outcome):  # type: ignore[no-untyped-def]
@@ -281,15 +278,9 @@ async def test_a_hook_that_cancels_an_agent_as_it_hibernates_ends_it_cancelled(t
 
 
 async def test_an_agent_that_runs_on_after_an_interrupt_spawns_no_child(tmp_path: Path) -> None:
-    from avm.kernel.hooks import Hook
-
     parent = 'push 0.05\nsleep\npop\npush "push 7\\nreturn\\n"\npush null\npush 5\nspawn\nreturn\n'
     async with avm.VM(journal=True) as vm:
-        class StopAfterTheSleep(Hook):
-            def effect(self, agent, effect, outcome):  # type: ignore[no-untyped-def]
-                if effect.kind == "sleep":
-                    vm.interrupt()
-        vm.add_hook(StopAfterTheSleep())
+        vm.add_hook(StopAt(vm, effect="sleep"))
         p = await vm.spawn(parent)
         await vm.join()
         assert p.state is avm.AgentState.CANCELLED
